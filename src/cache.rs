@@ -1,0 +1,65 @@
+//! The verified-token cache: a token that passed signature and claim checks is remembered until
+//! its `exp` (never beyond), so a client reusing its token costs a hash lookup instead of an RSA
+//! verification.
+//!
+//! TinyUFO (`pingora-memory-cache`) is used because it is Pingora's own lock-free cache with an
+//! admission policy (TinyLFU) that keeps a flood of one-off tokens from evicting the hot ones.
+//! It keys entries by a 64-bit hash, so each entry keeps the token bytes and a hit is only a
+//! hit when they are equal: a hash collision can never lend one token's identity to another.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_memory_cache::MemoryCache;
+
+use crate::token::Principal;
+
+#[derive(Clone)]
+struct Entry {
+    token: Arc<[u8]>,
+    principal: Arc<Principal>,
+    /// The issuer's key-set version the signature was checked with.
+    key_version: u64,
+}
+
+pub struct TokenCache {
+    inner: Option<MemoryCache<Vec<u8>, Entry>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache").field("enabled", &self.inner.is_some()).finish()
+    }
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens; 0 disables caching.
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache { inner: (capacity > 0).then(|| MemoryCache::new(capacity)) }
+    }
+
+    /// The principal of a token verified earlier, if it is still valid at `now` and was
+    /// verified with the key set the issuer has now (`key_version_of`).
+    pub fn get(&self, token: &[u8], now: u64, key_version_of: impl Fn(usize) -> u64) -> Option<Arc<Principal>> {
+        let cache = self.inner.as_ref()?;
+        let (entry, _) = cache.get(token);
+        let entry = entry?;
+        if *entry.token != *token || now >= entry.principal.exp {
+            return None;
+        }
+        if key_version_of(entry.principal.issuer) != entry.key_version {
+            return None;
+        }
+        Some(entry.principal)
+    }
+
+    pub fn put(&self, token: &[u8], principal: Arc<Principal>, now: u64, key_version: u64) {
+        let Some(cache) = self.inner.as_ref() else { return };
+        let ttl = principal.exp.saturating_sub(now);
+        if ttl == 0 {
+            return;
+        }
+        let entry = Entry { token: Arc::from(token), principal, key_version };
+        cache.put(token, entry, Some(Duration::from_secs(ttl)));
+    }
+}

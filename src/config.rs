@@ -1,0 +1,242 @@
+//! The user's configuration as plain data: serde structs that reject unknown keys, loaded from
+//! TOML, validated, with every error reported as `file:line:col: message`.
+//!
+//! Nothing here is read on the request path: `snapshot.rs` compiles a `Config` into a `Snapshot`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error pointing at the place in the file that caused it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+    }
+}
+
+/// Source text plus its name, to turn byte spans into `file:line:col` errors.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+impl Source {
+    pub fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
+        let offset = span.map(|s| s.start).unwrap_or(0).min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let col = self.text[line_start..offset].chars().count() + 1;
+        ConfigError { file: self.name.clone(), line, col, message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub issuers: Vec<Spanned<IssuerConfig>>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteConfig>>,
+    #[serde(default)]
+    pub forward: ForwardConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: Spanned<OneOrMany>,
+    pub admin_listen: Option<Spanned<String>>,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_realm")]
+    pub realm: Spanned<String>,
+    pub tls: Option<Spanned<TlsConfig>>,
+    /// Seconds that requests in flight get to finish after SIGTERM.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    pub issuer: Spanned<String>,
+    pub audiences: Option<Spanned<Vec<String>>>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub discovery: bool,
+    pub hs256_secret_env: Option<String>,
+    /// Default: RS256, or HS256 with `hs256_secret_env`.
+    pub algorithms: Option<Spanned<Vec<String>>>,
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    #[serde(default = "default_scope_claims")]
+    pub scope_claims: Vec<String>,
+    /// Bounds for the JWKS refresh interval taken from Cache-Control max-age.
+    #[serde(default = "default_refresh_min")]
+    pub refresh_min_seconds: u64,
+    #[serde(default = "default_refresh_max")]
+    pub refresh_max_seconds: u64,
+    /// Minimum time between two refetches triggered by an unknown `kid`.
+    #[serde(default = "default_cooldown")]
+    pub unknown_kid_cooldown_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub servers: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub tls: bool,
+    pub sni: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub methods: Option<Spanned<Vec<String>>>,
+    pub path: Spanned<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub any_scopes: Vec<String>,
+    #[serde(default)]
+    pub public: bool,
+    pub upstream: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// claim name -> header name
+    pub claims: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    pub strip_token: bool,
+    /// Size of the verified-token cache (0 disables it).
+    #[serde(default = "default_cache_size")]
+    pub token_cache_size: usize,
+}
+
+fn default_threads() -> usize {
+    2
+}
+fn default_realm() -> Spanned<String> {
+    Spanned::new(0..0, "api".to_string())
+}
+fn default_grace() -> u64 {
+    10
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_scope_claims() -> Vec<String> {
+    vec!["scope".into(), "scp".into(), "permissions".into()]
+}
+fn default_refresh_min() -> u64 {
+    60
+}
+fn default_refresh_max() -> u64 {
+    86_400
+}
+fn default_cooldown() -> u64 {
+    10
+}
+fn default_connect_timeout() -> u64 {
+    2_000
+}
+fn default_read_timeout() -> u64 {
+    30_000
+}
+fn default_cache_size() -> usize {
+    100_000
+}
+
+/// A parsed configuration together with the file it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub source: Source,
+    /// Directory that relative paths in the file are resolved against.
+    pub base_dir: PathBuf,
+}
+
+impl LoadedConfig {
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// Read and parse a file. Validation that needs more than the syntax happens in `snapshot.rs`,
+/// which reports through the same `Source`.
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: name.clone(),
+        line: 1,
+        col: 1,
+        message: format!("cannot read config file: {e}"),
+    })?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    parse(Source { name, text }, base_dir)
+}
+
+pub fn parse(source: Source, base_dir: PathBuf) -> Result<LoadedConfig, ConfigError> {
+    let config: Config = toml::from_str(&source.text)
+        .map_err(|e| source.error(e.span(), e.message().trim().to_string()))?;
+    Ok(LoadedConfig { config, source, base_dir })
+}
+
+/// Where `run`, `check` and `explain` look for the config when `--config` is not given.
+pub fn default_path() -> PathBuf {
+    std::env::var_os("SCOPEGATE_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("config/scopegate.toml"))
+}

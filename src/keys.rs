@@ -1,0 +1,215 @@
+//! Verification keys per issuer. A `KeyStore` maps `kid` -> key for one issuer and can have
+//! its key set replaced atomically (JWKS refresh) without disturbing requests that hold the old
+//! one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+
+/// One key that can verify signatures.
+pub struct VerifyingKey {
+    pub kid: Option<String>,
+    pub key: DecodingKey,
+    pub family: AlgorithmFamily,
+    /// When the JWK names its `alg`, the key is used for that algorithm only.
+    pub alg: Option<Algorithm>,
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+/// An immutable set of keys.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    pub keys: Vec<VerifyingKey>,
+}
+
+/// What became of a key lookup.
+pub enum KeyMatch<'a> {
+    Keys(Vec<&'a VerifyingKey>),
+    /// The token names a `kid` this set does not hold.
+    UnknownKid,
+    /// Keys exist, but none may be used with this algorithm.
+    WrongFamily,
+}
+
+fn jwk_alg(a: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match a {
+        KeyAlgorithm::HS256 => Algorithm::HS256,
+        KeyAlgorithm::HS384 => Algorithm::HS384,
+        KeyAlgorithm::HS512 => Algorithm::HS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+impl KeySet {
+    /// Parse a JWKS document. Keys that cannot be used (unsupported type, `use` other than
+    /// `sig`, symmetric keys, unparsable) are skipped and described in the returned list, so one
+    /// odd key in a provider's set does not take the others down.
+    pub fn from_jwks(json: &[u8]) -> Result<(KeySet, Vec<String>), String> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            keys: Vec<serde_json::Value>,
+        }
+        let doc: Doc = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let mut set = KeySet::default();
+        let mut skipped = Vec::new();
+        for (i, value) in doc.keys.into_iter().enumerate() {
+            let kid = value.get("kid").and_then(|k| k.as_str()).map(str::to_string);
+            let label = kid.clone().unwrap_or_else(|| format!("#{i}"));
+            let jwk: Jwk = match serde_json::from_value(value) {
+                Ok(j) => j,
+                Err(e) => {
+                    skipped.push(format!("key {label}: unsupported or malformed ({e})"));
+                    continue;
+                }
+            };
+            if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+                skipped.push(format!("key {label}: `use` is not \"sig\""));
+                continue;
+            }
+            let alg = match jwk.common.key_algorithm {
+                None => None,
+                Some(a) => match jwk_alg(a) {
+                    Some(a) => Some(a),
+                    None => {
+                        skipped.push(format!("key {label}: `alg` {a:?} is not a signature algorithm"));
+                        continue;
+                    }
+                },
+            };
+            let key = match DecodingKey::from_jwk(&jwk) {
+                Ok(k) => k,
+                Err(e) => {
+                    skipped.push(format!("key {label}: {e}"));
+                    continue;
+                }
+            };
+            let family = key.family();
+            // A JWKS publishes public keys; a symmetric secret there would let anyone who can
+            // read the set mint tokens.
+            if family == AlgorithmFamily::Hmac {
+                skipped.push(format!("key {label}: symmetric keys are not accepted from a JWKS"));
+                continue;
+            }
+            if let Some(a) = alg {
+                if a.family() != family {
+                    skipped.push(format!("key {label}: `alg` {a:?} does not fit the key type"));
+                    continue;
+                }
+            }
+            set.keys.push(VerifyingKey { kid, key, family, alg });
+        }
+        Ok((set, skipped))
+    }
+
+    pub fn from_secret(secret: &[u8]) -> KeySet {
+        KeySet {
+            keys: vec![VerifyingKey {
+                kid: None,
+                key: DecodingKey::from_secret(secret),
+                family: AlgorithmFamily::Hmac,
+                alg: None,
+            }],
+        }
+    }
+
+    /// Keys that may verify a token with this `kid` and `alg`. A key without a `kid` is a
+    /// candidate for any token.
+    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> KeyMatch<'_> {
+        let named: Vec<&VerifyingKey> = self
+            .keys
+            .iter()
+            .filter(|k| match (kid, k.kid.as_deref()) {
+                (Some(want), Some(have)) => want == have,
+                _ => true,
+            })
+            .collect();
+        if named.is_empty() {
+            return KeyMatch::UnknownKid;
+        }
+        let usable: Vec<&VerifyingKey> = named
+            .into_iter()
+            .filter(|k| k.family == alg.family() && k.alg.is_none_or(|a| a == alg))
+            .collect();
+        if usable.is_empty() {
+            KeyMatch::WrongFamily
+        } else {
+            KeyMatch::Keys(usable)
+        }
+    }
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeySource {
+    File(PathBuf),
+    SecretEnv(String),
+    Url(String),
+    Discovery(String),
+}
+
+/// The live key set of one issuer.
+#[derive(Debug)]
+pub struct KeyStore {
+    pub source: KeySource,
+    current: ArcSwap<KeySet>,
+    loaded: std::sync::atomic::AtomicBool,
+    /// Bumped on every replacement, so cached verifications made with older keys are dropped.
+    version: std::sync::atomic::AtomicU64,
+}
+
+impl KeyStore {
+    pub fn new(source: KeySource) -> KeyStore {
+        KeyStore {
+            source,
+            current: ArcSwap::from_pointee(KeySet::default()),
+            loaded: std::sync::atomic::AtomicBool::new(false),
+            version: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn with_keys(source: KeySource, keys: KeySet) -> KeyStore {
+        let store = KeyStore::new(source);
+        store.replace(keys);
+        store
+    }
+
+    pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.current.load()
+    }
+
+    pub fn replace(&self, keys: KeySet) {
+        self.current.store(Arc::new(keys));
+        self.version.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.loaded.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// True once a key set has been loaded (for `/readyz`).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+}

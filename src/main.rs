@@ -1,0 +1,198 @@
+//! The `scopegate` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use scopegate::{config, explain, mint, server, snapshot};
+
+#[derive(Parser)]
+#[command(name = "scopegate", version, about = "Edge reverse proxy that enforces OAuth 2.0 scopes from JWT access tokens")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file (default: $SCOPEGATE_CONFIG, else config/scopegate.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Parse and validate the config, then print the route table.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show which route a request matches, what it requires, and the decision.
+    Explain {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// Request target, e.g. /contacts/42?x=1.
+        target: String,
+        /// A bearer token to validate as the proxy would.
+        #[arg(long, conflicts_with = "scopes")]
+        token: Option<String>,
+        /// Space-separated scopes to try, without a token.
+        #[arg(long)]
+        scopes: Option<String>,
+    },
+    /// Mint a signed token for local testing and load tests.
+    Token {
+        /// PEM private key (RSA -> RS256, P-256 -> ES256).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        kid: Option<String>,
+        /// Space-separated scopes.
+        #[arg(long, default_value = "")]
+        scope: String,
+        #[arg(long, default_value = mint::DEFAULT_ISSUER)]
+        iss: String,
+        #[arg(long, default_value = mint::DEFAULT_AUDIENCE)]
+        aud: String,
+        #[arg(long, default_value = "scopegate-user")]
+        sub: String,
+        #[arg(long, default_value = "1h", value_parser = mint::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Generate an RSA-2048 signing key and the JWKS that publishes it (for local testing).
+    Keygen {
+        #[arg(long, default_value = "dev-key")]
+        kid: String,
+        /// Where to write the private key (PEM).
+        #[arg(long)]
+        key_out: PathBuf,
+        /// Where to write the JWKS (JSON).
+        #[arg(long)]
+        jwks_out: PathBuf,
+    },
+    /// Self-contained demo: proxy on 127.0.0.1:8080 in front of a built-in contacts API.
+    Demo {
+        /// Address the demo proxy listens on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config } => {
+            init_logging();
+            let path = config.unwrap_or_else(config::default_path);
+            if let Err(e) = server::run(&path) {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let path = config.unwrap_or_else(config::default_path);
+            match server::load_snapshot(&path, 1) {
+                Ok(snap) => {
+                    print!("{}", route_table(&snap));
+                    println!("{}: ok ({} routes, {} issuers, {} upstreams)", path.display(), snap.routes.len(), snap.issuers.len(), snap.upstreams.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Explain { config, method, target, token, scopes } => {
+            let path = config.unwrap_or_else(config::default_path);
+            let snap = match server::load_snapshot(&path, 1) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let creds = match (&token, &scopes) {
+                (Some(t), _) => explain::Credentials::Token(t),
+                (None, Some(s)) => explain::Credentials::Scopes(s),
+                (None, None) => explain::Credentials::None,
+            };
+            print!("{}", explain::explain(&snap, &method, &target, creds));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { key, kid, scope, iss, aud, sub, ttl } => {
+            let pem = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
+            let req = mint::TokenRequest { kid, scope, iss, aud, sub, ttl };
+            println!("{}", mint::mint(&pem, &req, snapshot::unix_now())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { kid, key_out, jwks_out } => {
+            let (pem, jwks) = mint::generate_rsa_key(&kid);
+            std::fs::write(&key_out, pem).with_context(|| format!("writing {}", key_out.display()))?;
+            std::fs::write(&jwks_out, jwks).with_context(|| format!("writing {}", jwks_out.display()))?;
+            println!("wrote {} and {}", key_out.display(), jwks_out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen } => {
+            init_logging();
+            scopegate::demo::run(&listen)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn route_table(snap: &snapshot::Snapshot) -> String {
+    let mut rows = vec![["METHODS".to_string(), "PATH".to_string(), "REQUIRES".to_string(), "UPSTREAM".to_string()]];
+    for r in &snap.routes {
+        let methods = r.label.split_once(' ').map(|(m, _)| m.to_string()).unwrap_or_default();
+        let requires = if r.public {
+            "public".to_string()
+        } else {
+            let mut parts = Vec::new();
+            if !r.required.all.is_empty() {
+                parts.push(r.required.all.join(" "));
+            }
+            if !r.required.any.is_empty() {
+                parts.push(format!("one of ({})", r.required.any.join(" | ")));
+            }
+            if parts.is_empty() {
+                "any valid token".to_string()
+            } else {
+                parts.join(" + ")
+            }
+        };
+        rows.push([methods, r.path.clone(), requires, snap.upstreams[r.upstream].name.clone()]);
+    }
+    let widths: Vec<usize> = (0..4).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let line = format!(
+            "{:w0$}  {:w1$}  {:w2$}  {}",
+            row[0], row[1], row[2], row[3],
+            w0 = widths[0], w1 = widths[1], w2 = widths[2]
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,113 @@
+//! Minting tokens and keys for local testing, the demo and load tests (`scopegate token`).
+
+use std::time::Duration;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::KeyPair as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+/// Defaults of `scopegate token`, matching the example config in `config/`.
+pub const DEFAULT_ISSUER: &str = "https://issuer.scopegate.local/";
+pub const DEFAULT_AUDIENCE: &str = "https://contacts.example";
+
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    pub kid: Option<String>,
+    pub scope: String,
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("the key is neither an RSA nor an EC (P-256) private key in PEM")]
+    UnsupportedKey,
+    #[error("signing failed: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
+/// Sign a token with a PEM private key: RS256 for RSA keys, ES256 for P-256 keys.
+pub fn mint(key_pem: &[u8], req: &TokenRequest, now: u64) -> Result<String, MintError> {
+    let (key, alg) = if let Ok(k) = EncodingKey::from_rsa_pem(key_pem) {
+        (k, Algorithm::RS256)
+    } else if let Ok(k) = EncodingKey::from_ec_pem(key_pem) {
+        (k, Algorithm::ES256)
+    } else {
+        return Err(MintError::UnsupportedKey);
+    };
+    let mut header = Header::new(alg);
+    header.kid = req.kid.clone();
+    let claims = serde_json::json!({
+        "iss": req.iss,
+        "aud": req.aud,
+        "sub": req.sub,
+        "scope": req.scope,
+        "iat": now,
+        "nbf": now,
+        "exp": now + req.ttl.as_secs(),
+    });
+    Ok(jsonwebtoken::encode(&header, &claims, &key)?)
+}
+
+/// A fresh RSA-2048 signing key: (private key PEM, JWKS document holding its public half).
+pub fn generate_rsa_key(kid: &str) -> (String, String) {
+    let pair = KeyPair::generate(KeySize::Rsa2048).expect("RSA key generation");
+    let der = pair.as_der().expect("PKCS#8 encoding");
+    let b64 = STANDARD.encode(der.as_ref());
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    let public = pair.public_key();
+    let jwks = serde_json::json!({
+        "keys": [{
+            "kty": "RSA",
+            "use": "sig",
+            "alg": "RS256",
+            "kid": kid,
+            "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+            "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
+        }]
+    });
+    (pem, serde_json::to_string_pretty(&jwks).unwrap())
+}
+
+/// `90s`, `15m`, `1h`, `2d`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 15m, 1h or 2d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?} is not a duration like 90s, 15m, 1h or 2d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! Method + path -> route, through a radix tree (matchit): lookup cost follows the path's
+//! length, not the number of routes.
+
+use http::Method;
+
+/// The outcome of a route lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    Found(usize),
+    /// The path has routes, none for this method; the value is the `Allow` header.
+    MethodNotAllowed(&'a str),
+    NotFound,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("invalid path template {path:?}: {reason}")]
+    BadTemplate { path: String, reason: String },
+    #[error("duplicate route: {method} {path} is already defined by route #{other}")]
+    Duplicate { method: String, path: String, other: usize },
+}
+
+/// The routes sharing one path template.
+#[derive(Debug, Default)]
+struct PathEntry {
+    by_method: Vec<(Method, usize)>,
+    any_method: Option<usize>,
+    allow: String,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    tree: matchit::Router<usize>,
+    entries: Vec<PathEntry>,
+    paths: Vec<String>,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Router { tree: matchit::Router::new(), entries: Vec::new(), paths: Vec::new() }
+    }
+}
+
+/// Templates use `{name}` for one segment and `{*rest}` for the tail, matchit's own syntax; we
+/// still check them so an error names the template rather than matchit internals.
+fn check_template(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("a path template must start with '/'".into());
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.contains('{') || seg.contains('}') {
+            let ok_shape = seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2;
+            let inner = &seg[1..seg.len().saturating_sub(1).max(1)];
+            if !ok_shape || inner.contains('{') || inner.contains('}') {
+                return Err(format!(
+                    "segment {seg:?}: a parameter must be a whole segment, like {{id}} or {{*rest}}"
+                ));
+            }
+            if let Some(name) = inner.strip_prefix('*') {
+                if i != segments.len() - 1 {
+                    return Err(format!("{{*{name}}} must be the last segment"));
+                }
+                if name.is_empty() {
+                    return Err("a tail parameter needs a name, like {*rest}".into());
+                }
+            }
+        } else if *seg == "." || *seg == ".." || seg.contains('%') || seg.contains('\\') {
+            return Err(format!(
+                "segment {seg:?} can never match a normalized path (no dot segments or escapes)"
+            ));
+        } else if seg.is_empty() && i != segments.len() - 1 {
+            return Err("empty segment ('//') can never match a normalized path".into());
+        }
+    }
+    Ok(())
+}
+
+impl Router {
+    /// Add a route. `methods` empty means every method.
+    pub fn insert(&mut self, path: &str, methods: &[Method], route: usize) -> Result<(), RouterError> {
+        check_template(path)
+            .map_err(|reason| RouterError::BadTemplate { path: path.to_string(), reason })?;
+        let entry_idx = match self.paths.iter().position(|p| p == path) {
+            Some(i) => i,
+            None => {
+                let i = self.entries.len();
+                self.tree.insert(path, i).map_err(|e| RouterError::BadTemplate {
+                    path: path.to_string(),
+                    reason: e.to_string(),
+                })?;
+                self.entries.push(PathEntry::default());
+                self.paths.push(path.to_string());
+                i
+            }
+        };
+        let entry = &mut self.entries[entry_idx];
+        if methods.is_empty() {
+            if let Some(other) = entry.any_method {
+                return Err(RouterError::Duplicate {
+                    method: "(every method)".into(),
+                    path: path.into(),
+                    other,
+                });
+            }
+            entry.any_method = Some(route);
+        }
+        for m in methods {
+            if let Some((_, other)) = entry.by_method.iter().find(|(em, _)| em == m) {
+                return Err(RouterError::Duplicate {
+                    method: m.to_string(),
+                    path: path.into(),
+                    other: *other,
+                });
+            }
+            entry.by_method.push((m.clone(), route));
+        }
+        let mut allow: Vec<&str> = entry.by_method.iter().map(|(m, _)| m.as_str()).collect();
+        allow.sort_unstable();
+        allow.dedup();
+        entry.allow = allow.join(", ");
+        Ok(())
+    }
+
+    /// `path` must already be normalized (see `path::normalize`).
+    pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
+        let Ok(m) = self.tree.at(path) else {
+            return Lookup::NotFound;
+        };
+        let entry = &self.entries[*m.value];
+        for (em, route) in &entry.by_method {
+            if em == method {
+                return Lookup::Found(*route);
+            }
+        }
+        match entry.any_method {
+            Some(route) => Lookup::Found(route),
+            None => Lookup::MethodNotAllowed(&entry.allow),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(routes: &[(&[&str], &str)]) -> Router {
+        let mut r = Router::default();
+        for (i, (methods, path)) in routes.iter().enumerate() {
+            let ms: Vec<Method> = methods.iter().map(|m| m.parse().unwrap()).collect();
+            r.insert(path, &ms, i).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn most_specific_template_wins() {
+        let r = router(&[
+            (&["GET"], "/files/{*rest}"),
+            (&["GET"], "/files/{name}"),
+            (&["GET"], "/files/readme"),
+        ]);
+        assert_eq!(r.lookup(&Method::GET, "/files/readme"), Lookup::Found(2));
+        assert_eq!(r.lookup(&Method::GET, "/files/other"), Lookup::Found(1));
+        assert_eq!(r.lookup(&Method::GET, "/files/a/b"), Lookup::Found(0));
+    }
+
+    #[test]
+    fn method_not_allowed_lists_allowed_methods() {
+        let r = router(&[(&["GET", "HEAD"], "/c"), (&["DELETE"], "/c")]);
+        assert_eq!(r.lookup(&Method::POST, "/c"), Lookup::MethodNotAllowed("DELETE, GET, HEAD"));
+        assert_eq!(r.lookup(&Method::DELETE, "/c"), Lookup::Found(1));
+        assert_eq!(r.lookup(&Method::GET, "/nope"), Lookup::NotFound);
+    }
+
+    #[test]
+    fn a_route_without_methods_takes_every_method() {
+        let r = router(&[(&[], "/any"), (&["GET"], "/any")]);
+        assert_eq!(r.lookup(&Method::GET, "/any"), Lookup::Found(1));
+        assert_eq!(r.lookup(&Method::PATCH, "/any"), Lookup::Found(0));
+    }
+
+    #[test]
+    fn duplicates_and_bad_templates_are_errors() {
+        let mut r = Router::default();
+        r.insert("/a", &[Method::GET], 0).unwrap();
+        assert!(matches!(r.insert("/a", &[Method::GET], 1), Err(RouterError::Duplicate { .. })));
+        for bad in ["a", "/a/{x", "/a/x{y}", "/{*rest}/b", "/a/../b", "/a//b", "/{}"] {
+            assert!(Router::default().insert(bad, &[], 0).is_err(), "{bad}");
+        }
+        let mut r = Router::default();
+        r.insert("/a/{x}", &[], 0).unwrap();
+        assert!(r.insert("/a/{y}", &[], 1).is_err(), "conflicting parameter names");
+    }
+}
