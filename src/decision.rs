@@ -24,7 +24,7 @@ pub enum Decision<'r> {
     /// 404 (after authentication).
     NotFound,
     /// 405 with `Allow` (after authentication).
-    MethodNotAllowed { allow: &'r str },
+    MethodNotAllowed { allow: Cow<'r, str> },
     /// 403 for this route.
     Forbidden { route: usize },
 }
@@ -75,7 +75,8 @@ pub fn decide<'r>(
     let lookup = snapshot.router.lookup(method, &path);
 
     // 3. Public routes need no token.
-    if let Lookup::Found(route) = lookup {
+    if let Lookup::Found(route) = &lookup {
+        let route = *route;
         if snapshot.routes[route].public {
             return Decision::Forward { route, path, principal: None };
         }

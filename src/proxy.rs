@@ -97,7 +97,7 @@ pub fn error_response(snapshot: &Snapshot, decision: &Decision<'_>) -> Option<Er
         Decision::NotFound => ErrorResponse::plain(404, "not_found", "no route for this path"),
         Decision::MethodNotAllowed { allow } => ErrorResponse {
             status: 405,
-            headers: vec![(ALLOW, HeaderValue::from_str(allow).ok()?)],
+            headers: vec![(ALLOW, HeaderValue::from_str(allow.as_ref()).ok()?)],
             error: "method_not_allowed",
             description: "the path has no route for this method",
         },

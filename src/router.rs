@@ -1,14 +1,16 @@
 //! Method + path -> route, through a radix tree (matchit): lookup cost follows the path's
 //! length, not the number of routes.
 
+use std::borrow::Cow;
+
 use http::Method;
 
 /// The outcome of a route lookup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup<'a> {
     Found(usize),
     /// The path has routes, none for this method; the value is the `Allow` header.
-    MethodNotAllowed(&'a str),
+    MethodNotAllowed(Cow<'a, str>),
     NotFound,
 }
 
@@ -26,19 +28,49 @@ struct PathEntry {
     by_method: Vec<(Method, usize)>,
     any_method: Option<usize>,
     allow: String,
+    /// Per segment: 0 literal, 1 `{name}`, 2 `{*rest}`; lower is more specific.
+    rank: Vec<u8>,
 }
 
+impl PathEntry {
+    fn route_for(&self, method: &Method) -> Option<usize> {
+        self.by_method.iter().find(|(m, _)| m == method).map(|(_, r)| *r).or(self.any_method)
+    }
+}
+
+/// Two radix trees: templates ending in `{*rest}` live in their own, because matchit will not
+/// hold `{name}` and `{*rest}` at the same position, and the SPEC wants both ("a literal segment
+/// beats `{name}`, which beats `{*rest}`").
 #[derive(Debug)]
 pub struct Router {
-    tree: matchit::Router<usize>,
+    exact: matchit::Router<usize>,
+    tails: matchit::Router<usize>,
+    has_tails: bool,
     entries: Vec<PathEntry>,
     paths: Vec<String>,
 }
 
 impl Default for Router {
     fn default() -> Self {
-        Router { tree: matchit::Router::new(), entries: Vec::new(), paths: Vec::new() }
+        Router {
+            exact: matchit::Router::new(),
+            tails: matchit::Router::new(),
+            has_tails: false,
+            entries: Vec::new(),
+            paths: Vec::new(),
+        }
     }
+}
+
+fn rank_of(path: &str) -> Vec<u8> {
+    path[1..]
+        .split('/')
+        .map(|seg| match seg.strip_prefix('{') {
+            Some(rest) if rest.starts_with('*') => 2,
+            Some(_) => 1,
+            None => 0,
+        })
+        .collect()
 }
 
 /// Templates use `{name}` for one segment and `{*rest}` for the tail, matchit's own syntax; we
@@ -85,11 +117,14 @@ impl Router {
             Some(i) => i,
             None => {
                 let i = self.entries.len();
-                self.tree.insert(path, i).map_err(|e| RouterError::BadTemplate {
+                let is_tail = path.contains("{*");
+                let tree = if is_tail { &mut self.tails } else { &mut self.exact };
+                tree.insert(path, i).map_err(|e| RouterError::BadTemplate {
                     path: path.to_string(),
                     reason: e.to_string(),
                 })?;
-                self.entries.push(PathEntry::default());
+                self.has_tails |= is_tail;
+                self.entries.push(PathEntry { rank: rank_of(path), ..PathEntry::default() });
                 self.paths.push(path.to_string());
                 i
             }
@@ -124,18 +159,28 @@ impl Router {
 
     /// `path` must already be normalized (see `path::normalize`).
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
-        let Ok(m) = self.tree.at(path) else {
-            return Lookup::NotFound;
+        let exact = self.exact.at(path).ok().map(|m| &self.entries[*m.value]);
+        let tail = if self.has_tails { self.tails.at(path).ok().map(|m| &self.entries[*m.value]) } else { None };
+        let (first, second) = match (exact, tail) {
+            (Some(e), Some(t)) if t.rank < e.rank => (t, Some(e)),
+            (Some(e), t) => (e, t),
+            (None, Some(t)) => (t, None),
+            (None, None) => return Lookup::NotFound,
         };
-        let entry = &self.entries[*m.value];
-        for (em, route) in &entry.by_method {
-            if em == method {
-                return Lookup::Found(*route);
-            }
+        if let Some(route) = first.route_for(method) {
+            return Lookup::Found(route);
         }
-        match entry.any_method {
-            Some(route) => Lookup::Found(route),
-            None => Lookup::MethodNotAllowed(&entry.allow),
+        match second {
+            None => Lookup::MethodNotAllowed(Cow::Borrowed(&first.allow)),
+            Some(second) => match second.route_for(method) {
+                Some(route) => Lookup::Found(route),
+                None => {
+                    let mut allow: Vec<&str> = first.allow.split(", ").chain(second.allow.split(", ")).filter(|s| !s.is_empty()).collect();
+                    allow.sort_unstable();
+                    allow.dedup();
+                    Lookup::MethodNotAllowed(Cow::Owned(allow.join(", ")))
+                }
+            },
         }
     }
 }
@@ -166,9 +211,24 @@ mod tests {
     }
 
     #[test]
+    fn a_literal_segment_before_a_tail_beats_a_parameter() {
+        let r = router(&[(&["GET"], "/{x}/readme"), (&["GET"], "/files/{*rest}")]);
+        assert_eq!(r.lookup(&Method::GET, "/files/readme"), Lookup::Found(1));
+        assert_eq!(r.lookup(&Method::GET, "/other/readme"), Lookup::Found(0));
+    }
+
+    #[test]
+    fn a_less_specific_route_takes_methods_the_specific_one_lacks() {
+        let r = router(&[(&["GET"], "/files/{name}"), (&["DELETE"], "/files/{*rest}")]);
+        assert_eq!(r.lookup(&Method::DELETE, "/files/a"), Lookup::Found(1));
+        assert_eq!(r.lookup(&Method::GET, "/files/a"), Lookup::Found(0));
+        assert_eq!(r.lookup(&Method::PUT, "/files/a"), Lookup::MethodNotAllowed("DELETE, GET".into()));
+    }
+
+    #[test]
     fn method_not_allowed_lists_allowed_methods() {
         let r = router(&[(&["GET", "HEAD"], "/c"), (&["DELETE"], "/c")]);
-        assert_eq!(r.lookup(&Method::POST, "/c"), Lookup::MethodNotAllowed("DELETE, GET, HEAD"));
+        assert_eq!(r.lookup(&Method::POST, "/c"), Lookup::MethodNotAllowed("DELETE, GET, HEAD".into()));
         assert_eq!(r.lookup(&Method::DELETE, "/c"), Lookup::Found(1));
         assert_eq!(r.lookup(&Method::GET, "/nope"), Lookup::NotFound);
     }
@@ -190,6 +250,7 @@ mod tests {
         }
         let mut r = Router::default();
         r.insert("/a/{x}", &[], 0).unwrap();
+        r.insert("/a/{*rest}", &[], 1).unwrap();
         assert!(r.insert("/a/{y}", &[], 1).is_err(), "conflicting parameter names");
     }
 }

@@ -329,7 +329,8 @@ mod tests {
         )
         .unwrap();
         let names = vec!["scope".to_string(), "scp".to_string(), "permissions".to_string()];
-        let got: Vec<&str> = scopes_of(&claims, &names).iter().map(|s| s).collect::<Vec<_>>();
+        let set = scopes_of(&claims, &names);
+        let got: Vec<&str> = set.iter().collect();
         assert_eq!(got, vec!["a", "b", "c", "d e", "f"]);
     }
 }

@@ -1,0 +1,361 @@
+//! Test harness: a real echo upstream, real RS256 keys and tokens, the real `scopegate` binary
+//! on ephemeral ports, and a raw HTTP/1.1 client (raw, so tests can send targets that other
+//! clients would "fix" before sending).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use scopegate::demo::{spawn_upstream, EchoRequest, EchoResponse, Handler};
+use serde_json::{json, Value};
+
+pub const ISS: &str = "https://issuer.test/";
+pub const AUD: &str = "https://contacts.test";
+pub const KID: &str = "test-key-1";
+
+pub struct TestKey {
+    pub pem: String,
+    pub jwks: String,
+}
+
+/// One RSA key for the whole test binary (generation is the slow part).
+pub fn key() -> &'static TestKey {
+    static KEY: OnceLock<TestKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let (pem, jwks) = scopegate::mint::generate_rsa_key(KID);
+        TestKey { pem, jwks }
+    })
+}
+
+/// A second key the proxy does not trust.
+pub fn other_key() -> &'static TestKey {
+    static KEY: OnceLock<TestKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let (pem, jwks) = scopegate::mint::generate_rsa_key(KID);
+        TestKey { pem, jwks }
+    })
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Claims of a valid token carrying `scope`; tests change fields to break it.
+pub fn claims(scope: &str) -> Value {
+    json!({ "iss": ISS, "aud": AUD, "sub": "user-1", "scope": scope, "exp": now() + 600, "iat": now() })
+}
+
+pub fn sign_with(key: &TestKey, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(key.pem.as_bytes()).unwrap()).unwrap()
+}
+
+pub fn sign(claims: &Value) -> String {
+    sign_with(key(), Some(KID), claims)
+}
+
+pub fn token(scope: &str) -> String {
+    sign(&claims(scope))
+}
+
+pub fn b64(v: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(v)
+}
+
+/// A compact JWS assembled by hand (header and payload as JSON, signature as given).
+pub fn raw_jws(header: &Value, payload: &Value, signature: &str) -> String {
+    format!("{}.{}.{}", b64(header.to_string().as_bytes()), b64(payload.to_string().as_bytes()), signature)
+}
+
+/// The echo upstream: answers 200 with a JSON description of the request it received, and
+/// waits 2 s first when the path starts with /slow.
+pub fn echo_handler(id: &'static str) -> Handler {
+    Arc::new(move |req: &EchoRequest| {
+        let mut body = req.to_json();
+        body["upstream"] = json!(id);
+        EchoResponse {
+            status: 200,
+            body: body.to_string().into_bytes(),
+            delay: req.target.starts_with("/slow").then(|| Duration::from_secs(2)),
+        }
+    })
+}
+
+pub fn start_echo(id: &'static str) -> SocketAddr {
+    spawn_upstream(echo_handler(id)).unwrap()
+}
+
+/// A port nothing listens on.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub const ROUTES: &str = r#"
+[[routes]]
+methods = ["GET"]
+path = "/health"
+public = true
+
+[[routes]]
+path = "/public/{*rest}"
+public = true
+
+[[routes]]
+methods = ["GET"]
+path = "/contacts"
+scopes = ["read:contacts"]
+
+[[routes]]
+methods = ["GET"]
+path = "/contacts/{id}"
+scopes = ["read:contacts"]
+
+[[routes]]
+methods = ["POST"]
+path = "/contacts"
+scopes = ["write:contacts"]
+
+[[routes]]
+methods = ["DELETE"]
+path = "/contacts/{id}"
+scopes = ["delete:contacts"]
+
+[[routes]]
+methods = ["GET"]
+path = "/admin/{*rest}"
+scopes = ["read:contacts"]
+any_scopes = ["admin", "contacts:all"]
+
+[[routes]]
+methods = ["GET"]
+path = "/me"
+
+[[routes]]
+methods = ["GET"]
+path = "/slow"
+"#;
+
+/// A config for `upstream`, with the standard routes; `extra` is appended (e.g. [forward]).
+pub fn config(listen: u16, upstream_servers: &[SocketAddr], extra: &str) -> String {
+    let servers: Vec<String> = upstream_servers.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{listen}"
+threads = 1
+shutdown_grace_seconds = 2
+
+[[issuers]]
+issuer = "{ISS}"
+audiences = ["{AUD}", "https://other-api.test"]
+jwks_file = "jwks.json"
+
+[upstreams.contacts]
+servers = [{servers}]
+read_timeout_ms = 500
+connect_timeout_ms = 500
+
+{extra}
+{ROUTES}
+"#,
+        servers = servers.join(", ")
+    )
+}
+
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Start the real binary with `config_text` (jwks.json is written beside it).
+    pub fn start(config_text: &str, port: u16) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("jwks.json"), &key().jwks).unwrap();
+        std::fs::write(dir.path().join("scopegate.toml"), config_text).unwrap();
+        Proxy::start_in(dir, port)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, port: u16) -> Proxy {
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .args(["run", "--config"])
+            .arg(dir.path().join("scopegate.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut proxy = Proxy { child, addr, dir };
+        proxy.wait_listening();
+        proxy
+    }
+
+    /// The standard setup: an echo upstream and the standard routes.
+    pub fn standard(extra: &str) -> Proxy {
+        let upstream = start_echo("a");
+        let port = free_port();
+        Proxy::start(&config(port, &[upstream], extra), port)
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("scopegate exited with {status}: {}", self.log());
+            }
+            if TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("scopegate did not listen on {}: {}", self.addr, self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("scopegate.toml")
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    pub fn get(&self, target: &str, token: Option<&str>) -> Response {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        self.send(&format!("GET {target} HTTP/1.1\r\nHost: api.test\r\n{auth}\r\n"))
+    }
+
+    pub fn request(&self, method: &str, target: &str, token: Option<&str>, extra_headers: &str) -> Response {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        self.send(&format!("{method} {target} HTTP/1.1\r\nHost: api.test\r\n{auth}{extra_headers}\r\n"))
+    }
+
+    /// Send raw bytes on a new connection and read one response.
+    pub fn send(&self, raw: &str) -> Response {
+        let mut c = Client::connect(self.addr);
+        c.send(raw.as_bytes())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// What the echo upstream received (only on forwarded responses).
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name.to_ascii_lowercase()].as_str().map(str::to_string)
+    }
+
+    pub fn upstream_target(&self) -> String {
+        self.json()["target"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// One keep-alive connection.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) -> Response {
+        self.stream.write_all(raw).unwrap();
+        let head_only = raw.starts_with(b"HEAD ");
+        self.read_response(head_only)
+    }
+
+    pub fn read_response(&mut self, head_only: bool) -> Response {
+        let mut chunk = [0u8; 16384];
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = self.stream.read(&mut chunk).expect("reading response");
+            assert!(n > 0, "connection closed before a response; got {:?}", String::from_utf8_lossy(&self.buf));
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let len = if head_only { 0 } else { len };
+        while self.buf.len() < head_end + len {
+            let n = self.stream.read(&mut chunk).expect("reading body");
+            assert!(n > 0, "connection closed mid-body");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = self.buf[head_end..head_end + len].to_vec();
+        self.buf.drain(..head_end + len);
+        Response { status, headers, body }
+    }
+}
+
+/// Run `scopegate check` on a config text; returns (exit ok, stdout, stderr).
+pub fn check(config_text: &str, files: &[(&str, &str)]) -> (bool, String, String, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config_text).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_scopegate")).args(["check", "--config"]).arg(&path).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path,
+        dir,
+    )
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
