@@ -1,0 +1,124 @@
+//! What the upstream receives: the normalized path that was authorized, our claim headers and
+//! never the client's copies, X-Forwarded-*, and the token only when not stripped.
+
+mod common;
+
+use common::*;
+
+const CLAIMS: &str = r#"
+[forward]
+claims = { sub = "X-Auth-Subject", scope = "X-Auth-Scopes" }
+"#;
+
+#[test]
+fn the_upstream_sees_exactly_the_normalized_path_that_was_authorized() {
+    let p = Proxy::standard("");
+    let t = token("read:contacts");
+    // Each of these resolves to /contacts (or /contacts/1): without a token the proxy must not
+    // treat it as the public route it appears to start with.
+    let tricks = [
+        ("/health/../contacts", "/contacts"),
+        ("/health/%2e%2e/contacts", "/contacts"),
+        ("/health/%2E%2E/contacts", "/contacts"),
+        ("/public/../contacts", "/contacts"),
+        ("/public/x/../../contacts", "/contacts"),
+        ("/public/./../contacts", "/contacts"),
+        ("//contacts", "/contacts"),
+        ("/./contacts", "/contacts"),
+        ("/cont%61cts", "/contacts"),
+        ("/contacts//1", "/contacts/1"),
+        ("/public/%2e%2e/contacts/1", "/contacts/1"),
+    ];
+    for (target, normalized) in tricks {
+        let anon = p.get(target, None);
+        assert_eq!(anon.status, 401, "{target} must not reach the upstream without a token");
+        let r = p.get(target, Some(&t));
+        assert_eq!(r.status, 200, "{target}");
+        assert_eq!(r.upstream_target(), normalized, "{target}");
+    }
+    // The query string is passed through unchanged.
+    let r = p.get("/public/../contacts?q=a%2Fb&x=..", Some(&t));
+    assert_eq!(r.upstream_target(), "/contacts?q=a%2Fb&x=..");
+    // A public path stays public, normalized.
+    let r = p.get("/public/a/./b//c", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_target(), "/public/a/b/c");
+}
+
+#[test]
+fn absolute_form_targets_are_forwarded_in_origin_form() {
+    let p = Proxy::standard("");
+    let r = p.send(&format!(
+        "GET http://api.test/public/../contacts HTTP/1.1\r\nHost: api.test\r\nAuthorization: Bearer {}\r\n\r\n",
+        token("read:contacts")
+    ));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_target(), "/contacts");
+}
+
+#[test]
+fn claim_headers_replace_whatever_the_client_sent() {
+    let p = Proxy::standard(CLAIMS);
+    let spoof = "X-Auth-Subject: admin\r\nX-Auth-Scopes: delete:contacts admin\r\nx-auth-subject: root\r\n";
+    let r = p.request("GET", "/contacts", Some(&token("read:contacts")), spoof);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-auth-subject").as_deref(), Some("user-1"));
+    assert_eq!(r.upstream_header("x-auth-scopes").as_deref(), Some("read:contacts"));
+
+    // On a public route there is no token, so there must be no such headers at all.
+    let r = p.request("GET", "/health", None, spoof);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-auth-subject"), None);
+    assert_eq!(r.upstream_header("x-auth-scopes"), None);
+}
+
+#[test]
+fn forwarding_headers_are_set_by_the_proxy() {
+    let p = Proxy::standard("");
+    let spoof = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nForwarded: for=6.6.6.6\r\n";
+    let r = p.request("GET", "/health", None, spoof);
+    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(r.upstream_header("x-forwarded-host").as_deref(), Some("api.test"));
+    assert_eq!(r.upstream_header("forwarded"), None);
+    assert_eq!(r.upstream_header("host").as_deref(), Some("api.test"));
+}
+
+#[test]
+fn hop_by_hop_headers_are_dropped() {
+    let p = Proxy::standard("");
+    let r = p.request("GET", "/health", None, "Connection: keep-alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\n");
+    assert_eq!(r.status, 200);
+    for h in ["x-secret-hop", "keep-alive", "te", "proxy-connection"] {
+        assert_eq!(r.upstream_header(h), None, "{h} must not be forwarded");
+    }
+}
+
+#[test]
+fn the_token_is_forwarded_unless_strip_token() {
+    let t = token("read:contacts");
+    let p = Proxy::standard("");
+    assert_eq!(p.get("/contacts", Some(&t)).upstream_header("authorization"), Some(format!("Bearer {t}")));
+
+    let p = Proxy::standard("[forward]\nstrip_token = true\n");
+    let r = p.get("/contacts", Some(&t));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("authorization"), None);
+}
+
+#[test]
+fn request_bodies_reach_the_upstream() {
+    let p = Proxy::standard("");
+    let body = r#"{"name":"Grace Hopper"}"#;
+    let r = p.send(&format!(
+        "POST /contacts HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        token("write:contacts"),
+        body.len()
+    ));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("content-length").as_deref(), Some(body.len().to_string().as_str()));
+    // Refused before the body is read: the connection must not take the body for a request.
+    let mut c = Client::connect(p.addr);
+    let r = c.send(format!("POST /contacts HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    assert_eq!(r.status, 401);
+}
