@@ -41,6 +41,8 @@ impl EchoRequest {
 pub struct EchoResponse {
     pub status: u16,
     pub body: Vec<u8>,
+    /// Extra response headers.
+    pub headers: Vec<(String, String)>,
     /// Wait this long before answering (for timeout tests).
     pub delay: Option<Duration>,
 }
@@ -60,7 +62,7 @@ pub fn contacts_handler() -> Handler {
             _ => (404, serde_json::json!({"error": "not found"})),
         };
         let body = serde_json::json!({ "data": data, "upstream_saw": req.to_json() });
-        EchoResponse { status, body: body.to_string().into_bytes(), delay: None }
+        EchoResponse { status, body: body.to_string().into_bytes(), headers: Vec::new(), delay: None }
     })
 }
 
@@ -121,8 +123,9 @@ async fn serve_connection(mut stream: TcpStream, handler: Handler) -> std::io::R
             tokio::time::sleep(d).await;
         }
         let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let extra: String = resp.headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n",
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}{}\r\n",
             resp.status,
             reason(resp.status),
             resp.body.len(),
@@ -149,19 +152,60 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Start `serve` on a thread of its own, on 127.0.0.1 and an ephemeral port.
-pub fn spawn_upstream(handler: Handler) -> std::io::Result<SocketAddr> {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    std_listener.set_nonblocking(true)?;
-    let addr = std_listener.local_addr()?;
-    std::thread::Builder::new().name("upstream".into()).spawn(move || {
+/// A server started by `spawn_upstream`; it stops (closing its port and connections) on
+/// `stop()` or when dropped.
+pub struct UpstreamHandle {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UpstreamHandle {
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Keep serving for the rest of the process.
+    pub fn detach(mut self) -> SocketAddr {
+        self.stop.take().map(std::mem::forget);
+        self.thread.take();
+        self.addr
+    }
+}
+
+impl Drop for UpstreamHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Start `serve` on a thread of its own, on `listener` (e.g. 127.0.0.1:0).
+pub fn spawn_upstream_on(listener: std::net::TcpListener, handler: Handler) -> std::io::Result<UpstreamHandle> {
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new().name("upstream".into()).spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let listener = TcpListener::from_std(std_listener).expect("listener");
-            serve(listener, handler).await;
+            let listener = TcpListener::from_std(listener).expect("listener");
+            tokio::select! {
+                _ = serve(listener, handler) => {}
+                _ = rx => {}
+            }
         });
+        // Dropping the runtime here closes the listener and every connection.
     })?;
-    Ok(addr)
+    Ok(UpstreamHandle { addr, stop: Some(tx), thread: Some(thread) })
+}
+
+/// Start `serve` on 127.0.0.1 and an ephemeral port, for the rest of the process.
+pub fn spawn_upstream(handler: Handler) -> std::io::Result<SocketAddr> {
+    Ok(spawn_upstream_on(std::net::TcpListener::bind("127.0.0.1:0")?, handler)?.detach())
 }
 
 /// Write the demo's config, key and JWKS into `dir`.

@@ -176,6 +176,23 @@ pub struct KeyStore {
     loaded: std::sync::atomic::AtomicBool,
     /// Bumped on every replacement, so cached verifications made with older keys are dropped.
     version: std::sync::atomic::AtomicU64,
+    /// Held while fetching: one fetch at a time per store (single flight).
+    pub(crate) fetch: tokio::sync::Mutex<FetchState>,
+}
+
+/// Bookkeeping of the fetches of one store.
+#[derive(Debug, Default)]
+pub struct FetchState {
+    /// When the last fetch was tried (ok or not).
+    pub last_attempt: Option<std::time::Instant>,
+    /// When the last fetch triggered by an unknown `kid` was made.
+    pub last_forced: Option<std::time::Instant>,
+    /// When the next periodic refresh is due.
+    pub next_due: Option<std::time::Instant>,
+    /// Failed attempts in a row, for backoff.
+    pub failures: u32,
+    /// From discovery: where the JWKS lives.
+    pub jwks_uri: Option<String>,
 }
 
 impl KeyStore {
@@ -185,6 +202,7 @@ impl KeyStore {
             current: ArcSwap::from_pointee(KeySet::default()),
             loaded: std::sync::atomic::AtomicBool::new(false),
             version: std::sync::atomic::AtomicU64::new(0),
+            fetch: tokio::sync::Mutex::new(FetchState::default()),
         }
     }
 
@@ -206,6 +224,11 @@ impl KeyStore {
 
     pub fn version(&self) -> u64 {
         self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The URL-based source, if keys come from the network.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.source, KeySource::Url(_) | KeySource::Discovery(_))
     }
 
     /// True once a key set has been loaded (for `/readyz`).

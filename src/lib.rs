@@ -3,11 +3,13 @@
 //! Flow: config file -> `config` (plain data) -> `snapshot` (compiled, immutable) -> per request
 //! `decision::decide` -> `proxy` carries it out.
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod decision;
 pub mod demo;
 pub mod explain;
+pub mod jwks;
 pub mod keys;
 pub mod metrics;
 pub mod mint;

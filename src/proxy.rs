@@ -22,6 +22,7 @@ use crate::token::{claim_text, Principal, Rejection};
 pub struct ScopeGate {
     pub live: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
+    pub fetcher: Arc<crate::jwks::JwksFetcher>,
 }
 
 /// Per-request state, from `request_filter` to `logging`.
@@ -135,7 +136,14 @@ fn client_ip(session: &Session) -> Option<String> {
 }
 
 impl ScopeGate {
-    fn decide_and_record(&self, session: &Session, snapshot: &Arc<Snapshot>, ctx: &mut RequestCtx) -> Option<ErrorResponse> {
+    /// Decide, note the outcome in `ctx`, and return the error response to send (if any) and
+    /// the issuer whose key set lacked the token's `kid` (if that was the reason).
+    fn decide_and_record(
+        &self,
+        session: &Session,
+        snapshot: &Arc<Snapshot>,
+        ctx: &mut RequestCtx,
+    ) -> (Option<ErrorResponse>, Option<usize>) {
         let req = session.req_header();
         let decision = decide(snapshot, &req.method, req.uri.path(), &req.headers);
         ctx.decision = decision.label();
@@ -144,7 +152,11 @@ impl ScopeGate {
             Decision::Unauthenticated(r) => Some(r.reason()),
             _ => None,
         };
-        match decision {
+        let unknown_key = match &decision {
+            Decision::Unauthenticated(Rejection::UnknownKey(i)) => Some(*i),
+            _ => None,
+        };
+        let response = match decision {
             Decision::Forward { route, path, principal } => {
                 if let std::borrow::Cow::Owned(p) = path {
                     ctx.rewritten_path = Some(p);
@@ -154,7 +166,8 @@ impl ScopeGate {
                 None
             }
             other => error_response(snapshot, &other),
-        }
+        };
+        (response, unknown_key)
     }
 }
 
@@ -179,7 +192,15 @@ impl ProxyHttp for ScopeGate {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_core::Result<bool> {
         let snapshot = self.live.load_full();
-        let outcome = self.decide_and_record(session, &snapshot, ctx);
+        let (mut outcome, unknown_key) = self.decide_and_record(session, &snapshot, ctx);
+        // An unknown `kid` may be a key the provider has just rotated in: refetch (once for all
+        // requests waiting on it, at most once per cooldown) and decide again.
+        if let Some(i) = unknown_key {
+            let issuer = &snapshot.issuers[i];
+            if self.fetcher.refresh_for_unknown_kid(issuer, issuer.keys.version()).await {
+                outcome = self.decide_and_record(session, &snapshot, ctx).0;
+            }
+        }
         ctx.snapshot = Some(snapshot);
         match outcome {
             None => Ok(false),

@@ -7,7 +7,13 @@ use arc_swap::ArcSwap;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 
+use pingora_core::services::background::background_service;
+
+use pingora_core::services::listening::Service;
+
+use crate::admin::Admin;
 use crate::config::{self, ConfigError};
+use crate::jwks::{JwksFetcher, KeyRefresher};
 use crate::metrics::Metrics;
 use crate::proxy::ScopeGate;
 use crate::snapshot::{self, Snapshot};
@@ -32,6 +38,7 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
         ..ServerConf::default()
     };
     let listen = first.listen.clone();
+    let admin_listen = first.admin_listen.clone();
     tracing::info!(
         config = %config_path.display(),
         routes = first.routes.len(),
@@ -42,15 +49,23 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
 
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    let fetcher = Arc::new(JwksFetcher::new(metrics.clone()));
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        ScopeGate { live: live.clone(), metrics: metrics.clone() },
+        ScopeGate { live: live.clone(), metrics: metrics.clone(), fetcher: fetcher.clone() },
         "scopegate",
     );
     for addr in &listen {
         proxy.add_tcp(addr);
     }
     server.add_service(proxy);
+    server.add_service(background_service("jwks refresher", KeyRefresher { live: live.clone(), fetcher }));
+    if let Some(addr) = &admin_listen {
+        let mut admin = Service::new("admin".to_string(), Admin { live: live.clone(), metrics: metrics.clone() });
+        admin.add_tcp(addr);
+        admin.threads = Some(1);
+        server.add_service(admin);
+    }
     server.run_forever();
 }
 

@@ -329,6 +329,11 @@ pub fn build_with(
             leeway: ic.leeway_seconds,
             scope_claims: ic.scope_claims.clone(),
             keys,
+            refresh: crate::jwks::RefreshPolicy {
+                min: Duration::from_secs(ic.refresh_min_seconds),
+                max: Duration::from_secs(ic.refresh_max_seconds),
+                cooldown: Duration::from_secs(ic.unknown_kid_cooldown_seconds),
+            },
         });
     }
 

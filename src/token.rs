@@ -112,6 +112,7 @@ pub struct Issuer {
     pub leeway: u64,
     pub scope_claims: Vec<String>,
     pub keys: Arc<KeyStore>,
+    pub refresh: crate::jwks::RefreshPolicy,
 }
 
 /// Granted scopes, sorted and deduplicated; compared as whole, case-sensitive words.

@@ -84,6 +84,7 @@ pub fn echo_handler(id: &'static str) -> Handler {
         EchoResponse {
             status: 200,
             body: body.to_string().into_bytes(),
+            headers: Vec::new(),
             delay: req.target.starts_with("/slow").then(|| Duration::from_secs(2)),
         }
     })
@@ -143,20 +144,28 @@ methods = ["GET"]
 path = "/slow"
 "#;
 
+/// The issuer block of the standard config: keys from jwks.json beside the config.
+pub fn file_issuer() -> String {
+    format!("[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\", \"https://other-api.test\"]\njwks_file = \"jwks.json\"\n")
+}
+
 /// A config for `upstream`, with the standard routes; `extra` is appended (e.g. [forward]).
 pub fn config(listen: u16, upstream_servers: &[SocketAddr], extra: &str) -> String {
+    config_full(listen, None, upstream_servers, &file_issuer(), extra)
+}
+
+pub fn config_full(listen: u16, admin: Option<u16>, upstream_servers: &[SocketAddr], issuers: &str, extra: &str) -> String {
     let servers: Vec<String> = upstream_servers.iter().map(|a| format!("\"{a}\"")).collect();
+    let admin = admin.map(|p| format!("admin_listen = \"127.0.0.1:{p}\"")).unwrap_or_default();
     format!(
         r#"
 [server]
 listen = "127.0.0.1:{listen}"
+{admin}
 threads = 1
 shutdown_grace_seconds = 2
 
-[[issuers]]
-issuer = "{ISS}"
-audiences = ["{AUD}", "https://other-api.test"]
-jwks_file = "jwks.json"
+{issuers}
 
 [upstreams.contacts]
 servers = [{servers}]
@@ -338,6 +347,104 @@ impl Client {
     }
 }
 
+/// GET on a fresh connection to any address.
+pub fn http_get(addr: SocketAddr, target: &str) -> Response {
+    Client::connect(addr).send(format!("GET {target} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+}
+
+pub fn admin_addr(port: u16) -> SocketAddr {
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+/// The value of one series in a Prometheus text exposition (0 when absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// Poll `f` until it is true or `secs` pass.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A JWKS (and OIDC discovery) server whose document can be swapped, counting its hits.
+pub struct JwksServer {
+    pub handle: scopegate::demo::UpstreamHandle,
+    pub jwks: Arc<std::sync::Mutex<String>>,
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    pub fn start(jwks: &str, max_age: u64) -> JwksServer {
+        JwksServer::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), jwks, max_age)
+    }
+
+    pub fn start_on(listener: TcpListener, jwks: &str, max_age: u64) -> JwksServer {
+        let doc = Arc::new(std::sync::Mutex::new(jwks.to_string()));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let addr = listener.local_addr().unwrap();
+        let (d, h) = (doc.clone(), hits.clone());
+        let handler: Handler = Arc::new(move |req: &EchoRequest| {
+            let issuer = format!("http://{addr}");
+            let body = match req.target.as_str() {
+                "/.well-known/openid-configuration" => {
+                    json!({ "issuer": issuer, "jwks_uri": format!("{issuer}/keys") }).to_string()
+                }
+                _ => {
+                    h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    d.lock().unwrap().clone()
+                }
+            };
+            EchoResponse {
+                status: 200,
+                body: body.into_bytes(),
+                headers: vec![("Cache-Control".into(), format!("public, max-age={max_age}"))],
+                delay: None,
+            }
+        });
+        let handle = scopegate::demo::spawn_upstream_on(listener, handler).unwrap();
+        JwksServer { handle, jwks: doc, hits }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/keys", self.handle.addr)
+    }
+
+    pub fn set(&self, jwks: &str) {
+        *self.jwks.lock().unwrap() = jwks.to_string();
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Merge the keys of several JWKS documents into one.
+pub fn merge_jwks(docs: &[&str]) -> String {
+    let keys: Vec<Value> = docs
+        .iter()
+        .flat_map(|d| serde_json::from_str::<Value>(d).unwrap()["keys"].as_array().unwrap().clone())
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+/// A JWKS document with the given key under another `kid`.
+pub fn with_kid(jwks: &str, kid: &str) -> String {
+    let mut v: Value = serde_json::from_str(jwks).unwrap();
+    v["keys"][0]["kid"] = json!(kid);
+    v.to_string()
+}
+
 /// Run `scopegate check` on a config text; returns (exit ok, stdout, stderr).
 pub fn check(config_text: &str, files: &[(&str, &str)]) -> (bool, String, String, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -358,4 +465,20 @@ pub fn check(config_text: &str, files: &[(&str, &str)]) -> (bool, String, String
 
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// A new RSA key under `kid` (not cached: each call is a new key).
+pub fn fresh_key(kid: &str) -> TestKey {
+    let (pem, jwks) = scopegate::mint::generate_rsa_key(kid);
+    TestKey { pem, jwks }
+}
+
+/// The standard routes and an echo upstream, with keys from `jwks_url` and an admin port.
+pub fn url_proxy(jwks_url: &str, extra_issuer: &str) -> (Proxy, u16) {
+    let upstream = start_echo("a");
+    let (port, admin) = (free_port(), free_port());
+    let issuer = format!(
+        "[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\njwks_url = \"{jwks_url}\"\nunknown_kid_cooldown_seconds = 1\nrefresh_min_seconds = 1\n{extra_issuer}\n"
+    );
+    (Proxy::start(&config_full(port, Some(admin), &[upstream], &issuer, ""), port), admin)
 }

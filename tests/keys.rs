@@ -1,0 +1,128 @@
+//! Keys from a real JWKS server over HTTP: loading, readiness, rotation, outages, discovery,
+//! and the verified-token cache following the key set.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+fn ready(admin: u16) -> bool {
+    http_get(admin_addr(admin), "/readyz").status == 200
+}
+
+#[test]
+fn keys_from_jwks_url_make_the_proxy_ready() {
+    let jwks = JwksServer::start(&key().jwks, 300);
+    let (p, admin) = url_proxy(&jwks.url(), "");
+    assert!(eventually(10, || ready(admin)), "{}", p.log());
+    assert_eq!(p.get("/contacts", Some(&token("read:contacts"))).status, 200);
+    let m = http_get(admin_addr(admin), "/metrics");
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    assert!(metric(&text, &format!("scopegate_jwks_refreshes_total{{issuer=\"{ISS}\",result=\"ok\"}}")) >= 1.0, "{text}");
+}
+
+#[test]
+fn a_rotated_key_is_accepted_within_seconds_and_a_removed_one_is_refused() {
+    let jwks = JwksServer::start(&key().jwks, 3600);
+    let (p, admin) = url_proxy(&jwks.url(), "");
+    assert!(eventually(10, || ready(admin)));
+    let old = token("read:contacts");
+    assert_eq!(p.get("/contacts", Some(&old)).status, 200, "cached from now on");
+
+    // The provider rotates: publishes a new key and drops the old one. max-age is an hour, so
+    // only the unknown kid can make the proxy look again.
+    let rotated = fresh_key("test-key-2");
+    jwks.set(&rotated.jwks);
+    let new = sign_with(&rotated, Some("test-key-2"), &claims("read:contacts"));
+    assert!(eventually(5, || p.get("/contacts", Some(&new)).status == 200), "{}", p.log());
+    // The old token was cached, but its key is gone: the cache must not outlive the key set.
+    assert_eq!(p.get("/contacts", Some(&old)).status, 401);
+}
+
+#[test]
+fn unknown_kids_do_not_cause_a_fetch_storm() {
+    let jwks = JwksServer::start(&key().jwks, 3600);
+    let (p, admin) = url_proxy(&jwks.url(), "");
+    assert!(eventually(10, || ready(admin)));
+    let before = jwks.hits();
+    let stranger = fresh_key("attacker");
+    let t = sign_with(&stranger, Some("attacker"), &claims("read:contacts"));
+    let start = std::time::Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(p.get("/contacts", Some(&t)).status, 401);
+        sent += 1;
+    }
+    let fetches = jwks.hits() - before;
+    assert!(sent > 10, "sent {sent}");
+    // Cooldown is 1 s in this config: at most two refetches in under a second.
+    assert!(fetches <= 2, "{fetches} fetches for {sent} requests");
+}
+
+#[test]
+fn cached_keys_keep_working_when_the_jwks_server_goes_down() {
+    let mut jwks = JwksServer::start(&key().jwks, 1);
+    let (p, admin) = url_proxy(&jwks.url(), "");
+    assert!(eventually(10, || ready(admin)));
+    jwks.handle.stop();
+    // Refreshes now fail (max-age 1 s, refresh_min 1 s): wait for one to be counted.
+    let failed = format!("scopegate_jwks_refreshes_total{{issuer=\"{ISS}\",result=\"error\"}}");
+    assert!(eventually(10, || {
+        let m = http_get(admin_addr(admin), "/metrics");
+        metric(&String::from_utf8_lossy(&m.body), &failed) >= 1.0
+    }));
+    // A token never seen before (so not cached) still verifies with the last good keys.
+    let mut c = claims("read:contacts");
+    c["jti"] = json!("fresh");
+    assert_eq!(p.get("/contacts", Some(&sign(&c))).status, 200);
+    assert!(ready(admin), "the last good keys keep the proxy ready");
+}
+
+#[test]
+fn down_at_start_means_not_ready_until_it_comes_up() {
+    let listener_port = free_port();
+    let url = format!("http://127.0.0.1:{listener_port}/keys");
+    let (p, admin) = url_proxy(&url, "");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(http_get(admin_addr(admin), "/readyz").status, 503);
+    assert_eq!(http_get(admin_addr(admin), "/healthz").status, 200, "alive while not ready");
+    assert_eq!(p.get("/contacts", Some(&token("read:contacts"))).status, 401);
+    assert_eq!(p.get("/health", None).status, 200, "public routes work without keys");
+
+    let listener = std::net::TcpListener::bind(("127.0.0.1", listener_port)).unwrap();
+    let _jwks = JwksServer::start_on(listener, &key().jwks, 300);
+    assert!(eventually(15, || ready(admin)), "{}", p.log());
+    assert_eq!(p.get("/contacts", Some(&token("read:contacts"))).status, 200);
+}
+
+#[test]
+fn discovery_reads_jwks_uri_from_the_issuer() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let _jwks = JwksServer::start_on(listener, &key().jwks, 300);
+    let upstream = start_echo("a");
+    let (port, admin) = (free_port(), free_port());
+    let issuers = format!("[[issuers]]\nissuer = \"{issuer}\"\naudiences = [\"{AUD}\"]\ndiscovery = true\n");
+    let p = Proxy::start(&config_full(port, Some(admin), &[upstream], &issuers, ""), port);
+    assert!(eventually(10, || ready(admin)), "{}", p.log());
+    let mut c = claims("read:contacts");
+    c["iss"] = json!(issuer);
+    assert_eq!(p.get("/contacts", Some(&sign(&c))).status, 200);
+    // The standard issuer is not trusted by this proxy.
+    assert_eq!(p.get("/contacts", Some(&token("read:contacts"))).status, 401);
+}
+
+#[test]
+fn a_cached_token_is_not_accepted_past_its_exp() {
+    let upstream = start_echo("a");
+    let port = free_port();
+    let issuer = format!("{}leeway_seconds = 0\n", file_issuer());
+    let p = Proxy::start(&config_full(port, None, &[upstream], &issuer, ""), port);
+    let mut c = claims("read:contacts");
+    c["exp"] = json!(now() + 2);
+    let t = sign(&c);
+    assert_eq!(p.get("/contacts", Some(&t)).status, 200);
+    assert_eq!(p.get("/contacts", Some(&t)).status, 200, "served from the cache");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert!(eventually(2, || p.get("/contacts", Some(&t)).status == 401));
+}
