@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mint;
 pub mod path;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;

@@ -25,6 +25,10 @@ pub struct ScopeGate {
     pub fetcher: Arc<crate::jwks::JwksFetcher>,
 }
 
+/// Requests between their header being read and their context being dropped; the shutdown
+/// drain waits for this to reach zero.
+pub static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Per-request state, from `request_filter` to `logging`.
 pub struct RequestCtx {
     started: Instant,
@@ -39,6 +43,12 @@ pub struct RequestCtx {
     connect_failures: usize,
     /// Why the token was refused, for `scopegate_token_rejections_total`.
     rejection: Option<&'static str>,
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// An error response: status, the headers that go with it, and the JSON body.
@@ -176,6 +186,7 @@ impl ProxyHttp for ScopeGate {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RequestCtx {
             started: Instant::now(),
             snapshot: None,

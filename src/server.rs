@@ -1,7 +1,11 @@
 //! Assemble and run the Pingora server: the proxy service on the configured listeners.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora_core::server::ExecutionPhase;
 
 use arc_swap::ArcSwap;
 use pingora_core::server::configuration::ServerConf;
@@ -15,7 +19,8 @@ use crate::admin::Admin;
 use crate::config::{self, ConfigError};
 use crate::jwks::{JwksFetcher, KeyRefresher};
 use crate::metrics::Metrics;
-use crate::proxy::ScopeGate;
+use crate::reload::{ConfigWatcher, Reloader};
+use crate::proxy::{ScopeGate, IN_FLIGHT};
 use crate::snapshot::{self, Snapshot};
 
 /// Load and compile a config file into its first snapshot.
@@ -30,11 +35,13 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
     let metrics = Arc::new(Metrics::new());
     metrics.set_generation(1);
 
+    let grace = first.shutdown_grace_seconds;
     let conf = ServerConf {
         threads: first.threads,
-        // After SIGTERM, listeners close at once; requests in flight get the grace period.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(first.shutdown_grace_seconds),
+        // After SIGTERM the listeners close at once and requests in flight get the grace
+        // period; `drain_then_exit` ends it early once none are left.
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let listen = first.listen.clone();
@@ -60,13 +67,35 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
     }
     server.add_service(proxy);
     server.add_service(background_service("jwks refresher", KeyRefresher { live: live.clone(), fetcher }));
+    let reloader = Arc::new(Reloader::new(config_path.to_path_buf(), live.clone(), metrics.clone()));
+    server.add_service(background_service("config watcher", ConfigWatcher(reloader)));
     if let Some(addr) = &admin_listen {
         let mut admin = Service::new("admin".to_string(), Admin { live: live.clone(), metrics: metrics.clone() });
         admin.add_tcp(addr);
         admin.threads = Some(1);
         server.add_service(admin);
     }
+    drain_then_exit(server.watch_execution_phase(), Duration::from_secs(grace));
     server.run_forever();
+}
+
+/// Pingora sleeps the whole grace period after SIGTERM; exit as soon as the last request in
+/// flight has finished instead.
+fn drain_then_exit(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, grace: Duration) {
+    std::thread::spawn(move || loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::ShutdownGracePeriod) => {
+                let deadline = Instant::now() + grace;
+                while IN_FLIGHT.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                tracing::info!(in_flight = IN_FLIGHT.load(Ordering::Relaxed), "shutdown: requests drained, exiting");
+                std::process::exit(0);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            _ => {}
+        }
+    });
 }
 
 /// `run`, turning a config error into an `anyhow` error for the demo.
