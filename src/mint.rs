@@ -58,13 +58,7 @@ pub fn mint(key_pem: &[u8], req: &TokenRequest, now: u64) -> Result<String, Mint
 pub fn generate_rsa_key(kid: &str) -> (String, String) {
     let pair = KeyPair::generate(KeySize::Rsa2048).expect("RSA key generation");
     let der = pair.as_der().expect("PKCS#8 encoding");
-    let b64 = STANDARD.encode(der.as_ref());
-    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(chunk).unwrap());
-        pem.push('\n');
-    }
-    pem.push_str("-----END PRIVATE KEY-----\n");
+    let pem = pem_wrap("PRIVATE KEY", der.as_ref());
     let public = pair.public_key();
     let jwks = serde_json::json!({
         "keys": [{
@@ -77,6 +71,35 @@ pub fn generate_rsa_key(kid: &str) -> (String, String) {
         }]
     });
     (pem, serde_json::to_string_pretty(&jwks).unwrap())
+}
+
+/// A fresh P-256 signing key: (private key PEM, JWKS document holding its public half).
+pub fn generate_ec_key(kid: &str) -> (String, String) {
+    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("EC key generation");
+    let der = pair.to_pkcs8v1().expect("PKCS#8 encoding");
+    let pem = pem_wrap("PRIVATE KEY", der.as_ref());
+    // Uncompressed point: 0x04 || x || y.
+    let point = pair.public_key().as_ref().to_vec();
+    let jwks = serde_json::json!({
+        "keys": [{
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        }]
+    });
+    (pem, serde_json::to_string_pretty(&jwks).unwrap())
+}
+
+fn pem_wrap(label: &str, der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(chunk).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
 }
 
 /// `90s`, `15m`, `1h`, `2d`, or plain seconds.

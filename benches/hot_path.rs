@@ -1,0 +1,120 @@
+//! Per-request costs: path normalization + route lookup by table size, token validation
+//! (RS256, ES256, cached), and the whole decision.
+//!
+//! cargo bench --bench hot_path
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, HeaderValue, Method};
+use scopegate::config::{parse, Source};
+use scopegate::snapshot::{build, unix_now, Snapshot};
+use scopegate::{decision, mint, path, token};
+
+const ISS: &str = "https://issuer.bench/";
+const AUD: &str = "https://api.bench";
+
+/// A config with `n` routes over `n / 3` services, keys from `jwks`.
+fn snapshot(n: usize, jwks: &str, algorithm: &str, cache: usize) -> (Snapshot, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:1\"\n[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\njwks_file = \"jwks.json\"\nalgorithms = [\"{algorithm}\"]\n[upstreams.api]\nservers = [\"127.0.0.1:2\"]\n[forward]\ntoken_cache_size = {cache}\n"
+    );
+    for i in 0..n {
+        let (method, path) = match i % 3 {
+            0 => ("GET", format!("/svc{}/items", i / 3)),
+            1 => ("DELETE", format!("/svc{}/items/{{id}}", i / 3)),
+            _ => ("GET", format!("/svc{}/files/{{*rest}}", i / 3)),
+        };
+        text.push_str(&format!("[[routes]]\nmethods = [\"{method}\"]\npath = \"{path}\"\nscopes = [\"svc{}:read\"]\n", i / 3));
+    }
+    let loaded = parse(Source { name: "bench.toml".into(), text }, PathBuf::from(dir.path())).unwrap();
+    (build(&loaded, 1).unwrap(), dir)
+}
+
+fn sign(pem: &str, kid: &str, scope: &str) -> String {
+    let req = mint::TokenRequest {
+        kid: Some(kid.into()),
+        scope: scope.into(),
+        iss: ISS.into(),
+        aud: AUD.into(),
+        sub: "bench".into(),
+        ttl: std::time::Duration::from_secs(3600),
+    };
+    mint::mint(pem.as_bytes(), &req, unix_now()).unwrap()
+}
+
+fn routing(c: &mut Criterion) {
+    let (_, jwks) = mint::generate_rsa_key("k");
+    let mut g = c.benchmark_group("normalize+lookup");
+    for n in [10usize, 1_000, 10_000] {
+        let (snap, _dir) = snapshot(n, &jwks, "RS256", 0);
+        let svc = n / 3 / 2;
+        let target = format!("/svc{svc}/items/12345");
+        g.bench_with_input(BenchmarkId::new("normalized", n), &target, |b, t| {
+            b.iter(|| {
+                let p = path::normalize(black_box(t)).unwrap();
+                black_box(snap.router.lookup(&Method::DELETE, &p));
+            })
+        });
+        let messy = format!("/svc{svc}/./files/../items//12345");
+        g.bench_with_input(BenchmarkId::new("needs_normalizing", n), &messy, |b, t| {
+            b.iter(|| {
+                let p = path::normalize(black_box(t)).unwrap();
+                black_box(snap.router.lookup(&Method::DELETE, &p));
+            })
+        });
+    }
+    g.finish();
+}
+
+fn tokens(c: &mut Criterion) {
+    let (rsa_pem, rsa_jwks) = mint::generate_rsa_key("rsa");
+    let (ec_pem, ec_jwks) = mint::generate_ec_key("ec");
+    let mut g = c.benchmark_group("token");
+    let now = unix_now();
+
+    let (rsa_snap, _d1) = snapshot(10, &rsa_jwks, "RS256", 100_000);
+    let rsa_token = sign(&rsa_pem, "rsa", "svc1:read");
+    g.bench_function("rs256_uncached", |b| {
+        b.iter(|| black_box(token::verify(black_box(rsa_token.as_bytes()), &rsa_snap.issuers, now).unwrap()))
+    });
+    let (ec_snap, _d2) = snapshot(10, &ec_jwks, "ES256", 100_000);
+    let ec_token = sign(&ec_pem, "ec", "svc1:read");
+    g.bench_function("es256_uncached", |b| {
+        b.iter(|| black_box(token::verify(black_box(ec_token.as_bytes()), &ec_snap.issuers, now).unwrap()))
+    });
+    rsa_snap.verify_token(rsa_token.as_bytes()).unwrap();
+    g.bench_function("rs256_cache_hit", |b| {
+        b.iter(|| black_box(rsa_snap.verify_token(black_box(rsa_token.as_bytes())).unwrap()))
+    });
+    g.finish();
+}
+
+fn whole_decision(c: &mut Criterion) {
+    let (pem, jwks) = mint::generate_rsa_key("rsa");
+    let (snap, _dir) = snapshot(1_000, &jwks, "RS256", 100_000);
+    let snap = Arc::new(snap);
+    let t = sign(&pem, "rsa", "svc10:read svc11:read");
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
+    headers.insert(http::header::HOST, HeaderValue::from_static("api.bench"));
+    let mut g = c.benchmark_group("decide");
+    g.bench_function("allowed_cached_token_1000_routes", |b| {
+        b.iter(|| {
+            let d = decision::decide(&snap, &Method::DELETE, black_box("/svc10/items/42"), &headers);
+            assert!(matches!(d, decision::Decision::Forward { .. }));
+            black_box(d);
+        })
+    });
+    g.bench_function("forbidden_cached_token_1000_routes", |b| {
+        b.iter(|| black_box(decision::decide(&snap, &Method::DELETE, black_box("/svc99/items/42"), &headers)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, routing, tokens, whole_decision);
+criterion_main!(benches);
