@@ -149,7 +149,7 @@ pub struct RouteConfig {
     pub upstream: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardConfig {
     /// claim name -> header name
@@ -159,6 +159,13 @@ pub struct ForwardConfig {
     /// Size of the verified-token cache (0 disables it).
     #[serde(default = "default_cache_size")]
     pub token_cache_size: usize,
+}
+
+impl Default for ForwardConfig {
+    /// Used when the file has no [forward] table: the same defaults as an empty one.
+    fn default() -> Self {
+        ForwardConfig { claims: None, strip_token: false, token_cache_size: default_cache_size() }
+    }
 }
 
 fn default_threads() -> usize {
@@ -239,4 +246,30 @@ pub fn default_path() -> PathBuf {
     std::env::var_os("SCOPEGATE_CONFIG")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("config/scopegate.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Config {
+        parse(Source { name: "t.toml".into(), text: text.into() }, PathBuf::from(".")).unwrap().config
+    }
+
+    #[test]
+    fn a_missing_table_gets_the_same_defaults_as_an_empty_one() {
+        let without = parse_text("[server]\nlisten = \"127.0.0.1:1\"\n");
+        let with = parse_text("[server]\nlisten = \"127.0.0.1:1\"\n[forward]\n");
+        assert_eq!(without.forward.token_cache_size, 100_000);
+        assert_eq!(with.forward.token_cache_size, 100_000);
+        assert!(!without.forward.strip_token);
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let e = parse(Source { name: "f.toml".into(), text: "[server]\nlisten = \"x\"\nbogus = 1\n".into() }, PathBuf::from("."))
+            .unwrap_err();
+        assert_eq!((e.file.as_str(), e.line, e.col), ("f.toml", 3, 1));
+        assert!(e.to_string().starts_with("f.toml:3:1: unknown field `bogus`"), "{e}");
+    }
 }
