@@ -41,11 +41,12 @@ impl Drop for Kill {
     }
 }
 
-fn config(listen: u16, upstream: u16, public: bool, threads: usize) -> String {
+fn config(listen: u16, admin: u16, upstream: u16, public: bool, threads: usize) -> String {
     let rule = if public { "public = true".to_string() } else { "scopes = [\"read:contacts\"]".to_string() };
     format!(
         r#"[server]
 listen = "127.0.0.1:{listen}"
+admin_listen = "127.0.0.1:{admin}"
 threads = {threads}
 
 [[issuers]]
@@ -119,6 +120,15 @@ fn wrk(url: &str, script: Option<&Path>, header: Option<&str>, secs: u64, conns:
     run
 }
 
+fn admin_get(port: u16, path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -162,28 +172,41 @@ fn main() {
     );
     wait_port(up_port);
 
-    let (pub_port, auth_port) = (free_port(), free_port());
-    std::fs::write(dir.path().join("public.toml"), config(pub_port, up_port, true, 1)).unwrap();
-    std::fs::write(dir.path().join("auth.toml"), config(auth_port, up_port, false, 1)).unwrap();
-    let start = |name: &str| {
-        Kill(
-            Command::new("taskset")
-                .args(["-c", "0", &bin, "run", "--config"])
-                .arg(dir.path().join(name))
-                .env("RUST_LOG", &log)
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
+    // One proxy process for every scenario: (a) and (b)-(d) differ only in the config, which is
+    // swapped by hot reload between runs, so nothing but enforcement differs between them.
+    let (port, admin) = (free_port(), free_port());
+    let public_cfg = config(port, admin, up_port, true, 1);
+    let auth_cfg = config(port, admin, up_port, false, 1);
+    let cfg_path = dir.path().join("scopegate.toml");
+    std::fs::write(&cfg_path, &public_cfg).unwrap();
+    let proxy = Kill(
+        Command::new("taskset")
+            .args(["-c", "0", &bin, "run", "--config"])
+            .arg(&cfg_path)
+            .env("RUST_LOG", &log)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port);
+    wait_port(admin);
+    let pid = proxy.0.id();
+    let mut generation = 1;
+    let mut switch = |text: &str| {
+        let tmp = dir.path().join("next.toml");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &cfg_path).unwrap();
+        generation += 1;
+        let want = format!("scopegate_config_generation {generation}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !admin_get(admin, "/metrics").contains(&want) {
+            assert!(Instant::now() < deadline, "reload to generation {generation} not seen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     };
-    let public_proxy = start("public.toml");
-    let auth_proxy = start("auth.toml");
-    wait_port(pub_port);
-    wait_port(auth_port);
-    let (pub_pid, auth_pid) = (public_proxy.0.id(), auth_proxy.0.id());
 
     let now = scopegate::snapshot::unix_now();
-    let mut sign = |sub: String| {
+    let sign = |sub: String| {
         let req = mint::TokenRequest {
             kid: Some("bench".into()),
             scope: "read:contacts write:contacts".into(),
@@ -220,29 +243,34 @@ end
     .unwrap();
     drop(f);
 
-    let url_pub = format!("http://127.0.0.1:{pub_port}/contacts");
-    let url_auth = format!("http://127.0.0.1:{auth_port}/contacts");
+    let url = format!("http://127.0.0.1:{port}/contacts");
     let one_h = format!("Authorization: Bearer {one}");
     let bad_h = format!("Authorization: Bearer {bad}");
 
-    // Warm up: connections, the upstream pool, and every token of the pool in the cache.
-    wrk(&url_pub, None, None, 2, conns);
-    wrk(&url_auth, None, Some(&one_h), 2, conns);
-    wrk(&url_auth, Some(&script), None, 3, conns);
+    // Warm up connections and the upstream pool.
+    wrk(&url, None, Some(&one_h), 2, conns);
 
+    // (a) sends the very requests of (b), token included, to the all-public proxy: the ratio
+    // then measures enforcement alone. (a0) is the same without any Authorization header.
     let names = [
         "(a) all routes public",
         "(b) one valid RS256 token",
         "(c) 10,000 distinct tokens",
         "(d) invalid signature",
+        "(a0) public, no token header",
     ];
-    let mut results: Vec<Vec<Run>> = (0..4).map(|_| Vec::new()).collect();
+    let mut results: Vec<Vec<Run>> = (0..names.len()).map(|_| Vec::new()).collect();
     for round in 0..rounds {
         eprintln!("round {}/{rounds} ...", round + 1);
-        results[0].push(wrk(&url_pub, None, None, secs, conns));
-        results[1].push(wrk(&url_auth, None, Some(&one_h), secs, conns));
-        results[2].push(wrk(&url_auth, Some(&script), None, secs, conns));
-        results[3].push(wrk(&url_auth, None, Some(&bad_h), secs, conns));
+        results[0].push(wrk(&url, None, Some(&one_h), secs, conns));
+        results[4].push(wrk(&url, None, None, secs, conns));
+        switch(&auth_cfg);
+        // A reload starts an empty cache: warm every token of the pool first.
+        wrk(&url, Some(&script), None, 2, conns);
+        results[1].push(wrk(&url, None, Some(&one_h), secs, conns));
+        results[2].push(wrk(&url, Some(&script), None, secs, conns));
+        results[3].push(wrk(&url, None, Some(&bad_h), secs, conns));
+        switch(&public_cfg);
     }
     let rss = |pid: u32| -> String {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -252,7 +280,7 @@ end
     };
 
     println!(
-        "\nscopegate load bench: {rounds} interleaved rounds of {secs}s, {conns} keep-alive connections, wrk -t1; proxy: 1 worker pinned to core 0; wrk + upstream on core 1; RUST_LOG={log}"
+        "\nscopegate load bench: {rounds} interleaved rounds of {secs}s, {conns} keep-alive connections, wrk -t1; one proxy process (config swapped by hot reload), 1 worker pinned to core 0; wrk + upstream on core 1; RUST_LOG={log}"
     );
     println!("{:<30} {:>10} {:>9} {:>9} {:>8} {:>10}", "scenario", "req/s", "p50 ms", "p99 ms", "vs (a)", "non-2xx");
     let base = median(results[0].iter().map(|r| r.rps).collect());
@@ -263,5 +291,5 @@ end
         let non2xx: u64 = results[i].iter().map(|r| r.non_2xx).sum();
         println!("{name:<30} {rps:>10.0} {p50:>9.3} {p99:>9.3} {:>8.3} {non2xx:>10}", rps / base);
     }
-    println!("RSS after the run: public proxy {}, auth proxy {}", rss(pub_pid), rss(auth_pid));
+    println!("RSS of the proxy after the run: {}", rss(pid));
 }

@@ -185,6 +185,10 @@ impl ScopeGate {
 impl ProxyHttp for ScopeGate {
     type CTX = RequestCtx;
 
+    // No response compression module: an edge auth proxy passes bodies through as they are,
+    // and the (disabled) default module still costs a context per request.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RequestCtx {

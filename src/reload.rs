@@ -71,6 +71,7 @@ impl Reloader {
         let started = std::time::Instant::now();
         let result = config::load(&self.path)
             .and_then(|loaded| snapshot::build_with(&loaded, current.generation + 1, &current.key_stores()));
+        crate::server::release_freed_memory();
         match result {
             Ok(next) => {
                 for (what, old, new) in [

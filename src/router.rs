@@ -47,7 +47,8 @@ pub struct Router {
     tails: matchit::Router<usize>,
     has_tails: bool,
     entries: Vec<PathEntry>,
-    paths: Vec<String>,
+    /// Template -> entry, while building.
+    paths: std::collections::HashMap<String, usize>,
 }
 
 impl Default for Router {
@@ -57,7 +58,7 @@ impl Default for Router {
             tails: matchit::Router::new(),
             has_tails: false,
             entries: Vec::new(),
-            paths: Vec::new(),
+            paths: std::collections::HashMap::new(),
         }
     }
 }
@@ -113,8 +114,8 @@ impl Router {
     pub fn insert(&mut self, path: &str, methods: &[Method], route: usize) -> Result<(), RouterError> {
         check_template(path)
             .map_err(|reason| RouterError::BadTemplate { path: path.to_string(), reason })?;
-        let entry_idx = match self.paths.iter().position(|p| p == path) {
-            Some(i) => i,
+        let entry_idx = match self.paths.get(path) {
+            Some(&i) => i,
             None => {
                 let i = self.entries.len();
                 let is_tail = path.contains("{*");
@@ -125,7 +126,7 @@ impl Router {
                 })?;
                 self.has_tails |= is_tail;
                 self.entries.push(PathEntry { rank: rank_of(path), ..PathEntry::default() });
-                self.paths.push(path.to_string());
+                self.paths.insert(path.to_string(), i);
                 i
             }
         };
