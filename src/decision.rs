@@ -19,8 +19,9 @@ pub enum Decision<'r> {
     Forward { route: usize, path: Cow<'r, str>, principal: Option<Arc<Principal>> },
     /// 400: the request target or credentials cannot be read safely.
     BadRequest { description: &'static str },
-    /// 401.
-    Unauthenticated(Rejection),
+    /// 401; `route` is the route the request would have matched, for metrics and logs only
+    /// (the response never tells).
+    Unauthenticated { rejection: Rejection, route: Option<usize> },
     /// 404 (after authentication).
     NotFound,
     /// 405 with `Allow` (after authentication).
@@ -36,7 +37,7 @@ impl Decision<'_> {
             Decision::Forward { principal: None, .. } => "public",
             Decision::Forward { .. } => "allowed",
             Decision::BadRequest { .. } => "bad_request",
-            Decision::Unauthenticated(_) => "unauthenticated",
+            Decision::Unauthenticated { .. } => "unauthenticated",
             Decision::NotFound => "not_found",
             Decision::MethodNotAllowed { .. } => "method_not_allowed",
             Decision::Forbidden { .. } => "forbidden",
@@ -46,6 +47,7 @@ impl Decision<'_> {
     pub fn route(&self) -> Option<usize> {
         match self {
             Decision::Forward { route, .. } | Decision::Forbidden { route } => Some(*route),
+            Decision::Unauthenticated { route, .. } => *route,
             _ => None,
         }
     }
@@ -83,16 +85,20 @@ pub fn decide<'r>(
     }
 
     // 4. Authenticate before revealing whether the path exists.
+    let matched = match &lookup {
+        Lookup::Found(r) => Some(*r),
+        _ => None,
+    };
     let token = match bearer(headers) {
         Ok(Some(t)) => t,
-        Ok(None) => return Decision::Unauthenticated(Rejection::Missing),
+        Ok(None) => return Decision::Unauthenticated { rejection: Rejection::Missing, route: matched },
         Err(BearerError::Ambiguous) => {
             return Decision::BadRequest { description: "more than one Authorization header" }
         }
     };
     let principal = match snapshot.verify_token(token) {
         Ok(p) => p,
-        Err(r) => return Decision::Unauthenticated(r),
+        Err(rejection) => return Decision::Unauthenticated { rejection, route: matched },
     };
 
     // 5-6.

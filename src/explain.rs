@@ -28,8 +28,8 @@ fn describe(snapshot: &Snapshot, d: &Decision<'_>) -> String {
             format!("200 forward to upstream {:?} (token carries the required scopes)", snapshot.upstreams[snapshot.routes[*route].upstream].name)
         }
         Decision::BadRequest { description } => format!("400 bad request: {description}"),
-        Decision::Unauthenticated(Rejection::Missing) => "401 unauthenticated: no bearer token".to_string(),
-        Decision::Unauthenticated(r) => format!("401 invalid token ({}): {}", r.reason(), r.description()),
+        Decision::Unauthenticated { rejection: Rejection::Missing, .. } => "401 unauthenticated: no bearer token".to_string(),
+        Decision::Unauthenticated { rejection: r, .. } => format!("401 invalid token ({}): {}", r.reason(), r.description()),
         Decision::NotFound => "404 no route for this path".to_string(),
         Decision::MethodNotAllowed { allow } => format!("405 method not allowed (Allow: {allow})"),
         Decision::Forbidden { route } => {

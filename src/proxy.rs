@@ -86,13 +86,13 @@ pub fn error_response(snapshot: &Snapshot, decision: &Decision<'_>) -> Option<Er
         Decision::Forward { .. } => return None,
         Decision::BadRequest { description } => ErrorResponse::plain(400, "invalid_request", description),
         // RFC 6750 §3.1: no error code when the request had no token at all.
-        Decision::Unauthenticated(Rejection::Missing) => ErrorResponse {
+        Decision::Unauthenticated { rejection: Rejection::Missing, .. } => ErrorResponse {
             status: 401,
             headers: vec![(WWW_AUTHENTICATE, snapshot.challenge.clone())],
             error: "unauthorized",
             description: Rejection::Missing.description(),
         },
-        Decision::Unauthenticated(r) => {
+        Decision::Unauthenticated { rejection: r, .. } => {
             let challenge = format!(
                 "Bearer realm={}, error=\"invalid_token\", error_description={}",
                 quoted(&snapshot.realm),
@@ -159,11 +159,11 @@ impl ScopeGate {
         ctx.decision = decision.label();
         ctx.route = decision.route();
         ctx.rejection = match &decision {
-            Decision::Unauthenticated(r) => Some(r.reason()),
+            Decision::Unauthenticated { rejection, .. } => Some(rejection.reason()),
             _ => None,
         };
         let unknown_key = match &decision {
-            Decision::Unauthenticated(Rejection::UnknownKey(i)) => Some(*i),
+            Decision::Unauthenticated { rejection: Rejection::UnknownKey(i), .. } => Some(*i),
             _ => None,
         };
         let response = match decision {

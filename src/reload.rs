@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::snapshot::{self, Snapshot};
 
 /// Changes often come as several events (write, rename, chmod): wait for them to settle.
-const DEBOUNCE: Duration = Duration::from_millis(150);
+const DEBOUNCE: Duration = Duration::from_millis(50);
 
 pub struct Reloader {
     pub path: PathBuf,
@@ -90,7 +90,7 @@ impl Reloader {
                 self.live.store(Arc::new(next));
                 self.metrics.config_reload(true);
                 self.metrics.set_generation(generation);
-                tracing::info!(generation, routes, took_ms = started.elapsed().as_secs_f64() * 1e3, "config reloaded");
+                tracing::info!(generation, routes, took_ms = started.elapsed().as_millis() as u64, "config reloaded");
                 Ok(true)
             }
             Err(e) => {

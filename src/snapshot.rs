@@ -339,6 +339,12 @@ pub fn build_with(
 
     // --- routes
     let mut router = Router::default();
+    let paths_with_head: std::collections::HashSet<&str> = cfg
+        .routes
+        .iter()
+        .filter(|r| r.get_ref().methods.as_ref().is_some_and(|ms| ms.get_ref().iter().any(|m| m.eq_ignore_ascii_case("HEAD"))))
+        .map(|r| r.get_ref().path.get_ref().as_str())
+        .collect();
     let mut routes = Vec::new();
     for (idx, spanned) in cfg.routes.iter().enumerate() {
         let rc = spanned.get_ref();
@@ -365,17 +371,8 @@ pub fn build_with(
         };
         // GET also covers HEAD (RFC 9110 §9.3.2), unless HEAD has a route of its own.
         let mut lookup_methods = methods.clone();
-        if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
-            let head_elsewhere = cfg.routes.iter().any(|r| {
-                r.get_ref().path.get_ref() == &path
-                    && r.get_ref()
-                        .methods
-                        .as_ref()
-                        .is_some_and(|ms| ms.get_ref().iter().any(|m| m.eq_ignore_ascii_case("HEAD")))
-            });
-            if !head_elsewhere {
-                lookup_methods.push(Method::HEAD);
-            }
+        if methods.contains(&Method::GET) && !paths_with_head.contains(path.as_str()) {
+            lookup_methods.push(Method::HEAD);
         }
         router
             .insert(&path, &lookup_methods, idx)

@@ -158,7 +158,8 @@ fn metrics_count_exactly_and_stay_bounded() {
         ("GET /contacts", Box::new(|| p.get("/contacts", Some(&reader))), 7, "allowed"),
         ("GET /contacts", Box::new(|| p.get("/contacts", Some(&writer))), 5, "forbidden"),
         ("GET /health", Box::new(|| p.get("/health", None)), 3, "public"),
-        ("none", Box::new(|| p.get("/contacts", None)), 4, "unauthenticated"),
+        ("GET /contacts", Box::new(|| p.get("/contacts", None)), 4, "unauthenticated"),
+        ("none", Box::new(|| p.get("/nowhere", None)), 2, "unauthenticated"),
         ("none", Box::new(|| p.get("/nowhere", Some(&reader))), 6, "not_found"),
         ("none", Box::new(|| p.request("PATCH", "/contacts", Some(&reader), "")), 2, "method_not_allowed"),
         ("none", Box::new(|| p.get("/a%2fb", None)), 3, "bad_request"),
@@ -177,8 +178,8 @@ fn metrics_count_exactly_and_stay_bounded() {
         sends.iter().all(|(route, _, n, decision)| metric(&after, &series(route, decision)) - metric(&before, &series(route, decision)) == *n as f64)
     }), "counters did not move by exactly the requests sent ({total})\n{}", metrics_text(admin));
     let after = metrics_text(admin);
-    assert_eq!(count(&after) - count(&before), 12.0);
-    assert_eq!(metric(&after, "scopegate_token_rejections_total{reason=\"missing\"}"), 4.0);
+    assert_eq!(count(&after) - count(&before), 16.0, "7 allowed, 5 forbidden, 4 unauthenticated");
+    assert_eq!(metric(&after, "scopegate_token_rejections_total{reason=\"missing\"}"), 6.0);
     assert_eq!(metric(&after, "scopegate_upstream_responses_total{class=\"2xx\",upstream=\"contacts\"}"), 10.0);
 
     // 200 random paths: no new series.

@@ -1,3 +1,8 @@
+//! How much memory a config costs: live heap after parsing, after building the snapshot, and
+//! the snapshot alone, counted by a wrapping allocator.
+//!
+//!   cargo run --release --example snapshot_memory -- path/to/scopegate.toml
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 struct C;
