@@ -236,3 +236,45 @@ impl KeyStore {
         self.loaded.load(std::sync::atomic::Ordering::Acquire)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_keys_are_skipped_not_fatal() {
+        let (_, good) = crate::mint::generate_rsa_key("good");
+        let good: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let mut enc = good["keys"][0].clone();
+        enc["kid"] = "enc".into();
+        enc["use"] = "enc".into();
+        let mut wrong_alg = good["keys"][0].clone();
+        wrong_alg["kid"] = "wrong-alg".into();
+        wrong_alg["alg"] = "ES256".into();
+        let doc = serde_json::json!({ "keys": [
+            good["keys"][0],
+            enc,
+            wrong_alg,
+            { "kty": "oct", "kid": "secret", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA" },
+            { "kty": "XYZ", "kid": "alien" },
+            { "kty": "RSA", "kid": "broken", "n": "!!!", "e": "AQAB" },
+        ]});
+        let (set, skipped) = KeySet::from_jwks(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(set.keys.len(), 1, "{skipped:?}");
+        assert_eq!(set.keys[0].kid.as_deref(), Some("good"));
+        assert_eq!(skipped.len(), 5, "{skipped:?}");
+        assert!(KeySet::from_jwks(b"{\"nokeys\": 1}").is_err());
+    }
+
+    #[test]
+    fn kid_and_algorithm_select_keys() {
+        let (_, jwks) = crate::mint::generate_rsa_key("a");
+        let (set, _) = KeySet::from_jwks(jwks.as_bytes()).unwrap();
+        assert!(matches!(set.find(Some("a"), Algorithm::RS256), KeyMatch::Keys(k) if k.len() == 1));
+        assert!(matches!(set.find(Some("b"), Algorithm::RS256), KeyMatch::UnknownKid));
+        // The JWK says RS256: PS256 and HS256 may not use it.
+        assert!(matches!(set.find(Some("a"), Algorithm::PS256), KeyMatch::WrongFamily));
+        assert!(matches!(set.find(Some("a"), Algorithm::HS256), KeyMatch::WrongFamily));
+        assert!(matches!(set.find(None, Algorithm::RS256), KeyMatch::Keys(_)));
+    }
+}

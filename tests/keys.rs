@@ -126,3 +126,44 @@ fn a_cached_token_is_not_accepted_past_its_exp() {
     std::thread::sleep(std::time::Duration::from_millis(2100));
     assert!(eventually(2, || p.get("/contacts", Some(&t)).status == 401));
 }
+
+#[test]
+fn hs256_secret_from_the_environment() {
+    let secret = "an-hs256-secret-of-at-least-32-bytes!";
+    let upstream = start_echo("a");
+    let port = free_port();
+    let issuers = format!("[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\nhs256_secret_env = \"SCOPEGATE_TEST_SECRET\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("scopegate.toml"), config_full(port, None, &[upstream], &issuers, "")).unwrap();
+    let p = Proxy::start_in_with_env(dir, port, &[("SCOPEGATE_TEST_SECRET", secret)]);
+    let sign_hs = |key: &[u8]| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims("read:contacts"),
+            &jsonwebtoken::EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+    assert_eq!(p.get("/contacts", Some(&sign_hs(secret.as_bytes()))).status, 200);
+    assert_eq!(p.get("/contacts", Some(&sign_hs(b"another-secret-of-at-least-32-bytes!!"))).status, 401);
+    // An RS256 token is refused outright by an HS256 issuer.
+    assert_eq!(p.get("/contacts", Some(&token("read:contacts"))).status, 401);
+}
+
+#[test]
+fn concurrent_requests_with_a_new_kid_share_one_fetch() {
+    let jwks = JwksServer::start(&key().jwks, 3600);
+    let (p, admin) = url_proxy(&jwks.url(), "");
+    assert!(eventually(10, || ready(admin)));
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // past the cooldown
+    let rotated = fresh_key("test-key-3");
+    jwks.set(&merge_jwks(&[&key().jwks, &rotated.jwks]));
+    let before = jwks.hits();
+    let t = sign_with(&rotated, Some("test-key-3"), &claims("read:contacts"));
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16).map(|_| s.spawn(|| p.get("/contacts", Some(&t)).status)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(jwks.hits() - before, 1, "one fetch for all 16 requests");
+}

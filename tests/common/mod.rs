@@ -195,10 +195,15 @@ impl Proxy {
     }
 
     pub fn start_in(dir: tempfile::TempDir, port: u16) -> Proxy {
+        Proxy::start_in_with_env(dir, port, &[])
+    }
+
+    pub fn start_in_with_env(dir: tempfile::TempDir, port: u16, env: &[(&str, &str)]) -> Proxy {
         let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
             .args(["run", "--config"])
             .arg(dir.path().join("scopegate.toml"))
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
