@@ -247,6 +247,31 @@ end
     let one_h = format!("Authorization: Bearer {one}");
     let bad_h = format!("Authorization: Bearer {bad}");
 
+    // For reference in the same run: HAProxy forwarding the same requests without any check,
+    // on the same core with one thread (when haproxy is installed).
+    let haproxy_port = free_port();
+    let haproxy_cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &haproxy_cfg,
+        format!(
+            "global\n  nbthread 1\n  maxconn 20000\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\nfrontend f\n  bind 127.0.0.1:{haproxy_port}\n  default_backend b\nbackend b\n  http-reuse always\n  server s1 127.0.0.1:{up_port}\n"
+        ),
+    )
+    .unwrap();
+    let haproxy = Command::new("taskset")
+        .args(["-c", "0", "haproxy", "-db", "-f"])
+        .arg(&haproxy_cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+        .map(Kill);
+    let haproxy_url = format!("http://127.0.0.1:{haproxy_port}/contacts");
+    let haproxy_up = haproxy.is_some() && {
+        std::thread::sleep(Duration::from_millis(300));
+        std::net::TcpStream::connect(("127.0.0.1", haproxy_port)).is_ok()
+    };
+
     // Warm up connections and the upstream pool.
     wrk(&url, None, Some(&one_h), 2, conns);
 
@@ -258,12 +283,16 @@ end
         "(c) 10,000 distinct tokens",
         "(d) invalid signature",
         "(a0) public, no token header",
+        "(h) HAProxy pass-through",
     ];
     let mut results: Vec<Vec<Run>> = (0..names.len()).map(|_| Vec::new()).collect();
     for round in 0..rounds {
         eprintln!("round {}/{rounds} ...", round + 1);
         results[0].push(wrk(&url, None, Some(&one_h), secs, conns));
         results[4].push(wrk(&url, None, None, secs, conns));
+        if haproxy_up {
+            results[5].push(wrk(&haproxy_url, None, Some(&one_h), secs, conns));
+        }
         switch(&auth_cfg);
         // A reload starts an empty cache: warm every token of the pool first.
         wrk(&url, Some(&script), None, 2, conns);
@@ -285,6 +314,10 @@ end
     println!("{:<30} {:>10} {:>9} {:>9} {:>8} {:>10}", "scenario", "req/s", "p50 ms", "p99 ms", "vs (a)", "non-2xx");
     let base = median(results[0].iter().map(|r| r.rps).collect());
     for (i, name) in names.iter().enumerate() {
+        if results[i].is_empty() {
+            println!("{name:<30} (not run: haproxy is not installed)");
+            continue;
+        }
         let rps = median(results[i].iter().map(|r| r.rps).collect());
         let p50 = median(results[i].iter().map(|r| r.p50_ms).collect());
         let p99 = median(results[i].iter().map(|r| r.p99_ms).collect());
