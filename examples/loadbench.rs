@@ -254,7 +254,7 @@ end
     std::fs::write(
         &haproxy_cfg,
         format!(
-            "global\n  nbthread 1\n  maxconn 20000\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\nfrontend f\n  bind 127.0.0.1:{haproxy_port}\n  default_backend b\nbackend b\n  http-reuse always\n  server s1 127.0.0.1:{up_port}\n"
+            "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\nfrontend f\n  bind 127.0.0.1:{haproxy_port}\n  default_backend b\nbackend b\n  http-reuse always\n  server s1 127.0.0.1:{up_port}\n"
         ),
     )
     .unwrap();
@@ -315,7 +315,7 @@ end
     let base = median(results[0].iter().map(|r| r.rps).collect());
     for (i, name) in names.iter().enumerate() {
         if results[i].is_empty() {
-            println!("{name:<30} (not run: haproxy is not installed)");
+            println!("{name:<30} (not run: haproxy is not installed or did not start)");
             continue;
         }
         let rps = median(results[i].iter().map(|r| r.rps).collect());
