@@ -80,12 +80,12 @@ fn tokens(c: &mut Criterion) {
     let (rsa_snap, _d1) = snapshot(10, &rsa_jwks, "RS256", 100_000);
     let rsa_token = sign(&rsa_pem, "rsa", "svc1:read");
     g.bench_function("rs256_uncached", |b| {
-        b.iter(|| black_box(token::verify(black_box(rsa_token.as_bytes()), &rsa_snap.issuers, now).unwrap()))
+        b.iter(|| black_box(token::verify(black_box(rsa_token.as_bytes()), &rsa_snap.issuers, &[], now).unwrap()))
     });
     let (ec_snap, _d2) = snapshot(10, &ec_jwks, "ES256", 100_000);
     let ec_token = sign(&ec_pem, "ec", "svc1:read");
     g.bench_function("es256_uncached", |b| {
-        b.iter(|| black_box(token::verify(black_box(ec_token.as_bytes()), &ec_snap.issuers, now).unwrap()))
+        b.iter(|| black_box(token::verify(black_box(ec_token.as_bytes()), &ec_snap.issuers, &[], now).unwrap()))
     });
     rsa_snap.verify_token(rsa_token.as_bytes()).unwrap();
     g.bench_function("rs256_cache_hit", |b| {

@@ -87,7 +87,7 @@ pub fn explain(snapshot: &Snapshot, method: &str, target: &str, creds: Credentia
             match snapshot.router.lookup(&method, &normalized) {
                 Lookup::Found(i) if snapshot.routes[i].public => describe(snapshot, &Decision::Forward { route: i, path: normalized.clone().into(), principal: None }),
                 Lookup::Found(i) if scopes_satisfy(&granted, &snapshot.routes[i].required) => {
-                    let p = Principal { issuer: 0, sub: None, scopes: granted, exp: 0, claims: Default::default() };
+                    let p = Principal { issuer: 0, sub: None, scopes: granted, exp: 0, forward_headers: Vec::new() };
                     describe(snapshot, &Decision::Forward { route: i, path: normalized.clone().into(), principal: Some(Arc::new(p)) })
                 }
                 Lookup::Found(i) => describe(snapshot, &Decision::Forbidden { route: i }),

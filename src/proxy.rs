@@ -17,7 +17,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::decision::{decide, Decision};
 use crate::metrics::Metrics;
 use crate::snapshot::{quoted, Snapshot};
-use crate::token::{claim_text, Principal, Rejection};
+use crate::token::{Principal, Rejection};
 
 pub struct ScopeGate {
     pub live: Arc<ArcSwap<Snapshot>>,
@@ -264,12 +264,8 @@ impl ProxyHttp for ScopeGate {
             upstream.remove_header(name);
         }
         if let Some(principal) = &ctx.principal {
-            for (claim, name) in &snapshot.forward.claim_headers {
-                let value = principal.claims.get(claim).map(claim_text);
-                // A value that cannot be a header (CR, LF, ...) is left out, never sent raw.
-                if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
-                    upstream.insert_header(name.clone(), v)?;
-                }
+            for (name, value) in &principal.forward_headers {
+                upstream.insert_header(name.clone(), value.clone())?;
             }
         }
         if snapshot.forward.strip_token {

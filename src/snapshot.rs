@@ -508,7 +508,7 @@ impl Snapshot {
         // Read the version before verifying: if the keys change meanwhile, the entry is stale
         // at once rather than attributed to the new set.
         let versions: Vec<u64> = self.issuers.iter().map(|i| i.keys.version()).collect();
-        let principal = Arc::new(crate::token::verify(token, &self.issuers, now)?);
+        let principal = Arc::new(crate::token::verify(token, &self.issuers, &self.forward.claim_headers, now)?);
         self.token_cache.put(token, principal.clone(), now, versions[principal.issuer]);
         Ok(principal)
     }

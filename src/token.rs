@@ -143,7 +143,9 @@ pub struct Principal {
     pub sub: Option<String>,
     pub scopes: ScopeSet,
     pub exp: u64,
-    pub claims: Map<String, Value>,
+    /// The claim headers of `[forward] claims`, rendered once at verification (a header value
+    /// that would be invalid, e.g. with CR or LF, is left out, never sent raw).
+    pub forward_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 #[derive(serde::Deserialize)]
@@ -182,8 +184,14 @@ fn scopes_of(claims: &Map<String, Value>, names: &[String]) -> ScopeSet {
     ScopeSet::from_words(words)
 }
 
-/// Validate a compact JWS against the trusted issuers.
-pub fn verify(token: &[u8], issuers: &[Issuer], now: u64) -> Result<Principal, Rejection> {
+/// Validate a compact JWS against the trusted issuers. `forward_claims` (claim -> header) says
+/// which claims to render as headers for the upstream.
+pub fn verify(
+    token: &[u8],
+    issuers: &[Issuer],
+    forward_claims: &[(String, http::HeaderName)],
+    now: u64,
+) -> Result<Principal, Rejection> {
     if token.is_empty() {
         return Err(Rejection::Malformed("empty bearer token"));
     }
@@ -262,7 +270,13 @@ pub fn verify(token: &[u8], issuers: &[Issuer], now: u64) -> Result<Principal, R
         sub: claims.get("sub").and_then(Value::as_str).map(str::to_string),
         scopes: scopes_of(&claims, &issuer.scope_claims),
         exp,
-        claims,
+        forward_headers: forward_claims
+            .iter()
+            .filter_map(|(claim, header)| {
+                let value = http::HeaderValue::from_str(&claim_text(claims.get(claim)?)).ok()?;
+                Some((header.clone(), value))
+            })
+            .collect(),
     })
 }
 

@@ -122,3 +122,19 @@ fn request_bodies_reach_the_upstream() {
     let r = c.send(format!("POST /contacts HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
     assert_eq!(r.status, 401);
 }
+
+#[test]
+fn claim_values_cannot_inject_headers() {
+    let p = Proxy::standard(CLAIMS);
+    let mut c = claims("read:contacts");
+    c["sub"] = serde_json::json!("alice\r\nX-Evil: 1");
+    let r = p.get("/contacts", Some(&sign(&c)));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-auth-subject"), None, "an invalid header value is left out");
+    assert_eq!(r.upstream_header("x-evil"), None);
+    // Array claims are forwarded space-separated.
+    let mut c = claims("");
+    c["scope"] = serde_json::json!(["read:contacts", "write:contacts"]);
+    let r = p.get("/contacts", Some(&sign(&c)));
+    assert_eq!(r.upstream_header("x-auth-scopes").as_deref(), Some("read:contacts write:contacts"));
+}
