@@ -278,7 +278,8 @@ impl ProxyHttp for ScopeGate {
         } else {
             upstream.remove_header("x-forwarded-for");
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         let host = session
             .req_header()
             .headers

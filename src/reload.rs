@@ -44,14 +44,21 @@ fn fingerprint(path: &Path, snapshot: Option<&Snapshot>) -> u64 {
     h.finish()
 }
 
+/// Files besides the config that a snapshot was built from: jwks_files and the TLS pair.
 fn key_files(s: &Snapshot) -> Vec<PathBuf> {
-    s.issuers
+    let mut files: Vec<PathBuf> = s
+        .issuers
         .iter()
         .filter_map(|i| match &i.keys.source {
             KeySource::File(p) => Some(p.clone()),
             _ => None,
         })
-        .collect()
+        .collect();
+    if let Some(t) = &s.tls {
+        files.push(t.cert.clone());
+        files.push(t.key.clone());
+    }
+    files
 }
 
 impl Reloader {
@@ -78,6 +85,7 @@ impl Reloader {
                     ("server.listen", format!("{:?}", current.listen), format!("{:?}", next.listen)),
                     ("server.admin_listen", format!("{:?}", current.admin_listen), format!("{:?}", next.admin_listen)),
                     ("server.threads", current.threads.to_string(), next.threads.to_string()),
+                    ("server.tls (on/off)", current.tls.is_some().to_string(), next.tls.is_some().to_string()),
                 ] {
                     if old != new {
                         tracing::warn!(setting = what, running = %old, configured = %new, "this setting applies at the next restart");

@@ -13,6 +13,7 @@ use pingora_core::server::Server;
 
 use pingora_core::services::background::background_service;
 
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::services::listening::Service;
 
 use crate::admin::Admin;
@@ -49,6 +50,7 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
         ..ServerConf::default()
     };
     let listen = first.listen.clone();
+    let tls = first.tls.as_ref().map(|t| (t.cert.display().to_string(), t.key.display().to_string()));
     let admin_listen = first.admin_listen.clone();
     tracing::info!(
         config = %config_path.display(),
@@ -66,8 +68,22 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
         ScopeGate { live: live.clone(), metrics: metrics.clone(), fetcher: fetcher.clone() },
         "scopegate",
     );
-    for addr in &listen {
-        proxy.add_tcp(addr);
+    match &tls {
+        None => {
+            for addr in &listen {
+                proxy.add_tcp(addr);
+            }
+        }
+        Some((cert, key)) => {
+            for addr in &listen {
+                let mut settings = TlsSettings::intermediate(cert, key)
+                    .map_err(|e| ConfigError { file: config_path.display().to_string(), line: 1, col: 1, message: format!("server.tls: {e}") })?;
+                // The certificate comes from the live snapshot, so a reload serves renewed files.
+                settings.set_cert_resolver(Arc::new(LiveCertificate(live.clone())));
+                settings.enable_h2();
+                proxy.add_tls_with_settings(addr, None, settings);
+            }
+        }
     }
     server.add_service(proxy);
     server.add_service(background_service("jwks refresher", KeyRefresher { live: live.clone(), fetcher }));
@@ -81,6 +97,16 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
     }
     drain_then_exit(server.watch_execution_phase(), Duration::from_secs(grace));
     server.run_forever();
+}
+
+/// Serves the certificate of the snapshot in use.
+#[derive(Debug)]
+struct LiveCertificate(Arc<ArcSwap<Snapshot>>);
+
+impl pingora_rustls::ResolvesServerCert for LiveCertificate {
+    fn resolve(&self, _hello: pingora_rustls::ClientHello<'_>) -> Option<Arc<pingora_rustls::sign::CertifiedKey>> {
+        self.0.load().tls.as_ref().map(|t| t.certified.clone())
+    }
 }
 
 /// Pingora sleeps the whole grace period after SIGTERM; exit as soon as the last request in

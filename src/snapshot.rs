@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -116,6 +117,8 @@ pub struct Snapshot {
     /// `Bearer realm="..."`, for a request without a token.
     pub challenge: HeaderValue,
     pub listen: Vec<String>,
+    /// Certificate and key for HTTPS listeners (HTTP/2 by ALPN).
+    pub tls: Option<ServerTls>,
     pub admin_listen: Option<String>,
     pub threads: usize,
     pub shutdown_grace_seconds: u64,
@@ -194,12 +197,14 @@ pub fn build_with(
     if realm.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err(src.error(Some(cfg.server.realm.span()), "server.realm must not contain control characters"));
     }
-    if let Some(tls) = &cfg.server.tls {
-        return Err(src.error(
-            Some(tls.span()),
-            "server.tls: this build of scopegate serves plain HTTP; terminate TLS in front of it",
-        ));
-    }
+    let tls = match &cfg.server.tls {
+        Some(t) => {
+            let (cert, key) = (loaded.resolve(&t.get_ref().cert), loaded.resolve(&t.get_ref().key));
+            let certified = load_certified_key(&cert, &key).map_err(|m| src.error(Some(t.span()), format!("server.tls: {m}")))?;
+            Some(ServerTls { cert, key, certified })
+        }
+        None => None,
+    };
     let challenge = HeaderValue::from_str(&format!("Bearer realm={}", quoted(&realm)))
         .map_err(|_| src.error(Some(cfg.server.realm.span()), "server.realm is not a valid header value"))?;
 
@@ -455,11 +460,44 @@ pub fn build_with(
         realm,
         challenge,
         listen,
+        tls,
         admin_listen: cfg.server.admin_listen.as_ref().map(|a| a.get_ref().clone()),
         threads: cfg.server.threads,
         shutdown_grace_seconds: cfg.server.shutdown_grace_seconds,
         token_cache: TokenCache::new(cfg.forward.token_cache_size),
     })
+}
+
+/// The server certificate, loaded with the snapshot so a reload picks up renewed files.
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub certified: Arc<pingora_rustls::sign::CertifiedKey>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("cert", &self.cert).field("key", &self.key).finish()
+    }
+}
+
+fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<pingora_rustls::sign::CertifiedKey>, String> {
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    for p in [cert, key] {
+        std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    }
+    let (chain, private) = pingora_rustls::load_certs_and_key_files(&cert_s, &key_s)
+        .map_err(|e| format!("cannot load {cert_s} / {key_s}: {e}"))?
+        .ok_or_else(|| format!("{cert_s} holds no certificate or {key_s} no private key (PEM expected)"))?;
+    pingora_rustls::install_default_crypto_provider();
+    let provider = pingora_rustls::CryptoProvider::get_default().ok_or("no TLS crypto provider")?;
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| format!("unusable private key in {key_s}: {e}"))?;
+    let certified = pingora_rustls::sign::CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| format!("{key_s} does not match {cert_s}: {e}"))?;
+    Ok(Arc::new(certified))
 }
 
 /// Keys that are available without the network.

@@ -119,4 +119,8 @@ fn other_semantic_errors() {
     expect_error("[server]\nlisten = \"nowhere\"\n", 2, "not an address");
     let missing_file = "[server]\nlisten = \"127.0.0.1:1\"\n\n[[issuers]]\nissuer = \"https://i.test/\"\naudiences = [\"a\"]\njwks_file = \"missing.json\"\n";
     expect_error(missing_file, 4, "cannot read jwks_file");
+    let tls = "[server]\nlisten = \"127.0.0.1:1\"\ntls = { cert = \"nope.pem\", key = \"nope.key\" }\n";
+    expect_error(tls, 3, "server.tls: cannot read");
+    let not_pem = "[server]\nlisten = \"127.0.0.1:1\"\ntls = { cert = \"jwks.json\", key = \"jwks.json\" }\n";
+    expect_error(not_pem, 3, "server.tls:");
 }

@@ -1,0 +1,95 @@
+//! HTTPS listeners: TLS with HTTP/2 by ALPN, and certificates that reload with the config.
+
+mod common;
+
+use common::*;
+
+/// A self-signed certificate for 127.0.0.1: (cert PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn client(trust: &str, http1: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(trust.as_bytes()).unwrap()])
+        .pool_max_idle_per_host(0);
+    if http1 {
+        b = b.http1_only();
+    }
+    b.build().unwrap()
+}
+
+fn start_tls_proxy(cert: &str, key_pem: &str, admin: u16) -> Proxy {
+    let upstream = start_echo("a");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), &key().jwks).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key_pem).unwrap();
+    let text = config_full(port, Some(admin), &[upstream], &file_issuer(), "")
+        .replacen("threads = 1", "threads = 1\ntls = { cert = \"cert.pem\", key = \"key.pem\" }", 1);
+    std::fs::write(dir.path().join("scopegate.toml"), text).unwrap();
+    Proxy::start_in(dir, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_http2_by_alpn_and_http1() {
+    let (cert, key_pem) = self_signed();
+    let admin = free_port();
+    let p = start_tls_proxy(&cert, &key_pem, admin);
+    let url = format!("https://127.0.0.1:{}/contacts", p.addr.port());
+    let t = token("read:contacts");
+
+    let h2 = client(&cert, false);
+    let r = h2.get(&url).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(body["target"], "/contacts");
+
+    let r = h2.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"api\"");
+    let r = h2.get(format!("https://127.0.0.1:{}/public/../contacts", p.addr.port())).send().await.unwrap();
+    assert_eq!(r.status(), 401, "normalization applies over HTTP/2 too");
+
+    let h1 = client(&cert, true);
+    let r = h1.get(&url).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.status(), 200);
+
+    // Plain HTTP on the TLS port gets no answer.
+    assert!(reqwest::get(format!("http://127.0.0.1:{}/health", p.addr.port())).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_after_reload() {
+    let (cert, key_pem) = self_signed();
+    let admin = free_port();
+    let p = start_tls_proxy(&cert, &key_pem, admin);
+    let url = format!("https://127.0.0.1:{}/health", p.addr.port());
+    assert_eq!(client(&cert, false).get(&url).send().await.unwrap().status(), 200);
+
+    let (new_cert, new_key) = self_signed();
+    // Key first, then the certificate, each replaced atomically.
+    for (name, text) in [("key.pem", &new_key), ("cert.pem", &new_cert)] {
+        let tmp = p.dir.path().join(format!("{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, p.dir.path().join(name)).unwrap();
+    }
+    let renewed = client(&new_cert, false);
+    let mut ok = false;
+    for _ in 0..100 {
+        if renewed.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the renewed certificate was not served\n{}", p.log());
+    assert!(client(&cert, false).get(&url).send().await.is_err(), "the old certificate is gone");
+}
