@@ -129,6 +129,8 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub tls: bool,
     pub sni: Option<String>,
+    /// PEM CA certificates to verify the upstream with (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
     #[serde(default = "default_read_timeout")]

@@ -236,6 +236,7 @@ impl ProxyHttp for ScopeGate {
         peer.options.read_timeout = Some(pool.read_timeout);
         peer.options.write_timeout = Some(pool.read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.options.ca = pool.ca.clone();
         Ok(Box::new(peer))
     }
 

@@ -57,6 +57,8 @@ pub struct UpstreamPool {
     pub servers: Vec<Server>,
     pub tls: bool,
     pub sni: String,
+    /// CA certificates for this upstream only (`ca_file`).
+    pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     next: AtomicUsize,
@@ -217,9 +219,13 @@ pub fn build_with(
         if up.servers.get_ref().is_empty() {
             return Err(src.error(Some(up.servers.span()), format!("upstreams.{name}.servers is empty")));
         }
-        if up.tls {
-            return Err(src.error(span, format!("upstreams.{name}.tls: this build of scopegate connects to upstreams over plain HTTP")));
-        }
+        let ca = match &up.ca_file {
+            Some(_) if !up.tls => {
+                return Err(src.error(span, format!("upstreams.{name}.ca_file needs tls = true")));
+            }
+            Some(f) => Some(load_ca(&loaded.resolve(f)).map_err(|m| src.error(span.clone(), format!("upstreams.{name}.ca_file: {m}")))?),
+            None => None,
+        };
         let mut servers = Vec::new();
         for s in up.servers.get_ref() {
             let addr = s
@@ -240,6 +246,7 @@ pub fn build_with(
             servers,
             tls: up.tls,
             sni,
+            ca,
             connect_timeout: Duration::from_millis(up.connect_timeout_ms.max(1)),
             read_timeout: Duration::from_millis(up.read_timeout_ms.max(1)),
             next: AtomicUsize::new(0),
@@ -498,6 +505,26 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<pingora_rustls::sig
     let certified = pingora_rustls::sign::CertifiedKey::new(chain, signing);
     certified.keys_match().map_err(|e| format!("{key_s} does not match {cert_s}: {e}"))?;
     Ok(Arc::new(certified))
+}
+
+/// CA certificates from a PEM file, each checked before use.
+fn load_ca(path: &Path) -> Result<Arc<pingora_core::protocols::tls::CaType>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    let mut store = pingora_rustls::RootCertStore::empty();
+    let mut wrapped = Vec::with_capacity(certs.len());
+    for c in certs {
+        store.add(c.clone()).map_err(|e| format!("{}: unusable certificate: {e}", path.display()))?;
+        wrapped.push(pingora_core::utils::tls::WrappedX509::new(c.to_vec(), pingora_core::utils::tls::parse_x509));
+    }
+    Ok(Arc::from(wrapped.into_boxed_slice()))
 }
 
 /// Keys that are available without the network.

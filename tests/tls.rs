@@ -93,3 +93,38 @@ async fn a_renewed_certificate_is_served_after_reload() {
     assert!(ok, "the renewed certificate was not served\n{}", p.log());
     assert!(client(&cert, false).get(&url).send().await.is_err(), "the old certificate is gone");
 }
+
+#[test]
+fn tls_to_the_upstream_is_verified_with_its_ca_file() {
+    // The TLS upstream is another scopegate with an HTTPS listener, in front of the echo server.
+    let (cert, key_pem) = self_signed();
+    let inner = start_tls_proxy(&cert, &key_pem, free_port());
+    let upstream_addr = inner.addr;
+
+    let start_outer = |tls_lines: &str| {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("jwks.json"), &key().jwks).unwrap();
+        std::fs::write(dir.path().join("upstream-ca.pem"), &cert).unwrap();
+        let text = config(port, &[upstream_addr], "").replacen(
+            "read_timeout_ms = 500",
+            &format!("read_timeout_ms = 2000\n{tls_lines}"),
+            1,
+        );
+        std::fs::write(dir.path().join("scopegate.toml"), text).unwrap();
+        Proxy::start_in(dir, port)
+    };
+
+    let verified = start_outer("tls = true\nsni = \"localhost\"\nca_file = \"upstream-ca.pem\"");
+    let r = verified.get("/contacts", Some(&token("read:contacts")));
+    assert_eq!(r.status, 200, "{}", verified.log());
+    // The inner proxy saw a TLS connection.
+    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("https"));
+
+    // Without our CA the self-signed upstream is not trusted: 502, never a silent downgrade.
+    let untrusted = start_outer("tls = true\nsni = \"localhost\"");
+    assert_eq!(untrusted.get("/contacts", Some(&token("read:contacts"))).status, 502);
+    // Plain HTTP to a TLS port does not produce a forwarded response either.
+    let plain = start_outer("");
+    assert_ne!(plain.get("/contacts", Some(&token("read:contacts"))).status, 200);
+}
