@@ -230,7 +230,7 @@ fn upstream_unreachable_is_502_and_timeout_is_504() {
     assert_error_body(&r, "gateway_timeout");
 
     let port = free_port();
-    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dead = dead_addr();
     let p = Proxy::start(&config(port, &[dead], ""), port);
     let r = p.get("/contacts", Some(&token("read:contacts")));
     assert_eq!(r.status, 502);
@@ -265,7 +265,7 @@ fn round_robin_over_servers_and_a_dead_server_is_skipped() {
     let seen: Vec<String> = (0..6).map(|_| p.get("/health", None).json()["upstream"].as_str().unwrap().to_string()).collect();
     assert!(seen.contains(&"a".to_string()) && seen.contains(&"b".to_string()), "{seen:?}");
 
-    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dead = dead_addr();
     let port = free_port();
     let p = Proxy::start(&config(port, &[dead, a], ""), port);
     for i in 0..6 {

@@ -487,3 +487,11 @@ pub fn url_proxy(jwks_url: &str, extra_issuer: &str) -> (Proxy, u16) {
     );
     (Proxy::start(&config_full(port, Some(admin), &[upstream], &issuer, ""), port), admin)
 }
+
+/// An address that refuses connections: port 1 (tcpmux) has no listener on a test machine,
+/// unlike a port from `free_port`, which a parallel test may bind meanwhile.
+pub fn dead_addr() -> SocketAddr {
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    assert!(TcpStream::connect(addr).is_err(), "something listens on 127.0.0.1:1");
+    addr
+}
