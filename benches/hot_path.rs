@@ -29,9 +29,19 @@ fn snapshot(n: usize, jwks: &str, algorithm: &str, cache: usize) -> (Snapshot, t
             1 => ("DELETE", format!("/svc{}/items/{{id}}", i / 3)),
             _ => ("GET", format!("/svc{}/files/{{*rest}}", i / 3)),
         };
-        text.push_str(&format!("[[routes]]\nmethods = [\"{method}\"]\npath = \"{path}\"\nscopes = [\"svc{}:read\"]\n", i / 3));
+        text.push_str(&format!(
+            "[[routes]]\nmethods = [\"{method}\"]\npath = \"{path}\"\nscopes = [\"svc{}:read\"]\n",
+            i / 3
+        ));
     }
-    let loaded = parse(Source { name: "bench.toml".into(), text }, PathBuf::from(dir.path())).unwrap();
+    let loaded = parse(
+        Source {
+            name: "bench.toml".into(),
+            text,
+        },
+        PathBuf::from(dir.path()),
+    )
+    .unwrap();
     (build(&loaded, 1).unwrap(), dir)
 }
 
@@ -80,16 +90,31 @@ fn tokens(c: &mut Criterion) {
     let (rsa_snap, _d1) = snapshot(10, &rsa_jwks, "RS256", 100_000);
     let rsa_token = sign(&rsa_pem, "rsa", "svc1:read");
     g.bench_function("rs256_uncached", |b| {
-        b.iter(|| black_box(token::verify(black_box(rsa_token.as_bytes()), &rsa_snap.issuers, &[], now).unwrap()))
+        b.iter(|| {
+            black_box(
+                token::verify(black_box(rsa_token.as_bytes()), &rsa_snap.issuers, &[], now)
+                    .unwrap(),
+            )
+        })
     });
     let (ec_snap, _d2) = snapshot(10, &ec_jwks, "ES256", 100_000);
     let ec_token = sign(&ec_pem, "ec", "svc1:read");
     g.bench_function("es256_uncached", |b| {
-        b.iter(|| black_box(token::verify(black_box(ec_token.as_bytes()), &ec_snap.issuers, &[], now).unwrap()))
+        b.iter(|| {
+            black_box(
+                token::verify(black_box(ec_token.as_bytes()), &ec_snap.issuers, &[], now).unwrap(),
+            )
+        })
     });
     rsa_snap.verify_token(rsa_token.as_bytes()).unwrap();
     g.bench_function("rs256_cache_hit", |b| {
-        b.iter(|| black_box(rsa_snap.verify_token(black_box(rsa_token.as_bytes())).unwrap()))
+        b.iter(|| {
+            black_box(
+                rsa_snap
+                    .verify_token(black_box(rsa_token.as_bytes()))
+                    .unwrap(),
+            )
+        })
     });
     g.finish();
 }
@@ -100,18 +125,33 @@ fn whole_decision(c: &mut Criterion) {
     let snap = Arc::new(snap);
     let t = sign(&pem, "rsa", "svc10:read svc11:read");
     let mut headers = HeaderMap::new();
-    headers.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+    );
     headers.insert(http::header::HOST, HeaderValue::from_static("api.bench"));
     let mut g = c.benchmark_group("decide");
     g.bench_function("allowed_cached_token_1000_routes", |b| {
         b.iter(|| {
-            let d = decision::decide(&snap, &Method::DELETE, black_box("/svc10/items/42"), &headers);
+            let d = decision::decide(
+                &snap,
+                &Method::DELETE,
+                black_box("/svc10/items/42"),
+                &headers,
+            );
             assert!(matches!(d, decision::Decision::Forward { .. }));
             black_box(d);
         })
     });
     g.bench_function("forbidden_cached_token_1000_routes", |b| {
-        b.iter(|| black_box(decision::decide(&snap, &Method::DELETE, black_box("/svc99/items/42"), &headers)))
+        b.iter(|| {
+            black_box(decision::decide(
+                &snap,
+                &Method::DELETE,
+                black_box("/svc99/items/42"),
+                &headers,
+            ))
+        })
     });
     g.finish();
 }

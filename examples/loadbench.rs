@@ -22,7 +22,11 @@ const ISS: &str = "https://issuer.bench/";
 const AUD: &str = "https://api.bench";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16) {
@@ -42,7 +46,11 @@ impl Drop for Kill {
 }
 
 fn config(listen: u16, admin: u16, upstream: u16, public: bool, threads: usize) -> String {
-    let rule = if public { "public = true".to_string() } else { "scopes = [\"read:contacts\"]".to_string() };
+    let rule = if public {
+        "public = true".to_string()
+    } else {
+        "scopes = [\"read:contacts\"]".to_string()
+    };
     format!(
         r#"[server]
 listen = "127.0.0.1:{listen}"
@@ -91,7 +99,15 @@ fn parse_latency(s: &str) -> f64 {
 
 fn wrk(url: &str, script: Option<&Path>, header: Option<&str>, secs: u64, conns: u32) -> Run {
     let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "1", "wrk", "-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency"]);
+    cmd.args([
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        &format!("-c{conns}"),
+        &format!("-d{secs}s"),
+        "--latency",
+    ]);
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
     }
@@ -101,7 +117,12 @@ fn wrk(url: &str, script: Option<&Path>, header: Option<&str>, secs: u64, conns:
     cmd.arg(url);
     let out = cmd.output().expect("wrk (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut run = Run { rps: 0.0, p50_ms: f64::NAN, p99_ms: f64::NAN, non_2xx: 0 };
+    let mut run = Run {
+        rps: 0.0,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        non_2xx: 0,
+    };
     for line in text.lines() {
         let l = line.trim();
         if let Some(v) = l.strip_prefix("Requests/sec:") {
@@ -115,15 +136,22 @@ fn wrk(url: &str, script: Option<&Path>, header: Option<&str>, secs: u64, conns:
         }
     }
     if run.rps == 0.0 {
-        eprintln!("wrk said:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "wrk said:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     run
 }
 
 fn admin_get(port: u16, path: &str) -> String {
     use std::io::Read;
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes());
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
@@ -142,9 +170,14 @@ fn upstream_main(port: u16) {
         headers: Vec::new(),
         delay: None,
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         scopegate::demo::serve(listener, handler).await;
     });
 }
@@ -155,8 +188,14 @@ fn main() {
         upstream_main(args[2].parse().unwrap());
         return;
     }
-    let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let secs: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let conns: u32 = 50;
     let bin = std::env::var("SCOPEGATE_BIN").unwrap_or_else(|_| "target/release/scopegate".into());
     let log = std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into());
@@ -168,7 +207,12 @@ fn main() {
     let up_port = free_port();
     let exe = std::env::current_exe().unwrap();
     let _upstream = Kill(
-        Command::new("taskset").args(["-c", "1"]).arg(&exe).args(["upstream", &up_port.to_string()]).spawn().unwrap(),
+        Command::new("taskset")
+            .args(["-c", "1"])
+            .arg(&exe)
+            .args(["upstream", &up_port.to_string()])
+            .spawn()
+            .unwrap(),
     );
     wait_port(up_port);
 
@@ -200,7 +244,10 @@ fn main() {
         let want = format!("scopegate_config_generation {generation}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !admin_get(admin, "/metrics").contains(&want) {
-            assert!(Instant::now() < deadline, "reload to generation {generation} not seen");
+            assert!(
+                Instant::now() < deadline,
+                "reload to generation {generation} not seen"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
@@ -304,14 +351,21 @@ end
     let rss = |pid: u32| -> String {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l[6..].trim().to_string()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .map(|l| l[6..].trim().to_string())
+            })
             .unwrap_or_default()
     };
 
     println!(
         "\nscopegate load bench: {rounds} interleaved rounds of {secs}s, {conns} keep-alive connections, wrk -t1; one proxy process (config swapped by hot reload), 1 worker pinned to core 0; wrk + upstream on core 1; RUST_LOG={log}"
     );
-    println!("{:<30} {:>10} {:>9} {:>9} {:>8} {:>10}", "scenario", "req/s", "p50 ms", "p99 ms", "vs (a)", "non-2xx");
+    println!(
+        "{:<30} {:>10} {:>9} {:>9} {:>8} {:>10}",
+        "scenario", "req/s", "p50 ms", "p99 ms", "vs (a)", "non-2xx"
+    );
     let base = median(results[0].iter().map(|r| r.rps).collect());
     for (i, name) in names.iter().enumerate() {
         if results[i].is_empty() {
@@ -322,7 +376,10 @@ end
         let p50 = median(results[i].iter().map(|r| r.p50_ms).collect());
         let p99 = median(results[i].iter().map(|r| r.p99_ms).collect());
         let non2xx: u64 = results[i].iter().map(|r| r.non_2xx).sum();
-        println!("{name:<30} {rps:>10.0} {p50:>9.3} {p99:>9.3} {:>8.3} {non2xx:>10}", rps / base);
+        println!(
+            "{name:<30} {rps:>10.0} {p50:>9.3} {p99:>9.3} {:>8.3} {non2xx:>10}",
+            rps / base
+        );
     }
     println!("RSS of the proxy after the run: {}", rss(pid));
 }

@@ -42,13 +42,25 @@ impl ServeHttp for Admin {
                     .map(|i| i.issuer.as_str())
                     .collect();
                 if waiting.is_empty() {
-                    reply(200, "text/plain", format!("ready (config generation {})\n", snapshot.generation))
+                    reply(
+                        200,
+                        "text/plain",
+                        format!("ready (config generation {})\n", snapshot.generation),
+                    )
                 } else {
-                    reply(503, "text/plain", format!("not ready: no keys yet for {}\n", waiting.join(", ")))
+                    reply(
+                        503,
+                        "text/plain",
+                        format!("not ready: no keys yet for {}\n", waiting.join(", ")),
+                    )
                 }
             }
             "/metrics" => reply(200, "text/plain; version=0.0.4", self.metrics.render()),
-            _ => reply(404, "text/plain", "not found: try /healthz, /readyz or /metrics\n"),
+            _ => reply(
+                404,
+                "text/plain",
+                "not found: try /healthz, /readyz or /metrics\n",
+            ),
         }
     }
 }

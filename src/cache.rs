@@ -28,19 +28,28 @@ pub struct TokenCache {
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCache").field("enabled", &self.inner.is_some()).finish()
+        f.debug_struct("TokenCache")
+            .field("enabled", &self.inner.is_some())
+            .finish()
     }
 }
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens; 0 disables caching.
     pub fn new(capacity: usize) -> TokenCache {
-        TokenCache { inner: (capacity > 0).then(|| MemoryCache::new(capacity)) }
+        TokenCache {
+            inner: (capacity > 0).then(|| MemoryCache::new(capacity)),
+        }
     }
 
     /// The principal of a token verified earlier, if it is still valid at `now` and was
     /// verified with the key set the issuer has now (`key_version_of`).
-    pub fn get(&self, token: &[u8], now: u64, key_version_of: impl Fn(usize) -> u64) -> Option<Arc<Principal>> {
+    pub fn get(
+        &self,
+        token: &[u8],
+        now: u64,
+        key_version_of: impl Fn(usize) -> u64,
+    ) -> Option<Arc<Principal>> {
         let cache = self.inner.as_ref()?;
         let (entry, _) = cache.get(token);
         let entry = entry?;
@@ -54,12 +63,18 @@ impl TokenCache {
     }
 
     pub fn put(&self, token: &[u8], principal: Arc<Principal>, now: u64, key_version: u64) {
-        let Some(cache) = self.inner.as_ref() else { return };
+        let Some(cache) = self.inner.as_ref() else {
+            return;
+        };
         let ttl = principal.exp.saturating_sub(now);
         if ttl == 0 {
             return;
         }
-        let entry = Entry { token: Arc::from(token), principal, key_version };
+        let entry = Entry {
+            token: Arc::from(token),
+            principal,
+            key_version,
+        };
         cache.put(token, entry, Some(Duration::from_secs(ttl)));
     }
 }

@@ -22,7 +22,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
     }
 }
 
@@ -40,7 +44,12 @@ impl Source {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
         let col = self.text[line_start..offset].chars().count() + 1;
-        ConfigError { file: self.name.clone(), line, col, message: message.into() }
+        ConfigError {
+            file: self.name.clone(),
+            line,
+            col,
+            message: message.into(),
+        }
     }
 }
 
@@ -166,7 +175,11 @@ pub struct ForwardConfig {
 impl Default for ForwardConfig {
     /// Used when the file has no [forward] table: the same defaults as an empty one.
     fn default() -> Self {
-        ForwardConfig { claims: None, strip_token: false, token_cache_size: default_cache_size() }
+        ForwardConfig {
+            claims: None,
+            strip_token: false,
+            token_cache_size: default_cache_size(),
+        }
     }
 }
 
@@ -233,14 +246,21 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
         col: 1,
         message: format!("cannot read config file: {e}"),
     })?;
-    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     parse(Source { name, text }, base_dir)
 }
 
 pub fn parse(source: Source, base_dir: PathBuf) -> Result<LoadedConfig, ConfigError> {
     let config: Config = toml::from_str(&source.text)
         .map_err(|e| source.error(e.span(), e.message().trim().to_string()))?;
-    Ok(LoadedConfig { config, source, base_dir })
+    Ok(LoadedConfig {
+        config,
+        source,
+        base_dir,
+    })
 }
 
 /// Where `run`, `check` and `explain` look for the config when `--config` is not given.
@@ -255,7 +275,15 @@ mod tests {
     use super::*;
 
     fn parse_text(text: &str) -> Config {
-        parse(Source { name: "t.toml".into(), text: text.into() }, PathBuf::from(".")).unwrap().config
+        parse(
+            Source {
+                name: "t.toml".into(),
+                text: text.into(),
+            },
+            PathBuf::from("."),
+        )
+        .unwrap()
+        .config
     }
 
     #[test]
@@ -269,9 +297,19 @@ mod tests {
 
     #[test]
     fn errors_carry_line_and_column() {
-        let e = parse(Source { name: "f.toml".into(), text: "[server]\nlisten = \"x\"\nbogus = 1\n".into() }, PathBuf::from("."))
-            .unwrap_err();
+        let e = parse(
+            Source {
+                name: "f.toml".into(),
+                text: "[server]\nlisten = \"x\"\nbogus = 1\n".into(),
+            },
+            PathBuf::from("."),
+        )
+        .unwrap_err();
         assert_eq!((e.file.as_str(), e.line, e.col), ("f.toml", 3, 1));
-        assert!(e.to_string().starts_with("f.toml:3:1: unknown field `bogus`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("f.toml:3:1: unknown field `bogus`"),
+            "{e}"
+        );
     }
 }

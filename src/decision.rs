@@ -11,17 +11,23 @@ use crate::router::Lookup;
 use crate::snapshot::{RequiredScopes, Snapshot};
 use crate::token::{bearer, BearerError, Principal, Rejection, ScopeSet};
 
-
 /// What to do with a request.
 #[derive(Debug, Clone)]
 pub enum Decision<'r> {
     /// Forward to the route's upstream with this (normalized) path.
-    Forward { route: usize, path: Cow<'r, str>, principal: Option<Arc<Principal>> },
+    Forward {
+        route: usize,
+        path: Cow<'r, str>,
+        principal: Option<Arc<Principal>>,
+    },
     /// 400: the request target or credentials cannot be read safely.
     BadRequest { description: &'static str },
     /// 401; `route` is the route the request would have matched, for metrics and logs only
     /// (the response never tells).
-    Unauthenticated { rejection: Rejection, route: Option<usize> },
+    Unauthenticated {
+        rejection: Rejection,
+        route: Option<usize>,
+    },
     /// 404 (after authentication).
     NotFound,
     /// 405 with `Allow` (after authentication).
@@ -34,7 +40,9 @@ impl Decision<'_> {
     /// The `decision` label of `scopegate_requests_total`.
     pub fn label(&self) -> &'static str {
         match self {
-            Decision::Forward { principal: None, .. } => "public",
+            Decision::Forward {
+                principal: None, ..
+            } => "public",
             Decision::Forward { .. } => "allowed",
             Decision::BadRequest { .. } => "bad_request",
             Decision::Unauthenticated { .. } => "unauthenticated",
@@ -53,8 +61,15 @@ impl Decision<'_> {
     }
 }
 
-pub const DECISION_LABELS: [&str; 7] =
-    ["allowed", "public", "unauthenticated", "forbidden", "not_found", "method_not_allowed", "bad_request"];
+pub const DECISION_LABELS: [&str; 7] = [
+    "allowed",
+    "public",
+    "unauthenticated",
+    "forbidden",
+    "not_found",
+    "method_not_allowed",
+    "bad_request",
+];
 
 /// Whether the granted scopes satisfy a route: all of `all`, and one of `any` when given.
 pub fn scopes_satisfy(granted: &ScopeSet, required: &RequiredScopes) -> bool {
@@ -72,7 +87,11 @@ pub fn decide<'r>(
     // 1-2. A target we cannot normalize safely is refused before anything else.
     let path = match normalize(path) {
         Ok(p) => p,
-        Err(e) => return Decision::BadRequest { description: path_error_text(e) },
+        Err(e) => {
+            return Decision::BadRequest {
+                description: path_error_text(e),
+            }
+        }
     };
     let lookup = snapshot.router.lookup(method, &path);
 
@@ -80,7 +99,11 @@ pub fn decide<'r>(
     if let Lookup::Found(route) = &lookup {
         let route = *route;
         if snapshot.routes[route].public {
-            return Decision::Forward { route, path, principal: None };
+            return Decision::Forward {
+                route,
+                path,
+                principal: None,
+            };
         }
     }
 
@@ -91,14 +114,26 @@ pub fn decide<'r>(
     };
     let token = match bearer(headers) {
         Ok(Some(t)) => t,
-        Ok(None) => return Decision::Unauthenticated { rejection: Rejection::Missing, route: matched },
+        Ok(None) => {
+            return Decision::Unauthenticated {
+                rejection: Rejection::Missing,
+                route: matched,
+            }
+        }
         Err(BearerError::Ambiguous) => {
-            return Decision::BadRequest { description: "more than one Authorization header" }
+            return Decision::BadRequest {
+                description: "more than one Authorization header",
+            }
         }
     };
     let principal = match snapshot.verify_token(token) {
         Ok(p) => p,
-        Err(rejection) => return Decision::Unauthenticated { rejection, route: matched },
+        Err(rejection) => {
+            return Decision::Unauthenticated {
+                rejection,
+                route: matched,
+            }
+        }
     };
 
     // 5-6.
@@ -107,7 +142,11 @@ pub fn decide<'r>(
         Lookup::MethodNotAllowed(allow) => Decision::MethodNotAllowed { allow },
         Lookup::Found(route) => {
             if scopes_satisfy(&principal.scopes, &snapshot.routes[route].required) {
-                Decision::Forward { route, path, principal: Some(principal) }
+                Decision::Forward {
+                    route,
+                    path,
+                    principal: Some(principal),
+                }
             } else {
                 Decision::Forbidden { route }
             }

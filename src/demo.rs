@@ -24,7 +24,10 @@ pub struct EchoRequest {
 
 impl EchoRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The request as JSON: what the upstream saw.
@@ -54,22 +57,37 @@ pub fn contacts_handler() -> Handler {
     Arc::new(|req: &EchoRequest| {
         let path = req.target.split('?').next().unwrap_or("");
         let (status, data) = match (req.method.as_str(), path) {
-            ("GET" | "HEAD", "/contacts") => (200, serde_json::json!([{"id": 1, "name": "Ada Lovelace"}, {"id": 2, "name": "Alan Turing"}])),
-            ("GET" | "HEAD", p) if p.starts_with("/contacts/") => (200, serde_json::json!({"id": &p[10..], "name": "Ada Lovelace"})),
+            ("GET" | "HEAD", "/contacts") => (
+                200,
+                serde_json::json!([{"id": 1, "name": "Ada Lovelace"}, {"id": 2, "name": "Alan Turing"}]),
+            ),
+            ("GET" | "HEAD", p) if p.starts_with("/contacts/") => (
+                200,
+                serde_json::json!({"id": &p[10..], "name": "Ada Lovelace"}),
+            ),
             ("POST", "/contacts") => (201, serde_json::json!({"created": true})),
-            ("DELETE", p) if p.starts_with("/contacts/") => (200, serde_json::json!({"deleted": &p[10..]})),
+            ("DELETE", p) if p.starts_with("/contacts/") => {
+                (200, serde_json::json!({"deleted": &p[10..]}))
+            }
             (_, "/health") => (200, serde_json::json!({"status": "ok"})),
             _ => (404, serde_json::json!({"error": "not found"})),
         };
         let body = serde_json::json!({ "data": data, "upstream_saw": req.to_json() });
-        EchoResponse { status, body: body.to_string().into_bytes(), headers: Vec::new(), delay: None }
+        EchoResponse {
+            status,
+            body: body.to_string().into_bytes(),
+            headers: Vec::new(),
+            delay: None,
+        }
     })
 }
 
 /// Serve HTTP/1.1 (keep-alive, Content-Length bodies) with `handler` until the task is dropped.
 pub async fn serve(listener: TcpListener, handler: Handler) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
             let _ = serve_connection(stream, handler).await;
@@ -106,8 +124,16 @@ async fn serve_connection(mut stream: TcpStream, handler: Handler) -> std::io::R
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
             .collect();
-        let mut req = EchoRequest { method, target, headers, body: Vec::new() };
-        let len: usize = req.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut req = EchoRequest {
+            method,
+            target,
+            headers,
+            body: Vec::new(),
+        };
+        let len: usize = req
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         while buf.len() < head_end + len {
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
@@ -122,8 +148,14 @@ async fn serve_connection(mut stream: TcpStream, handler: Handler) -> std::io::R
         if let Some(d) = resp.delay {
             tokio::time::sleep(d).await;
         }
-        let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let extra: String = resp.headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+        let close = req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let extra: String = resp
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\r\n"))
+            .collect();
         let mut out = format!(
             "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}{}\r\n",
             resp.status,
@@ -185,22 +217,34 @@ impl Drop for UpstreamHandle {
 }
 
 /// Start `serve` on a thread of its own, on `listener` (e.g. 127.0.0.1:0).
-pub fn spawn_upstream_on(listener: std::net::TcpListener, handler: Handler) -> std::io::Result<UpstreamHandle> {
+pub fn spawn_upstream_on(
+    listener: std::net::TcpListener,
+    handler: Handler,
+) -> std::io::Result<UpstreamHandle> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new().name("upstream".into()).spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let listener = TcpListener::from_std(listener).expect("listener");
-            tokio::select! {
-                _ = serve(listener, handler) => {}
-                _ = rx => {}
-            }
-        });
-        // Dropping the runtime here closes the listener and every connection.
-    })?;
-    Ok(UpstreamHandle { addr, stop: Some(tx), thread: Some(thread) })
+    let thread = std::thread::Builder::new()
+        .name("upstream".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener).expect("listener");
+                tokio::select! {
+                    _ = serve(listener, handler) => {}
+                    _ = rx => {}
+                }
+            });
+            // Dropping the runtime here closes the listener and every connection.
+        })?;
+    Ok(UpstreamHandle {
+        addr,
+        stop: Some(tx),
+        thread: Some(thread),
+    })
 }
 
 /// Start `serve` on 127.0.0.1 and an ephemeral port, for the rest of the process.

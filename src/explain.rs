@@ -21,15 +21,30 @@ pub enum Credentials<'a> {
 
 fn describe(snapshot: &Snapshot, d: &Decision<'_>) -> String {
     match d {
-        Decision::Forward { route, principal: None, .. } => {
-            format!("200 forward to upstream {:?} (public route)", snapshot.upstreams[snapshot.routes[*route].upstream].name)
+        Decision::Forward {
+            route,
+            principal: None,
+            ..
+        } => {
+            format!(
+                "200 forward to upstream {:?} (public route)",
+                snapshot.upstreams[snapshot.routes[*route].upstream].name
+            )
         }
         Decision::Forward { route, .. } => {
-            format!("200 forward to upstream {:?} (token carries the required scopes)", snapshot.upstreams[snapshot.routes[*route].upstream].name)
+            format!(
+                "200 forward to upstream {:?} (token carries the required scopes)",
+                snapshot.upstreams[snapshot.routes[*route].upstream].name
+            )
         }
         Decision::BadRequest { description } => format!("400 bad request: {description}"),
-        Decision::Unauthenticated { rejection: Rejection::Missing, .. } => "401 unauthenticated: no bearer token".to_string(),
-        Decision::Unauthenticated { rejection: r, .. } => format!("401 invalid token ({}): {}", r.reason(), r.description()),
+        Decision::Unauthenticated {
+            rejection: Rejection::Missing,
+            ..
+        } => "401 unauthenticated: no bearer token".to_string(),
+        Decision::Unauthenticated { rejection: r, .. } => {
+            format!("401 invalid token ({}): {}", r.reason(), r.description())
+        }
         Decision::NotFound => "404 no route for this path".to_string(),
         Decision::MethodNotAllowed { allow } => format!("405 method not allowed (Allow: {allow})"),
         Decision::Forbidden { route } => {
@@ -37,7 +52,11 @@ fn describe(snapshot: &Snapshot, d: &Decision<'_>) -> String {
             format!(
                 "403 insufficient scope: needs all of [{}]{}",
                 r.required.all.join(" "),
-                if r.required.any.is_empty() { String::new() } else { format!(" and one of [{}]", r.required.any.join(" ")) }
+                if r.required.any.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and one of [{}]", r.required.any.join(" "))
+                }
             )
         }
     }
@@ -68,8 +87,16 @@ pub fn explain(snapshot: &Snapshot, method: &str, target: &str, creds: Credentia
                 let _ = writeln!(
                     out,
                     "requires: a valid token{}{}",
-                    if r.required.all.is_empty() { String::new() } else { format!(", all of [{}]", r.required.all.join(" ")) },
-                    if r.required.any.is_empty() { String::new() } else { format!(", one of [{}]", r.required.any.join(" ")) }
+                    if r.required.all.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", all of [{}]", r.required.all.join(" "))
+                    },
+                    if r.required.any.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", one of [{}]", r.required.any.join(" "))
+                    }
                 );
             }
             let _ = writeln!(out, "upstream: {}", snapshot.upstreams[r.upstream].name);
@@ -85,13 +112,35 @@ pub fn explain(snapshot: &Snapshot, method: &str, target: &str, creds: Credentia
         Credentials::Scopes(scopes) => {
             let granted = ScopeSet::from_words(scopes.split_whitespace());
             match snapshot.router.lookup(&method, &normalized) {
-                Lookup::Found(i) if snapshot.routes[i].public => describe(snapshot, &Decision::Forward { route: i, path: normalized.clone().into(), principal: None }),
+                Lookup::Found(i) if snapshot.routes[i].public => describe(
+                    snapshot,
+                    &Decision::Forward {
+                        route: i,
+                        path: normalized.clone().into(),
+                        principal: None,
+                    },
+                ),
                 Lookup::Found(i) if scopes_satisfy(&granted, &snapshot.routes[i].required) => {
-                    let p = Principal { issuer: 0, sub: None, scopes: granted, exp: 0, forward_headers: Vec::new() };
-                    describe(snapshot, &Decision::Forward { route: i, path: normalized.clone().into(), principal: Some(Arc::new(p)) })
+                    let p = Principal {
+                        issuer: 0,
+                        sub: None,
+                        scopes: granted,
+                        exp: 0,
+                        forward_headers: Vec::new(),
+                    };
+                    describe(
+                        snapshot,
+                        &Decision::Forward {
+                            route: i,
+                            path: normalized.clone().into(),
+                            principal: Some(Arc::new(p)),
+                        },
+                    )
                 }
                 Lookup::Found(i) => describe(snapshot, &Decision::Forbidden { route: i }),
-                Lookup::MethodNotAllowed(allow) => describe(snapshot, &Decision::MethodNotAllowed { allow }),
+                Lookup::MethodNotAllowed(allow) => {
+                    describe(snapshot, &Decision::MethodNotAllowed { allow })
+                }
                 Lookup::NotFound => describe(snapshot, &Decision::NotFound),
             }
         }

@@ -34,7 +34,13 @@ fn backoff(policy: &RefreshPolicy, failures: u32) -> Duration {
 pub fn max_age(cache_control: &str) -> Option<Duration> {
     cache_control.split(',').find_map(|d| {
         let (k, v) = d.trim().split_once('=')?;
-        k.trim().eq_ignore_ascii_case("max-age").then(|| v.trim().trim_matches('"').parse().ok().map(Duration::from_secs))?
+        k.trim().eq_ignore_ascii_case("max-age").then(|| {
+            v.trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+                .map(Duration::from_secs)
+        })?
     })
 }
 
@@ -55,7 +61,12 @@ impl JwksFetcher {
     }
 
     async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), String> {
-        let resp = self.http.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(format!("GET {url}: HTTP {status}"));
@@ -75,14 +86,22 @@ impl JwksFetcher {
         Ok((body.to_vec(), age))
     }
 
-    async fn jwks_url(&self, issuer: &str, source: &KeySource, state: &mut FetchState) -> Result<String, String> {
+    async fn jwks_url(
+        &self,
+        issuer: &str,
+        source: &KeySource,
+        state: &mut FetchState,
+    ) -> Result<String, String> {
         match source {
             KeySource::Url(u) => Ok(u.clone()),
             KeySource::Discovery(_) => {
                 if let Some(u) = &state.jwks_uri {
                     return Ok(u.clone());
                 }
-                let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.trim_end_matches('/')
+                );
                 let (body, _) = self.get(&url).await?;
                 let doc: serde_json::Value =
                     serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
@@ -98,7 +117,9 @@ impl JwksFetcher {
                 state.jwks_uri = Some(uri.clone());
                 Ok(uri)
             }
-            KeySource::File(_) | KeySource::SecretEnv(_) => Err("keys are not fetched from the network".into()),
+            KeySource::File(_) | KeySource::SecretEnv(_) => {
+                Err("keys are not fetched from the network".into())
+            }
         }
     }
 
@@ -123,7 +144,9 @@ impl JwksFetcher {
             Ok((set, age)) => {
                 let n = set.keys.len();
                 store.replace(set);
-                let every = age.unwrap_or(issuer.refresh.min).clamp(issuer.refresh.min, issuer.refresh.max);
+                let every = age
+                    .unwrap_or(issuer.refresh.min)
+                    .clamp(issuer.refresh.min, issuer.refresh.max);
                 state.next_due = Some(Instant::now() + every);
                 state.failures = 0;
                 self.metrics.jwks_refresh(&issuer.issuer, true);
@@ -168,7 +191,10 @@ impl JwksFetcher {
         if store.version() != seen_version {
             return true;
         }
-        if state.last_forced.is_some_and(|t| t.elapsed() < issuer.refresh.cooldown) {
+        if state
+            .last_forced
+            .is_some_and(|t| t.elapsed() < issuer.refresh.cooldown)
+        {
             return false;
         }
         state.last_forced = Some(Instant::now());
@@ -208,15 +234,25 @@ mod tests {
 
     #[test]
     fn max_age_is_read_from_cache_control() {
-        assert_eq!(max_age("public, max-age=300"), Some(Duration::from_secs(300)));
-        assert_eq!(max_age("Max-Age=\"60\", must-revalidate"), Some(Duration::from_secs(60)));
+        assert_eq!(
+            max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            max_age("Max-Age=\"60\", must-revalidate"),
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(max_age("no-cache"), None);
         assert_eq!(max_age("max-age=abc"), None);
     }
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let p = RefreshPolicy { min: Duration::from_secs(10), max: Duration::from_secs(100), cooldown: Duration::from_secs(1) };
+        let p = RefreshPolicy {
+            min: Duration::from_secs(10),
+            max: Duration::from_secs(100),
+            cooldown: Duration::from_secs(1),
+        };
         assert_eq!(backoff(&p, 1), Duration::from_secs(2));
         assert_eq!(backoff(&p, 2), Duration::from_secs(4));
         assert_eq!(backoff(&p, 9), Duration::from_secs(10));

@@ -70,11 +70,15 @@ impl KeySet {
         struct Doc {
             keys: Vec<serde_json::Value>,
         }
-        let doc: Doc = serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let doc: Doc =
+            serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut set = KeySet::default();
         let mut skipped = Vec::new();
         for (i, value) in doc.keys.into_iter().enumerate() {
-            let kid = value.get("kid").and_then(|k| k.as_str()).map(str::to_string);
+            let kid = value
+                .get("kid")
+                .and_then(|k| k.as_str())
+                .map(str::to_string);
             let label = kid.clone().unwrap_or_else(|| format!("#{i}"));
             let jwk: Jwk = match serde_json::from_value(value) {
                 Ok(j) => j,
@@ -92,7 +96,9 @@ impl KeySet {
                 Some(a) => match jwk_alg(a) {
                     Some(a) => Some(a),
                     None => {
-                        skipped.push(format!("key {label}: `alg` {a:?} is not a signature algorithm"));
+                        skipped.push(format!(
+                            "key {label}: `alg` {a:?} is not a signature algorithm"
+                        ));
                         continue;
                     }
                 },
@@ -108,16 +114,25 @@ impl KeySet {
             // A JWKS publishes public keys; a symmetric secret there would let anyone who can
             // read the set mint tokens.
             if family == AlgorithmFamily::Hmac {
-                skipped.push(format!("key {label}: symmetric keys are not accepted from a JWKS"));
+                skipped.push(format!(
+                    "key {label}: symmetric keys are not accepted from a JWKS"
+                ));
                 continue;
             }
             if let Some(a) = alg {
                 if a.family() != family {
-                    skipped.push(format!("key {label}: `alg` {a:?} does not fit the key type"));
+                    skipped.push(format!(
+                        "key {label}: `alg` {a:?} does not fit the key type"
+                    ));
                     continue;
                 }
             }
-            set.keys.push(VerifyingKey { kid, key, family, alg });
+            set.keys.push(VerifyingKey {
+                kid,
+                key,
+                family,
+                alg,
+            });
         }
         Ok((set, skipped))
     }
@@ -218,8 +233,10 @@ impl KeyStore {
 
     pub fn replace(&self, keys: KeySet) {
         self.current.store(Arc::new(keys));
-        self.version.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.loaded.store(true, std::sync::atomic::Ordering::Release);
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub fn version(&self) -> u64 {
@@ -271,10 +288,22 @@ mod tests {
         let (_, jwks) = crate::mint::generate_rsa_key("a");
         let (set, _) = KeySet::from_jwks(jwks.as_bytes()).unwrap();
         assert!(matches!(set.find(Some("a"), Algorithm::RS256), KeyMatch::Keys(k) if k.len() == 1));
-        assert!(matches!(set.find(Some("b"), Algorithm::RS256), KeyMatch::UnknownKid));
+        assert!(matches!(
+            set.find(Some("b"), Algorithm::RS256),
+            KeyMatch::UnknownKid
+        ));
         // The JWK says RS256: PS256 and HS256 may not use it.
-        assert!(matches!(set.find(Some("a"), Algorithm::PS256), KeyMatch::WrongFamily));
-        assert!(matches!(set.find(Some("a"), Algorithm::HS256), KeyMatch::WrongFamily));
-        assert!(matches!(set.find(None, Algorithm::RS256), KeyMatch::Keys(_)));
+        assert!(matches!(
+            set.find(Some("a"), Algorithm::PS256),
+            KeyMatch::WrongFamily
+        ));
+        assert!(matches!(
+            set.find(Some("a"), Algorithm::HS256),
+            KeyMatch::WrongFamily
+        ));
+        assert!(matches!(
+            set.find(None, Algorithm::RS256),
+            KeyMatch::Keys(_)
+        ));
     }
 }

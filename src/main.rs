@@ -14,7 +14,11 @@ use scopegate::{config, explain, mint, server, snapshot};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "scopegate", version, about = "Edge reverse proxy that enforces OAuth 2.0 scopes from JWT access tokens")]
+#[command(
+    name = "scopegate",
+    version,
+    about = "Edge reverse proxy that enforces OAuth 2.0 scopes from JWT access tokens"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -124,7 +128,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             match server::load_snapshot(&path, 1) {
                 Ok(snap) => {
                     print!("{}", route_table(&snap));
-                    println!("{}: ok ({} routes, {} issuers, {} upstreams)", path.display(), snap.routes.len(), snap.issuers.len(), snap.upstreams.len());
+                    println!(
+                        "{}: ok ({} routes, {} issuers, {} upstreams)",
+                        path.display(),
+                        snap.routes.len(),
+                        snap.issuers.len(),
+                        snap.upstreams.len()
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
@@ -133,7 +143,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Explain { config, method, target, token, scopes } => {
+        Command::Explain {
+            config,
+            method,
+            target,
+            token,
+            scopes,
+        } => {
             let path = config.unwrap_or_else(config::default_path);
             let snap = match server::load_snapshot(&path, 1) {
                 Ok(s) => s,
@@ -150,16 +166,37 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", explain::explain(&snap, &method, &target, creds));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token { key, kid, scope, iss, aud, sub, ttl } => {
+        Command::Token {
+            key,
+            kid,
+            scope,
+            iss,
+            aud,
+            sub,
+            ttl,
+        } => {
             let pem = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
-            let req = mint::TokenRequest { kid, scope, iss, aud, sub, ttl };
+            let req = mint::TokenRequest {
+                kid,
+                scope,
+                iss,
+                aud,
+                sub,
+                ttl,
+            };
             println!("{}", mint::mint(&pem, &req, snapshot::unix_now())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keygen { kid, key_out, jwks_out } => {
+        Command::Keygen {
+            kid,
+            key_out,
+            jwks_out,
+        } => {
             let (pem, jwks) = mint::generate_rsa_key(&kid);
-            std::fs::write(&key_out, pem).with_context(|| format!("writing {}", key_out.display()))?;
-            std::fs::write(&jwks_out, jwks).with_context(|| format!("writing {}", jwks_out.display()))?;
+            std::fs::write(&key_out, pem)
+                .with_context(|| format!("writing {}", key_out.display()))?;
+            std::fs::write(&jwks_out, jwks)
+                .with_context(|| format!("writing {}", jwks_out.display()))?;
             println!("wrote {} and {}", key_out.display(), jwks_out.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -172,9 +209,18 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn route_table(snap: &snapshot::Snapshot) -> String {
-    let mut rows = vec![["METHODS".to_string(), "PATH".to_string(), "REQUIRES".to_string(), "UPSTREAM".to_string()]];
+    let mut rows = vec![[
+        "METHODS".to_string(),
+        "PATH".to_string(),
+        "REQUIRES".to_string(),
+        "UPSTREAM".to_string(),
+    ]];
     for r in &snap.routes {
-        let methods = r.label.split_once(' ').map(|(m, _)| m.to_string()).unwrap_or_default();
+        let methods = r
+            .label
+            .split_once(' ')
+            .map(|(m, _)| m.to_string())
+            .unwrap_or_default();
         let requires = if r.public {
             "public".to_string()
         } else {
@@ -191,15 +237,27 @@ fn route_table(snap: &snapshot::Snapshot) -> String {
                 parts.join(" + ")
             }
         };
-        rows.push([methods, r.path.clone(), requires, snap.upstreams[r.upstream].name.clone()]);
+        rows.push([
+            methods,
+            r.path.clone(),
+            requires,
+            snap.upstreams[r.upstream].name.clone(),
+        ]);
     }
-    let widths: Vec<usize> = (0..4).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..4)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in rows {
         let line = format!(
             "{:w0$}  {:w1$}  {:w2$}  {}",
-            row[0], row[1], row[2], row[3],
-            w0 = widths[0], w1 = widths[1], w2 = widths[2]
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
         );
         out.push_str(line.trim_end());
         out.push('\n');

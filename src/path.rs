@@ -130,9 +130,8 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     }
 
     // Pass 2: segments. Empty segments (repeated slashes) are merged, "." dropped, ".." pops.
-    let ends_with_slash = partly.ends_with(b"/")
-        || partly.ends_with(b"/.")
-        || partly.ends_with(b"/..");
+    let ends_with_slash =
+        partly.ends_with(b"/") || partly.ends_with(b"/.") || partly.ends_with(b"/..");
     let mut out: Vec<&[u8]> = Vec::new();
     for seg in partly.split(|&c| c == b'/') {
         // Servlet containers strip `;params` before resolving dot segments, so `..;x` would
@@ -172,7 +171,14 @@ mod tests {
 
     #[test]
     fn already_normal_paths_are_borrowed() {
-        for p in ["/", "/contacts", "/contacts/42", "/a.b/c..d/.e", "/a/b/", "/files/x-y_z~"] {
+        for p in [
+            "/",
+            "/contacts",
+            "/contacts/42",
+            "/a.b/c..d/.e",
+            "/a/b/",
+            "/files/x-y_z~",
+        ] {
             assert!(matches!(normalize(p), Ok(Cow::Borrowed(_))), "{p}");
         }
     }

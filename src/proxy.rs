@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+    WWW_AUTHENTICATE,
+};
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType};
@@ -61,11 +64,17 @@ pub struct ErrorResponse {
 
 impl ErrorResponse {
     fn plain(status: u16, error: &'static str, description: &'static str) -> ErrorResponse {
-        ErrorResponse { status, headers: Vec::new(), error, description }
+        ErrorResponse {
+            status,
+            headers: Vec::new(),
+            error,
+            description,
+        }
     }
 
     pub fn body(&self) -> Bytes {
-        let body = serde_json::json!({ "error": self.error, "error_description": self.description });
+        let body =
+            serde_json::json!({ "error": self.error, "error_description": self.description });
         Bytes::from(body.to_string())
     }
 
@@ -84,9 +93,14 @@ impl ErrorResponse {
 pub fn error_response(snapshot: &Snapshot, decision: &Decision<'_>) -> Option<ErrorResponse> {
     Some(match decision {
         Decision::Forward { .. } => return None,
-        Decision::BadRequest { description } => ErrorResponse::plain(400, "invalid_request", description),
+        Decision::BadRequest { description } => {
+            ErrorResponse::plain(400, "invalid_request", description)
+        }
         // RFC 6750 §3.1: no error code when the request had no token at all.
-        Decision::Unauthenticated { rejection: Rejection::Missing, .. } => ErrorResponse {
+        Decision::Unauthenticated {
+            rejection: Rejection::Missing,
+            ..
+        } => ErrorResponse {
             status: 401,
             headers: vec![(WWW_AUTHENTICATE, snapshot.challenge.clone())],
             error: "unauthorized",
@@ -114,7 +128,10 @@ pub fn error_response(snapshot: &Snapshot, decision: &Decision<'_>) -> Option<Er
         },
         Decision::Forbidden { route } => ErrorResponse {
             status: 403,
-            headers: vec![(WWW_AUTHENTICATE, snapshot.routes[*route].insufficient_scope_challenge.clone())],
+            headers: vec![(
+                WWW_AUTHENTICATE,
+                snapshot.routes[*route].insufficient_scope_challenge.clone(),
+            )],
             error: "insufficient_scope",
             description: "the token lacks a scope this route requires",
         },
@@ -130,7 +147,9 @@ async fn send_error(session: &mut Session, resp: &ErrorResponse) -> pingora_core
         session.set_keepalive(None);
     }
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(header), head_only).await?;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
@@ -163,11 +182,18 @@ impl ScopeGate {
             _ => None,
         };
         let unknown_key = match &decision {
-            Decision::Unauthenticated { rejection: Rejection::UnknownKey(i), .. } => Some(*i),
+            Decision::Unauthenticated {
+                rejection: Rejection::UnknownKey(i),
+                ..
+            } => Some(*i),
             _ => None,
         };
         let response = match decision {
-            Decision::Forward { route, path, principal } => {
+            Decision::Forward {
+                route,
+                path,
+                principal,
+            } => {
                 if let std::borrow::Cow::Owned(p) = path {
                     ctx.rewritten_path = Some(p);
                 }
@@ -205,14 +231,22 @@ impl ProxyHttp for ScopeGate {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_core::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_core::Result<bool> {
         let snapshot = self.live.load_full();
         let (mut outcome, unknown_key) = self.decide_and_record(session, &snapshot, ctx);
         // An unknown `kid` may be a key the provider has just rotated in: refetch (once for all
         // requests waiting on it, at most once per cooldown) and decide again.
         if let Some(i) = unknown_key {
             let issuer = &snapshot.issuers[i];
-            if self.fetcher.refresh_for_unknown_kid(issuer, issuer.keys.version()).await {
+            if self
+                .fetcher
+                .refresh_for_unknown_kid(issuer, issuer.keys.version())
+                .await
+            {
                 outcome = self.decide_and_record(session, &snapshot, ctx).0;
             }
         }
@@ -226,8 +260,15 @@ impl ProxyHttp for ScopeGate {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora_core::Result<Box<HttpPeer>> {
-        let snapshot = ctx.snapshot.as_ref().ok_or_else(|| Error::new(ErrorType::InternalError))?;
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_core::Result<Box<HttpPeer>> {
+        let snapshot = ctx
+            .snapshot
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorType::InternalError))?;
         let pool = &snapshot.upstreams[ctx.upstream];
         ctx.server = pool.pick();
         let mut peer = HttpPeer::new(pool.servers[ctx.server].addr, pool.tls, pool.sni.clone());
@@ -251,12 +292,17 @@ impl ProxyHttp for ScopeGate {
         };
         // The upstream receives exactly the path that was authorized, in origin form.
         if ctx.rewritten_path.is_some() || upstream.uri.authority().is_some() {
-            let path = ctx.rewritten_path.as_deref().unwrap_or_else(|| upstream.uri.path());
+            let path = ctx
+                .rewritten_path
+                .as_deref()
+                .unwrap_or_else(|| upstream.uri.path());
             let target = match upstream.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path.to_string(),
             };
-            let uri: http::Uri = target.parse().map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?;
+            let uri: http::Uri = target
+                .parse()
+                .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?;
             upstream.set_uri(uri);
         }
 
@@ -281,12 +327,13 @@ impl ProxyHttp for ScopeGate {
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
-        let host = session
-            .req_header()
-            .headers
-            .get(HOST)
-            .cloned()
-            .or_else(|| session.req_header().uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host = session.req_header().headers.get(HOST).cloned().or_else(|| {
+            session
+                .req_header()
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         match host {
             Some(h) => upstream.insert_header("x-forwarded-host", h)?,
             None => {
@@ -316,7 +363,12 @@ impl ProxyHttp for ScopeGate {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -338,18 +390,36 @@ impl ProxyHttp for ScopeGate {
         }
         if code > 0 {
             let resp = match code {
-                502 => ErrorResponse::plain(502, "bad_gateway", "the upstream could not be reached"),
-                504 => ErrorResponse::plain(504, "gateway_timeout", "the upstream did not answer in time"),
-                400 => ErrorResponse::plain(400, "invalid_request", "the request could not be read"),
-                _ => ErrorResponse::plain(code, "internal_error", "the request could not be completed"),
+                502 => {
+                    ErrorResponse::plain(502, "bad_gateway", "the upstream could not be reached")
+                }
+                504 => ErrorResponse::plain(
+                    504,
+                    "gateway_timeout",
+                    "the upstream did not answer in time",
+                ),
+                400 => {
+                    ErrorResponse::plain(400, "invalid_request", "the request could not be read")
+                }
+                _ => ErrorResponse::plain(
+                    code,
+                    "internal_error",
+                    "the request could not be completed",
+                ),
             };
             let body = resp.body();
             if let Ok(mut header) = resp.header() {
                 let _ = header.insert_header(CONTENT_LENGTH, body.len());
-                let _ = session.downstream_session.write_error_response(header, body).await;
+                let _ = session
+                    .downstream_session
+                    .write_error_response(header, body)
+                    .await;
             }
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -397,4 +467,3 @@ impl ProxyHttp for ScopeGate {
         );
     }
 }
-

@@ -64,7 +64,12 @@ fn key_files(s: &Snapshot) -> Vec<PathBuf> {
 impl Reloader {
     pub fn new(path: PathBuf, live: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Reloader {
         let fp = fingerprint(&path, Some(&live.load()));
-        Reloader { path, live, metrics, fingerprint: Mutex::new(fp) }
+        Reloader {
+            path,
+            live,
+            metrics,
+            fingerprint: Mutex::new(fp),
+        }
     }
 
     /// Reload now. `force` reloads even when no file changed (SIGHUP).
@@ -76,16 +81,33 @@ impl Reloader {
             return Ok(false);
         }
         let started = std::time::Instant::now();
-        let result = config::load(&self.path)
-            .and_then(|loaded| snapshot::build_with(&loaded, current.generation + 1, &current.key_stores()));
+        let result = config::load(&self.path).and_then(|loaded| {
+            snapshot::build_with(&loaded, current.generation + 1, &current.key_stores())
+        });
         crate::server::release_freed_memory();
         match result {
             Ok(next) => {
                 for (what, old, new) in [
-                    ("server.listen", format!("{:?}", current.listen), format!("{:?}", next.listen)),
-                    ("server.admin_listen", format!("{:?}", current.admin_listen), format!("{:?}", next.admin_listen)),
-                    ("server.threads", current.threads.to_string(), next.threads.to_string()),
-                    ("server.tls (on/off)", current.tls.is_some().to_string(), next.tls.is_some().to_string()),
+                    (
+                        "server.listen",
+                        format!("{:?}", current.listen),
+                        format!("{:?}", next.listen),
+                    ),
+                    (
+                        "server.admin_listen",
+                        format!("{:?}", current.admin_listen),
+                        format!("{:?}", next.admin_listen),
+                    ),
+                    (
+                        "server.threads",
+                        current.threads.to_string(),
+                        next.threads.to_string(),
+                    ),
+                    (
+                        "server.tls (on/off)",
+                        current.tls.is_some().to_string(),
+                        next.tls.is_some().to_string(),
+                    ),
                 ] {
                     if old != new {
                         tracing::warn!(setting = what, running = %old, configured = %new, "this setting applies at the next restart");
@@ -98,13 +120,21 @@ impl Reloader {
                 self.live.store(Arc::new(next));
                 self.metrics.config_reload(true);
                 self.metrics.set_generation(generation);
-                tracing::info!(generation, routes, took_ms = started.elapsed().as_millis() as u64, "config reloaded");
+                tracing::info!(
+                    generation,
+                    routes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "config reloaded"
+                );
                 Ok(true)
             }
             Err(e) => {
                 *fp = new_fp;
                 self.metrics.config_reload(false);
-                tracing::error!("config reload failed, keeping generation {}: {e}", current.generation);
+                tracing::error!(
+                    "config reload failed, keeping generation {}: {e}",
+                    current.generation
+                );
                 Err(e)
             }
         }
@@ -138,32 +168,39 @@ impl BackgroundService for ConfigWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let reloader = &self.0;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if ev.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = tx.send(());
-            }
-        }) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::error!("cannot watch the config for changes ({e}); SIGHUP still reloads");
-                None
-            }
-        };
+        let mut watcher =
+            match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+                if ev.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            }) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(
+                        "cannot watch the config for changes ({e}); SIGHUP still reloads"
+                    );
+                    None
+                }
+            };
         let mut watched = Vec::new();
-        let watch_all = |watcher: &mut Option<notify::RecommendedWatcher>, watched: &mut Vec<PathBuf>| {
+        let watch_all = |watcher: &mut Option<notify::RecommendedWatcher>,
+                         watched: &mut Vec<PathBuf>| {
             if let Some(w) = watcher.as_mut() {
                 for d in reloader.watched_dirs() {
                     if !watched.contains(&d) {
                         match w.watch(&d, RecursiveMode::NonRecursive) {
                             Ok(()) => watched.push(d),
-                            Err(e) => tracing::error!(dir = %d.display(), "cannot watch for changes: {e}"),
+                            Err(e) => {
+                                tracing::error!(dir = %d.display(), "cannot watch for changes: {e}")
+                            }
                         }
                     }
                 }
             }
         };
         watch_all(&mut watcher, &mut watched);
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::error!("cannot listen for SIGHUP: {e}");

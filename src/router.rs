@@ -19,7 +19,11 @@ pub enum RouterError {
     #[error("invalid path template {path:?}: {reason}")]
     BadTemplate { path: String, reason: String },
     #[error("duplicate route: {method} {path} is already defined by route #{other}")]
-    Duplicate { method: String, path: String, other: usize },
+    Duplicate {
+        method: String,
+        path: String,
+        other: usize,
+    },
 }
 
 /// The routes sharing one path template.
@@ -34,7 +38,11 @@ struct PathEntry {
 
 impl PathEntry {
     fn route_for(&self, method: &Method) -> Option<usize> {
-        self.by_method.iter().find(|(m, _)| m == method).map(|(_, r)| *r).or(self.any_method)
+        self.by_method
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, r)| *r)
+            .or(self.any_method)
     }
 }
 
@@ -111,21 +119,35 @@ fn check_template(path: &str) -> Result<(), String> {
 
 impl Router {
     /// Add a route. `methods` empty means every method.
-    pub fn insert(&mut self, path: &str, methods: &[Method], route: usize) -> Result<(), RouterError> {
-        check_template(path)
-            .map_err(|reason| RouterError::BadTemplate { path: path.to_string(), reason })?;
+    pub fn insert(
+        &mut self,
+        path: &str,
+        methods: &[Method],
+        route: usize,
+    ) -> Result<(), RouterError> {
+        check_template(path).map_err(|reason| RouterError::BadTemplate {
+            path: path.to_string(),
+            reason,
+        })?;
         let entry_idx = match self.paths.get(path) {
             Some(&i) => i,
             None => {
                 let i = self.entries.len();
                 let is_tail = path.contains("{*");
-                let tree = if is_tail { &mut self.tails } else { &mut self.exact };
+                let tree = if is_tail {
+                    &mut self.tails
+                } else {
+                    &mut self.exact
+                };
                 tree.insert(path, i).map_err(|e| RouterError::BadTemplate {
                     path: path.to_string(),
                     reason: e.to_string(),
                 })?;
                 self.has_tails |= is_tail;
-                self.entries.push(PathEntry { rank: rank_of(path), ..PathEntry::default() });
+                self.entries.push(PathEntry {
+                    rank: rank_of(path),
+                    ..PathEntry::default()
+                });
                 self.paths.insert(path.to_string(), i);
                 i
             }
@@ -161,7 +183,11 @@ impl Router {
     /// `path` must already be normalized (see `path::normalize`).
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
         let exact = self.exact.at(path).ok().map(|m| &self.entries[*m.value]);
-        let tail = if self.has_tails { self.tails.at(path).ok().map(|m| &self.entries[*m.value]) } else { None };
+        let tail = if self.has_tails {
+            self.tails.at(path).ok().map(|m| &self.entries[*m.value])
+        } else {
+            None
+        };
         let (first, second) = match (exact, tail) {
             (Some(e), Some(t)) if t.rank < e.rank => (t, Some(e)),
             (Some(e), t) => (e, t),
@@ -176,7 +202,12 @@ impl Router {
             Some(second) => match second.route_for(method) {
                 Some(route) => Lookup::Found(route),
                 None => {
-                    let mut allow: Vec<&str> = first.allow.split(", ").chain(second.allow.split(", ")).filter(|s| !s.is_empty()).collect();
+                    let mut allow: Vec<&str> = first
+                        .allow
+                        .split(", ")
+                        .chain(second.allow.split(", "))
+                        .filter(|s| !s.is_empty())
+                        .collect();
                     allow.sort_unstable();
                     allow.dedup();
                     Lookup::MethodNotAllowed(Cow::Owned(allow.join(", ")))
@@ -223,13 +254,19 @@ mod tests {
         let r = router(&[(&["GET"], "/files/{name}"), (&["DELETE"], "/files/{*rest}")]);
         assert_eq!(r.lookup(&Method::DELETE, "/files/a"), Lookup::Found(1));
         assert_eq!(r.lookup(&Method::GET, "/files/a"), Lookup::Found(0));
-        assert_eq!(r.lookup(&Method::PUT, "/files/a"), Lookup::MethodNotAllowed("DELETE, GET".into()));
+        assert_eq!(
+            r.lookup(&Method::PUT, "/files/a"),
+            Lookup::MethodNotAllowed("DELETE, GET".into())
+        );
     }
 
     #[test]
     fn method_not_allowed_lists_allowed_methods() {
         let r = router(&[(&["GET", "HEAD"], "/c"), (&["DELETE"], "/c")]);
-        assert_eq!(r.lookup(&Method::POST, "/c"), Lookup::MethodNotAllowed("DELETE, GET, HEAD".into()));
+        assert_eq!(
+            r.lookup(&Method::POST, "/c"),
+            Lookup::MethodNotAllowed("DELETE, GET, HEAD".into())
+        );
         assert_eq!(r.lookup(&Method::DELETE, "/c"), Lookup::Found(1));
         assert_eq!(r.lookup(&Method::GET, "/nope"), Lookup::NotFound);
     }
@@ -245,13 +282,27 @@ mod tests {
     fn duplicates_and_bad_templates_are_errors() {
         let mut r = Router::default();
         r.insert("/a", &[Method::GET], 0).unwrap();
-        assert!(matches!(r.insert("/a", &[Method::GET], 1), Err(RouterError::Duplicate { .. })));
-        for bad in ["a", "/a/{x", "/a/x{y}", "/{*rest}/b", "/a/../b", "/a//b", "/{}"] {
+        assert!(matches!(
+            r.insert("/a", &[Method::GET], 1),
+            Err(RouterError::Duplicate { .. })
+        ));
+        for bad in [
+            "a",
+            "/a/{x",
+            "/a/x{y}",
+            "/{*rest}/b",
+            "/a/../b",
+            "/a//b",
+            "/{}",
+        ] {
             assert!(Router::default().insert(bad, &[], 0).is_err(), "{bad}");
         }
         let mut r = Router::default();
         r.insert("/a/{x}", &[], 0).unwrap();
         r.insert("/a/{*rest}", &[], 1).unwrap();
-        assert!(r.insert("/a/{y}", &[], 1).is_err(), "conflicting parameter names");
+        assert!(
+            r.insert("/a/{y}", &[], 1).is_err(),
+            "conflicting parameter names"
+        );
     }
 }

@@ -20,8 +20,8 @@ use crate::admin::Admin;
 use crate::config::{self, ConfigError};
 use crate::jwks::{JwksFetcher, KeyRefresher};
 use crate::metrics::Metrics;
-use crate::reload::{ConfigWatcher, Reloader};
 use crate::proxy::{ScopeGate, IN_FLIGHT};
+use crate::reload::{ConfigWatcher, Reloader};
 use crate::snapshot::{self, Snapshot};
 
 /// Load and compile a config file into its first snapshot.
@@ -50,7 +50,10 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
         ..ServerConf::default()
     };
     let listen = first.listen.clone();
-    let tls = first.tls.as_ref().map(|t| (t.cert.display().to_string(), t.key.display().to_string()));
+    let tls = first
+        .tls
+        .as_ref()
+        .map(|t| (t.cert.display().to_string(), t.key.display().to_string()));
     let admin_listen = first.admin_listen.clone();
     tracing::info!(
         config = %config_path.display(),
@@ -65,7 +68,11 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
     let fetcher = Arc::new(JwksFetcher::new(metrics.clone()));
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        ScopeGate { live: live.clone(), metrics: metrics.clone(), fetcher: fetcher.clone() },
+        ScopeGate {
+            live: live.clone(),
+            metrics: metrics.clone(),
+            fetcher: fetcher.clone(),
+        },
         "scopegate",
     );
     match &tls {
@@ -76,8 +83,13 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
         }
         Some((cert, key)) => {
             for addr in &listen {
-                let mut settings = TlsSettings::intermediate(cert, key)
-                    .map_err(|e| ConfigError { file: config_path.display().to_string(), line: 1, col: 1, message: format!("server.tls: {e}") })?;
+                let mut settings =
+                    TlsSettings::intermediate(cert, key).map_err(|e| ConfigError {
+                        file: config_path.display().to_string(),
+                        line: 1,
+                        col: 1,
+                        message: format!("server.tls: {e}"),
+                    })?;
                 // The certificate comes from the live snapshot, so a reload serves renewed files.
                 settings.set_cert_resolver(Arc::new(LiveCertificate(live.clone())));
                 settings.enable_h2();
@@ -86,11 +98,30 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
         }
     }
     server.add_service(proxy);
-    server.add_service(background_service("jwks refresher", KeyRefresher { live: live.clone(), fetcher }));
-    let reloader = Arc::new(Reloader::new(config_path.to_path_buf(), live.clone(), metrics.clone()));
-    server.add_service(background_service("config watcher", ConfigWatcher(reloader)));
+    server.add_service(background_service(
+        "jwks refresher",
+        KeyRefresher {
+            live: live.clone(),
+            fetcher,
+        },
+    ));
+    let reloader = Arc::new(Reloader::new(
+        config_path.to_path_buf(),
+        live.clone(),
+        metrics.clone(),
+    ));
+    server.add_service(background_service(
+        "config watcher",
+        ConfigWatcher(reloader),
+    ));
     if let Some(addr) = &admin_listen {
-        let mut admin = Service::new("admin".to_string(), Admin { live: live.clone(), metrics: metrics.clone() });
+        let mut admin = Service::new(
+            "admin".to_string(),
+            Admin {
+                live: live.clone(),
+                metrics: metrics.clone(),
+            },
+        );
         admin.add_tcp(addr);
         admin.threads = Some(1);
         server.add_service(admin);
@@ -104,7 +135,10 @@ pub fn run(config_path: &Path) -> Result<(), ConfigError> {
 struct LiveCertificate(Arc<ArcSwap<Snapshot>>);
 
 impl pingora_rustls::ResolvesServerCert for LiveCertificate {
-    fn resolve(&self, _hello: pingora_rustls::ClientHello<'_>) -> Option<Arc<pingora_rustls::sign::CertifiedKey>> {
+    fn resolve(
+        &self,
+        _hello: pingora_rustls::ClientHello<'_>,
+    ) -> Option<Arc<pingora_rustls::sign::CertifiedKey>> {
         self.0.load().tls.as_ref().map(|t| t.certified.clone())
     }
 }
@@ -119,7 +153,10 @@ fn drain_then_exit(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
                 while IN_FLIGHT.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                tracing::info!(in_flight = IN_FLIGHT.load(Ordering::Relaxed), "shutdown: requests drained, exiting");
+                tracing::info!(
+                    in_flight = IN_FLIGHT.load(Ordering::Relaxed),
+                    "shutdown: requests drained, exiting"
+                );
                 std::process::exit(0);
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

@@ -16,10 +16,10 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
 use crate::cache::TokenCache;
 use crate::config::{ConfigError, LoadedConfig};
-use crate::token::{Principal, Rejection};
 use crate::keys::{KeySet, KeySource, KeyStore};
 use crate::router::Router;
 use crate::token::Issuer;
+use crate::token::{Principal, Rejection};
 
 /// What a route demands of a token.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -152,7 +152,9 @@ pub fn quoted(s: &str) -> String {
 
 fn is_scope_token(s: &str) -> bool {
     // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-    !s.is_empty() && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 /// Compile a parsed config. Keys from files and environment variables are loaded here; keys
@@ -174,7 +176,10 @@ pub fn build_with(
     // --- server
     let listen = cfg.server.listen.get_ref().to_vec();
     if listen.is_empty() {
-        return Err(src.error(Some(cfg.server.listen.span()), "server.listen needs at least one address"));
+        return Err(src.error(
+            Some(cfg.server.listen.span()),
+            "server.listen needs at least one address",
+        ));
     }
     for addr in &listen {
         if addr.parse::<SocketAddr>().is_err() {
@@ -188,7 +193,10 @@ pub fn build_with(
         if admin.get_ref().parse::<SocketAddr>().is_err() {
             return Err(src.error(
                 Some(admin.span()),
-                format!("server.admin_listen: {:?} is not an address like \"127.0.0.1:9090\"", admin.get_ref()),
+                format!(
+                    "server.admin_listen: {:?} is not an address like \"127.0.0.1:9090\"",
+                    admin.get_ref()
+                ),
             ));
         }
     }
@@ -197,18 +205,34 @@ pub fn build_with(
     }
     let realm = cfg.server.realm.get_ref().clone();
     if realm.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        return Err(src.error(Some(cfg.server.realm.span()), "server.realm must not contain control characters"));
+        return Err(src.error(
+            Some(cfg.server.realm.span()),
+            "server.realm must not contain control characters",
+        ));
     }
     let tls = match &cfg.server.tls {
         Some(t) => {
-            let (cert, key) = (loaded.resolve(&t.get_ref().cert), loaded.resolve(&t.get_ref().key));
-            let certified = load_certified_key(&cert, &key).map_err(|m| src.error(Some(t.span()), format!("server.tls: {m}")))?;
-            Some(ServerTls { cert, key, certified })
+            let (cert, key) = (
+                loaded.resolve(&t.get_ref().cert),
+                loaded.resolve(&t.get_ref().key),
+            );
+            let certified = load_certified_key(&cert, &key)
+                .map_err(|m| src.error(Some(t.span()), format!("server.tls: {m}")))?;
+            Some(ServerTls {
+                cert,
+                key,
+                certified,
+            })
         }
         None => None,
     };
-    let challenge = HeaderValue::from_str(&format!("Bearer realm={}", quoted(&realm)))
-        .map_err(|_| src.error(Some(cfg.server.realm.span()), "server.realm is not a valid header value"))?;
+    let challenge =
+        HeaderValue::from_str(&format!("Bearer realm={}", quoted(&realm))).map_err(|_| {
+            src.error(
+                Some(cfg.server.realm.span()),
+                "server.realm is not a valid header value",
+            )
+        })?;
 
     // --- upstreams
     let mut upstream_index: HashMap<&str, usize> = HashMap::new();
@@ -217,13 +241,20 @@ pub fn build_with(
         let span = Some(up.span());
         let up = up.get_ref();
         if up.servers.get_ref().is_empty() {
-            return Err(src.error(Some(up.servers.span()), format!("upstreams.{name}.servers is empty")));
+            return Err(src.error(
+                Some(up.servers.span()),
+                format!("upstreams.{name}.servers is empty"),
+            ));
         }
         let ca = match &up.ca_file {
             Some(_) if !up.tls => {
                 return Err(src.error(span, format!("upstreams.{name}.ca_file needs tls = true")));
             }
-            Some(f) => Some(load_ca(&loaded.resolve(f)).map_err(|m| src.error(span.clone(), format!("upstreams.{name}.ca_file: {m}")))?),
+            Some(f) => {
+                Some(load_ca(&loaded.resolve(f)).map_err(|m| {
+                    src.error(span.clone(), format!("upstreams.{name}.ca_file: {m}"))
+                })?)
+            }
             None => None,
         };
         let mut servers = Vec::new();
@@ -233,12 +264,21 @@ pub fn build_with(
                 .ok()
                 .and_then(|mut a| a.next())
                 .ok_or_else(|| {
-                    src.error(Some(up.servers.span()), format!("upstreams.{name}.servers: {s:?} is not a reachable host:port"))
+                    src.error(
+                        Some(up.servers.span()),
+                        format!("upstreams.{name}.servers: {s:?} is not a reachable host:port"),
+                    )
                 })?;
-            servers.push(Server { addr, down_until_ms: AtomicU64::new(0) });
+            servers.push(Server {
+                addr,
+                down_until_ms: AtomicU64::new(0),
+            });
         }
         let sni = up.sni.clone().unwrap_or_else(|| {
-            up.servers.get_ref()[0].rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default()
+            up.servers.get_ref()[0]
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_default()
         });
         upstream_index.insert(name.as_str(), upstreams.len());
         upstreams.push(UpstreamPool {
@@ -264,13 +304,22 @@ pub fn build_with(
             return Err(src.error(Some(ic.issuer.span()), "issuers.issuer must not be empty"));
         }
         if issuers.iter().any(|i: &Issuer| i.issuer == name) {
-            return Err(src.error(Some(ic.issuer.span()), format!("issuer {name:?} is listed twice")));
+            return Err(src.error(
+                Some(ic.issuer.span()),
+                format!("issuer {name:?} is listed twice"),
+            ));
         }
-        let audiences = ic.audiences.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default();
+        let audiences = ic
+            .audiences
+            .as_ref()
+            .map(|a| a.get_ref().clone())
+            .unwrap_or_default();
         if audiences.is_empty() {
             return Err(src.error(
                 span,
-                format!("issuer {name:?}: `audiences` is required (the `aud` values this API accepts)"),
+                format!(
+                    "issuer {name:?}: `audiences` is required (the `aud` values this API accepts)"
+                ),
             ));
         }
         let mut sources = Vec::new();
@@ -309,11 +358,15 @@ pub fn build_with(
         };
         let alg_span = ic.algorithms.as_ref().map(|a| a.span()).or(span.clone());
         if alg_names.is_empty() {
-            return Err(src.error(alg_span, format!("issuer {name:?}: `algorithms` must not be empty")));
+            return Err(src.error(
+                alg_span,
+                format!("issuer {name:?}: `algorithms` must not be empty"),
+            ));
         }
         let mut algorithms = Vec::new();
         for a in &alg_names {
-            let alg = parse_algorithm(a).map_err(|m| src.error(alg_span.clone(), format!("issuer {name:?}: {m}")))?;
+            let alg = parse_algorithm(a)
+                .map_err(|m| src.error(alg_span.clone(), format!("issuer {name:?}: {m}")))?;
             // Never HMAC with a public key, nor a public-key algorithm with a shared secret.
             if symmetric != (alg.family() == AlgorithmFamily::Hmac) {
                 return Err(src.error(
@@ -328,11 +381,19 @@ pub fn build_with(
             algorithms.push(alg);
         }
         if ic.refresh_min_seconds == 0 || ic.refresh_min_seconds > ic.refresh_max_seconds {
-            return Err(src.error(span, format!("issuer {name:?}: need 0 < refresh_min_seconds <= refresh_max_seconds")));
+            return Err(src.error(
+                span,
+                format!("issuer {name:?}: need 0 < refresh_min_seconds <= refresh_max_seconds"),
+            ));
         }
         let keys = match previous_keys.get(&(name.clone(), source.clone())) {
-            Some(store) if !matches!(source, KeySource::File(_) | KeySource::SecretEnv(_)) => store.clone(),
-            _ => Arc::new(load_static_keys(&source).map_err(|m| src.error(span.clone(), format!("issuer {name:?}: {m}")))?),
+            Some(store) if !matches!(source, KeySource::File(_) | KeySource::SecretEnv(_)) => {
+                store.clone()
+            }
+            _ => Arc::new(
+                load_static_keys(&source)
+                    .map_err(|m| src.error(span.clone(), format!("issuer {name:?}: {m}")))?,
+            ),
         };
         issuers.push(Issuer {
             issuer: name,
@@ -354,7 +415,12 @@ pub fn build_with(
     let paths_with_head: std::collections::HashSet<&str> = cfg
         .routes
         .iter()
-        .filter(|r| r.get_ref().methods.as_ref().is_some_and(|ms| ms.get_ref().iter().any(|m| m.eq_ignore_ascii_case("HEAD"))))
+        .filter(|r| {
+            r.get_ref()
+                .methods
+                .as_ref()
+                .is_some_and(|ms| ms.get_ref().iter().any(|m| m.eq_ignore_ascii_case("HEAD")))
+        })
         .map(|r| r.get_ref().path.get_ref().as_str())
         .collect();
     let mut routes = Vec::new();
@@ -366,20 +432,28 @@ pub fn build_with(
         if let Some(ms) = &rc.methods {
             for m in ms.get_ref() {
                 let upper = m.to_ascii_uppercase();
-                let method = Method::from_bytes(upper.as_bytes())
-                    .map_err(|_| src.error(Some(ms.span()), format!("{m:?} is not an HTTP method")))?;
+                let method = Method::from_bytes(upper.as_bytes()).map_err(|_| {
+                    src.error(Some(ms.span()), format!("{m:?} is not an HTTP method"))
+                })?;
                 if !methods.contains(&method) {
                     methods.push(method);
                 }
             }
             if methods.is_empty() {
-                return Err(src.error(Some(ms.span()), "`methods` is empty; leave it out to match every method"));
+                return Err(src.error(
+                    Some(ms.span()),
+                    "`methods` is empty; leave it out to match every method",
+                ));
             }
         }
         let label_methods = if methods.is_empty() {
             "ANY".to_string()
         } else {
-            methods.iter().map(Method::as_str).collect::<Vec<_>>().join(",")
+            methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
         };
         // GET also covers HEAD (RFC 9110 §9.3.2), unless HEAD has a route of its own.
         let mut lookup_methods = methods.clone();
@@ -391,7 +465,10 @@ pub fn build_with(
             .map_err(|e| src.error(path_span.clone(), e.to_string()))?;
 
         if rc.public && (!rc.scopes.is_empty() || !rc.any_scopes.is_empty()) {
-            return Err(src.error(Some(spanned.span()), format!("route {label_methods} {path}: a public route cannot require scopes")));
+            return Err(src.error(
+                Some(spanned.span()),
+                format!("route {label_methods} {path}: a public route cannot require scopes"),
+            ));
         }
         for s in rc.scopes.iter().chain(&rc.any_scopes) {
             if !is_scope_token(s) {
@@ -416,17 +493,25 @@ pub fn build_with(
             None => {
                 return Err(src.error(
                     Some(spanned.span()),
-                    format!("route {label_methods} {path}: set `upstream` (there are {} upstreams)", upstreams.len()),
+                    format!(
+                        "route {label_methods} {path}: set `upstream` (there are {} upstreams)",
+                        upstreams.len()
+                    ),
                 ))
             }
         };
         if !rc.public && issuers.is_empty() {
             return Err(src.error(
                 Some(spanned.span()),
-                format!("route {label_methods} {path} needs a token but no [[issuers]] are configured"),
+                format!(
+                    "route {label_methods} {path} needs a token but no [[issuers]] are configured"
+                ),
             ));
         }
-        let required = RequiredScopes { all: rc.scopes.clone(), any: rc.any_scopes.clone() };
+        let required = RequiredScopes {
+            all: rc.scopes.clone(),
+            any: rc.any_scopes.clone(),
+        };
         let mut scope_param: Vec<&str> = required.all.iter().map(String::as_str).collect();
         scope_param.extend(required.any.iter().map(String::as_str));
         let insufficient_scope_challenge = HeaderValue::from_str(&format!(
@@ -451,7 +536,10 @@ pub fn build_with(
     if let Some(claims) = &cfg.forward.claims {
         for (claim, header) in claims.get_ref() {
             let name = HeaderName::from_str(header).map_err(|_| {
-                src.error(Some(claims.span()), format!("forward.claims.{claim}: {header:?} is not a header name"))
+                src.error(
+                    Some(claims.span()),
+                    format!("forward.claims.{claim}: {header:?} is not a header name"),
+                )
             })?;
             claim_headers.push((claim.clone(), name));
         }
@@ -463,12 +551,19 @@ pub fn build_with(
         routes,
         issuers,
         upstreams,
-        forward: ForwardPlan { claim_headers, strip_token: cfg.forward.strip_token },
+        forward: ForwardPlan {
+            claim_headers,
+            strip_token: cfg.forward.strip_token,
+        },
         realm,
         challenge,
         listen,
         tls,
-        admin_listen: cfg.server.admin_listen.as_ref().map(|a| a.get_ref().clone()),
+        admin_listen: cfg
+            .server
+            .admin_listen
+            .as_ref()
+            .map(|a| a.get_ref().clone()),
         threads: cfg.server.threads,
         shutdown_grace_seconds: cfg.server.shutdown_grace_seconds,
         token_cache: TokenCache::new(cfg.forward.token_cache_size),
@@ -484,18 +579,26 @@ pub struct ServerTls {
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls").field("cert", &self.cert).field("key", &self.key).finish()
+        f.debug_struct("ServerTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
     }
 }
 
-fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<pingora_rustls::sign::CertifiedKey>, String> {
+fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<pingora_rustls::sign::CertifiedKey>, String> {
     let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
     for p in [cert, key] {
         std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     }
     let (chain, private) = pingora_rustls::load_certs_and_key_files(&cert_s, &key_s)
         .map_err(|e| format!("cannot load {cert_s} / {key_s}: {e}"))?
-        .ok_or_else(|| format!("{cert_s} holds no certificate or {key_s} no private key (PEM expected)"))?;
+        .ok_or_else(|| {
+            format!("{cert_s} holds no certificate or {key_s} no private key (PEM expected)")
+        })?;
     pingora_rustls::install_default_crypto_provider();
     let provider = pingora_rustls::CryptoProvider::get_default().ok_or("no TLS crypto provider")?;
     let signing = provider
@@ -503,7 +606,9 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<pingora_rustls::sig
         .load_private_key(private)
         .map_err(|e| format!("unusable private key in {key_s}: {e}"))?;
     let certified = pingora_rustls::sign::CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| format!("{key_s} does not match {cert_s}: {e}"))?;
+    certified
+        .keys_match()
+        .map_err(|e| format!("{key_s} does not match {cert_s}: {e}"))?;
     Ok(Arc::new(certified))
 }
 
@@ -521,8 +626,13 @@ fn load_ca(path: &Path) -> Result<Arc<pingora_core::protocols::tls::CaType>, Str
     let mut store = pingora_rustls::RootCertStore::empty();
     let mut wrapped = Vec::with_capacity(certs.len());
     for c in certs {
-        store.add(c.clone()).map_err(|e| format!("{}: unusable certificate: {e}", path.display()))?;
-        wrapped.push(pingora_core::utils::tls::WrappedX509::new(c.to_vec(), pingora_core::utils::tls::parse_x509));
+        store
+            .add(c.clone())
+            .map_err(|e| format!("{}: unusable certificate: {e}", path.display()))?;
+        wrapped.push(pingora_core::utils::tls::WrappedX509::new(
+            c.to_vec(),
+            pingora_core::utils::tls::parse_x509,
+        ));
     }
     Ok(Arc::from(wrapped.into_boxed_slice()))
 }
@@ -531,24 +641,32 @@ fn load_ca(path: &Path) -> Result<Arc<pingora_core::protocols::tls::CaType>, Str
 fn load_static_keys(source: &KeySource) -> Result<KeyStore, String> {
     match source {
         KeySource::File(path) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("cannot read jwks_file {}: {e}", path.display()))?;
-            let (set, skipped) =
-                KeySet::from_jwks(&bytes).map_err(|e| format!("jwks_file {}: {e}", path.display()))?;
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("cannot read jwks_file {}: {e}", path.display()))?;
+            let (set, skipped) = KeySet::from_jwks(&bytes)
+                .map_err(|e| format!("jwks_file {}: {e}", path.display()))?;
             for s in &skipped {
                 tracing::warn!(file = %path.display(), "skipping JWKS {s}");
             }
             if set.keys.is_empty() {
-                return Err(format!("jwks_file {} holds no usable signing key", path.display()));
+                return Err(format!(
+                    "jwks_file {} holds no usable signing key",
+                    path.display()
+                ));
             }
             Ok(KeyStore::with_keys(source.clone(), set))
         }
         KeySource::SecretEnv(var) => {
-            let secret = std::env::var(var).map_err(|_| format!("environment variable {var} (hs256_secret_env) is not set"))?;
+            let secret = std::env::var(var)
+                .map_err(|_| format!("environment variable {var} (hs256_secret_env) is not set"))?;
             // RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
             if secret.len() < 32 {
                 return Err(format!("the secret in {var} is shorter than 32 bytes"));
             }
-            Ok(KeyStore::with_keys(source.clone(), KeySet::from_secret(secret.as_bytes())))
+            Ok(KeyStore::with_keys(
+                source.clone(),
+                KeySet::from_secret(secret.as_bytes()),
+            ))
         }
         KeySource::Url(_) | KeySource::Discovery(_) => Ok(KeyStore::new(source.clone())),
     }
@@ -573,8 +691,14 @@ impl Snapshot {
         // Read the version before verifying: if the keys change meanwhile, the entry is stale
         // at once rather than attributed to the new set.
         let versions: Vec<u64> = self.issuers.iter().map(|i| i.keys.version()).collect();
-        let principal = Arc::new(crate::token::verify(token, &self.issuers, &self.forward.claim_headers, now)?);
-        self.token_cache.put(token, principal.clone(), now, versions[principal.issuer]);
+        let principal = Arc::new(crate::token::verify(
+            token,
+            &self.issuers,
+            &self.forward.claim_headers,
+            now,
+        )?);
+        self.token_cache
+            .put(token, principal.clone(), now, versions[principal.issuer]);
         Ok(principal)
     }
 

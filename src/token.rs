@@ -99,7 +99,11 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&[u8]>, BearerError> {
         return Ok(None); // e.g. "BearerX"
     }
     let start = rest.iter().position(|&c| c != b' ').unwrap_or(rest.len());
-    let end = rest.iter().rposition(|&c| c != b' ').map(|i| i + 1).unwrap_or(start);
+    let end = rest
+        .iter()
+        .rposition(|&c| c != b' ')
+        .map(|i| i + 1)
+        .unwrap_or(start);
     Ok(Some(&rest[start..end]))
 }
 
@@ -121,7 +125,11 @@ pub struct ScopeSet(Vec<Box<str>>);
 
 impl ScopeSet {
     pub fn from_words<'a>(words: impl IntoIterator<Item = &'a str>) -> ScopeSet {
-        let mut v: Vec<Box<str>> = words.into_iter().filter(|w| !w.is_empty()).map(Box::from).collect();
+        let mut v: Vec<Box<str>> = words
+            .into_iter()
+            .filter(|w| !w.is_empty())
+            .map(Box::from)
+            .collect();
         v.sort_unstable();
         v.dedup();
         ScopeSet(v)
@@ -155,8 +163,13 @@ struct JoseHeader {
     crit: Option<Value>,
 }
 
-fn b64_json<T: serde::de::DeserializeOwned>(part: &[u8], what: &'static str) -> Result<T, Rejection> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| Rejection::Malformed(what))?;
+fn b64_json<T: serde::de::DeserializeOwned>(
+    part: &[u8],
+    what: &'static str,
+) -> Result<T, Rejection> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| Rejection::Malformed(what))?;
     serde_json::from_slice(&bytes).map_err(|_| Rejection::Malformed(what))
 }
 
@@ -165,7 +178,9 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(f) if f >= 0.0 && f.is_finite() => Ok(Some(f as u64)),
-            _ => Err(Rejection::Malformed("a time claim is not a valid NumericDate")),
+            _ => Err(Rejection::Malformed(
+                "a time claim is not a valid NumericDate",
+            )),
         },
         Some(_) => Err(Rejection::Malformed("a time claim is not a number")),
     }
@@ -198,18 +213,25 @@ pub fn verify(
     if token.len() > MAX_TOKEN_BYTES {
         return Err(Rejection::Malformed("the token is larger than 8 KiB"));
     }
-    let token = std::str::from_utf8(token).map_err(|_| Rejection::Malformed("the token is not ASCII"))?;
+    let token =
+        std::str::from_utf8(token).map_err(|_| Rejection::Malformed("the token is not ASCII"))?;
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(Rejection::Malformed("the token is not a JWS in compact form"));
+        return Err(Rejection::Malformed(
+            "the token is not a JWS in compact form",
+        ));
     };
     let header: JoseHeader = b64_json(h.as_bytes(), "the token header is not valid")?;
     let claims: Map<String, Value> = b64_json(p.as_bytes(), "the token payload is not valid")?;
 
     // The issuer is chosen by the unverified `iss`; everything it says is checked below against
     // that issuer's own keys, so a forged `iss` only selects which keys must verify it.
-    let iss = claims.get("iss").and_then(Value::as_str).ok_or(Rejection::WrongIssuer)?;
+    let iss = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or(Rejection::WrongIssuer)?;
     let (issuer_idx, issuer) = issuers
         .iter()
         .enumerate()
@@ -223,7 +245,9 @@ pub fn verify(
     }
     // RFC 7515 §4.1.11: a recipient must reject extensions it does not understand; we know none.
     if header.crit.is_some() {
-        return Err(Rejection::Malformed("the token has critical header extensions"));
+        return Err(Rejection::Malformed(
+            "the token has critical header extensions",
+        ));
     }
     if sig.is_empty() {
         return Err(Rejection::BadSignature);
@@ -244,7 +268,8 @@ pub fn verify(
         return Err(Rejection::BadSignature);
     }
 
-    let exp = numeric_date(&claims, "exp")?.ok_or(Rejection::Malformed("the token has no exp claim"))?;
+    let exp =
+        numeric_date(&claims, "exp")?.ok_or(Rejection::Malformed("the token has no exp claim"))?;
     if now >= exp.saturating_add(issuer.leeway) {
         return Err(Rejection::Expired);
     }
@@ -267,7 +292,10 @@ pub fn verify(
 
     Ok(Principal {
         issuer: issuer_idx,
-        sub: claims.get("sub").and_then(Value::as_str).map(str::to_string),
+        sub: claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         scopes: scopes_of(&claims, &issuer.scope_claims),
         exp,
         forward_headers: forward_claims
@@ -324,7 +352,10 @@ mod tests {
 
     #[test]
     fn two_authorization_headers_are_ambiguous() {
-        assert_eq!(bearer(&headers(&["Bearer a", "Bearer b"])), Err(BearerError::Ambiguous));
+        assert_eq!(
+            bearer(&headers(&["Bearer a", "Bearer b"])),
+            Err(BearerError::Ambiguous)
+        );
     }
 
     #[test]
@@ -343,7 +374,11 @@ mod tests {
             r#"{"scope":"a b","scp":["c","d e"],"permissions":["f"],"other":"g"}"#,
         )
         .unwrap();
-        let names = vec!["scope".to_string(), "scp".to_string(), "permissions".to_string()];
+        let names = vec![
+            "scope".to_string(),
+            "scp".to_string(),
+            "permissions".to_string(),
+        ];
         let set = scopes_of(&claims, &names);
         let got: Vec<&str> = set.iter().collect();
         assert_eq!(got, vec!["a", "b", "c", "d e", "f"]);

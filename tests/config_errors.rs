@@ -28,18 +28,30 @@ fn expect_error(text: &str, line: usize, words: &str) {
     assert!(!ok, "config should be rejected:\n{text}");
     let first = err.lines().next().unwrap_or_default().to_string();
     let prefix = format!("{}:{line}:", path_str(&path));
-    assert!(first.starts_with(&prefix), "expected {prefix}<col>: ..., got {first:?}\n{text}");
+    assert!(
+        first.starts_with(&prefix),
+        "expected {prefix}<col>: ..., got {first:?}\n{text}"
+    );
     let col = first[prefix.len()..].split(':').next().unwrap();
-    assert!(col.parse::<usize>().is_ok_and(|c| c >= 1), "column in {first:?}");
+    assert!(
+        col.parse::<usize>().is_ok_and(|c| c >= 1),
+        "column in {first:?}"
+    );
     assert!(first.contains(words), "expected {words:?} in {first:?}");
 }
 
 #[test]
 fn a_good_config_prints_the_route_table() {
-    let text = format!("{}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/contacts\"\nscopes = [\"read:contacts\"]\n", base(""));
+    let text = format!(
+        "{}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/contacts\"\nscopes = [\"read:contacts\"]\n",
+        base("")
+    );
     let (ok, out, err, _, _dir) = check(&text, &[(JWKS, &key().jwks)]);
     assert!(ok, "{err}");
-    assert!(out.contains("GET") && out.contains("/contacts") && out.contains("read:contacts"), "{out}");
+    assert!(
+        out.contains("GET") && out.contains("/contacts") && out.contains("read:contacts"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -48,7 +60,11 @@ fn the_shipped_example_config_is_valid() {
         .args(["check", "--config", "config/scopegate.toml"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -75,7 +91,10 @@ fn duplicate_routes_are_errors() {
 
 #[test]
 fn a_route_naming_a_missing_upstream_is_an_error() {
-    let text = format!("{}\n[[routes]]\npath = \"/a\"\nupstream = \"billing\"\n", base(""));
+    let text = format!(
+        "{}\n[[routes]]\npath = \"/a\"\nupstream = \"billing\"\n",
+        base("")
+    );
     expect_error(&text, 14, "upstream \"billing\" is not defined");
 }
 
@@ -112,15 +131,23 @@ fn algorithm_lists_are_checked() {
 
 #[test]
 fn other_semantic_errors() {
-    let text = format!("{}\n[[routes]]\npath = \"/a\"\npublic = true\nscopes = [\"x\"]\n", base(""));
+    let text = format!(
+        "{}\n[[routes]]\npath = \"/a\"\npublic = true\nscopes = [\"x\"]\n",
+        base("")
+    );
     expect_error(&text, 12, "public route cannot require scopes");
-    let text = format!("{}\n[[routes]]\npath = \"/a\"\nscopes = [\"has space\"]\n", base(""));
+    let text = format!(
+        "{}\n[[routes]]\npath = \"/a\"\nscopes = [\"has space\"]\n",
+        base("")
+    );
     expect_error(&text, 12, "not a valid scope");
     expect_error("[server]\nlisten = \"nowhere\"\n", 2, "not an address");
     let missing_file = "[server]\nlisten = \"127.0.0.1:1\"\n\n[[issuers]]\nissuer = \"https://i.test/\"\naudiences = [\"a\"]\njwks_file = \"missing.json\"\n";
     expect_error(missing_file, 4, "cannot read jwks_file");
-    let tls = "[server]\nlisten = \"127.0.0.1:1\"\ntls = { cert = \"nope.pem\", key = \"nope.key\" }\n";
+    let tls =
+        "[server]\nlisten = \"127.0.0.1:1\"\ntls = { cert = \"nope.pem\", key = \"nope.key\" }\n";
     expect_error(tls, 3, "server.tls: cannot read");
-    let not_pem = "[server]\nlisten = \"127.0.0.1:1\"\ntls = { cert = \"jwks.json\", key = \"jwks.json\" }\n";
+    let not_pem =
+        "[server]\nlisten = \"127.0.0.1:1\"\ntls = { cert = \"jwks.json\", key = \"jwks.json\" }\n";
     expect_error(not_pem, 3, "server.tls:");
 }

@@ -9,7 +9,12 @@ use serde_json::json;
 fn assert_error_body(r: &Response, error: &str) {
     let body = r.json();
     assert_eq!(body["error"], error, "body {body}");
-    assert!(body["error_description"].as_str().is_some_and(|d| !d.is_empty()), "body {body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "body {body}"
+    );
     assert_eq!(r.header("content-type"), Some("application/json"));
 }
 
@@ -70,7 +75,9 @@ fn bearer_scheme_is_case_insensitive() {
     let p = Proxy::standard("");
     let t = token("read:contacts");
     for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
-        let r = p.send(&format!("GET /contacts HTTP/1.1\r\nHost: a\r\nAuthorization: {scheme} {t}\r\n\r\n"));
+        let r = p.send(&format!(
+            "GET /contacts HTTP/1.1\r\nHost: a\r\nAuthorization: {scheme} {t}\r\n\r\n"
+        ));
         assert_eq!(r.status, 200, "{scheme}");
     }
 }
@@ -107,24 +114,48 @@ fn invalid_tokens_are_401_invalid_token() {
     let tampered = format!("{h}.{}.{sig}", b64(admin.to_string().as_bytes()));
 
     let cases: Vec<(&str, String, &str)> = vec![
-        ("signed by another key", sign_with(other_key(), Some(KID), &claims("read:contacts")), "signature"),
+        (
+            "signed by another key",
+            sign_with(other_key(), Some(KID), &claims("read:contacts")),
+            "signature",
+        ),
         ("expired", sign(&expired), "expired"),
         ("nbf in the future", sign(&not_yet), "not valid yet"),
         ("wrong issuer", sign(&wrong_iss), "issuer"),
         ("wrong audience", sign(&wrong_aud), "audience"),
         ("no exp", sign(&no_exp), "exp"),
-        ("unknown kid", sign_with(key(), Some("nope"), &claims("read:contacts")), "unknown key"),
+        (
+            "unknown kid",
+            sign_with(key(), Some("nope"), &claims("read:contacts")),
+            "unknown key",
+        ),
         ("tampered payload", tampered, "signature"),
-        ("alg none", raw_jws(&json!({"alg": "none", "kid": KID}), &claims("read:contacts"), ""), "algorithm"),
+        (
+            "alg none",
+            raw_jws(
+                &json!({"alg": "none", "kid": KID}),
+                &claims("read:contacts"),
+                "",
+            ),
+            "algorithm",
+        ),
         ("not a jwt", "abc".to_string(), "compact"),
         ("four segments", format!("{good}.x"), "compact"),
-        ("over 8 KiB", format!("{}{}", good, "A".repeat(9000)), "8 KiB"),
+        (
+            "over 8 KiB",
+            format!("{}{}", good, "A".repeat(9000)),
+            "8 KiB",
+        ),
     ];
     for (name, tok, description_part) in cases {
         let r = p.get("/contacts", Some(&tok));
         assert_eq!(r.status, 401, "{name}");
         let challenge = r.header("www-authenticate").unwrap_or_default().to_string();
-        assert!(challenge.starts_with("Bearer realm=\"api\", error=\"invalid_token\", error_description=\""), "{name}: {challenge}");
+        assert!(
+            challenge
+                .starts_with("Bearer realm=\"api\", error=\"invalid_token\", error_description=\""),
+            "{name}: {challenge}"
+        );
         assert!(challenge.contains(description_part), "{name}: {challenge}");
         assert_error_body(&r, "invalid_token");
     }
@@ -139,7 +170,11 @@ fn invalid_tokens_are_401_invalid_token() {
 fn unknown_paths_and_methods_are_revealed_only_after_authentication() {
     let p = Proxy::standard("");
     let t = token("read:contacts");
-    assert_eq!(p.get("/nope", None).status, 401, "anonymous callers cannot map the API");
+    assert_eq!(
+        p.get("/nope", None).status,
+        401,
+        "anonymous callers cannot map the API"
+    );
     let r = p.get("/nope", Some(&t));
     assert_eq!(r.status, 404);
     assert_error_body(&r, "not_found");
@@ -154,24 +189,53 @@ fn unknown_paths_and_methods_are_revealed_only_after_authentication() {
 #[test]
 fn missing_scopes_are_403_with_the_required_scopes() {
     let p = Proxy::standard("");
-    let r = p.request("DELETE", "/contacts/7", Some(&token("read:contacts write:contacts")), "");
+    let r = p.request(
+        "DELETE",
+        "/contacts/7",
+        Some(&token("read:contacts write:contacts")),
+        "",
+    );
     assert_eq!(r.status, 403);
     assert_eq!(
         r.header("www-authenticate"),
         Some("Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"delete:contacts\"")
     );
     assert_error_body(&r, "insufficient_scope");
-    assert_eq!(p.request("DELETE", "/contacts/7", Some(&token("delete:contacts")), "").status, 200);
+    assert_eq!(
+        p.request("DELETE", "/contacts/7", Some(&token("delete:contacts")), "")
+            .status,
+        200
+    );
 }
 
 #[test]
 fn scopes_compare_as_whole_case_sensitive_words() {
     let p = Proxy::standard("");
-    for granted in ["read:contactsX", "xread:contacts", "READ:contacts", "read:contacts,write", "read", "read:", "\"read:contacts\""] {
-        assert_eq!(p.get("/contacts", Some(&token(granted))).status, 403, "{granted:?}");
+    for granted in [
+        "read:contactsX",
+        "xread:contacts",
+        "READ:contacts",
+        "read:contacts,write",
+        "read",
+        "read:",
+        "\"read:contacts\"",
+    ] {
+        assert_eq!(
+            p.get("/contacts", Some(&token(granted))).status,
+            403,
+            "{granted:?}"
+        );
     }
-    for granted in ["read:contacts", "a read:contacts b", "write:contacts read:contacts"] {
-        assert_eq!(p.get("/contacts", Some(&token(granted))).status, 200, "{granted:?}");
+    for granted in [
+        "read:contacts",
+        "a read:contacts b",
+        "write:contacts read:contacts",
+    ] {
+        assert_eq!(
+            p.get("/contacts", Some(&token(granted))).status,
+            200,
+            "{granted:?}"
+        );
     }
 }
 
@@ -195,8 +259,16 @@ fn scopes_from_scp_and_permissions_arrays() {
 #[test]
 fn any_scopes_need_one_of_them_and_all_scopes() {
     let p = Proxy::standard("");
-    assert_eq!(p.get("/admin/x", Some(&token("read:contacts admin"))).status, 200);
-    assert_eq!(p.get("/admin/x/y", Some(&token("read:contacts contacts:all"))).status, 200);
+    assert_eq!(
+        p.get("/admin/x", Some(&token("read:contacts admin")))
+            .status,
+        200
+    );
+    assert_eq!(
+        p.get("/admin/x/y", Some(&token("read:contacts contacts:all")))
+            .status,
+        200
+    );
     assert_eq!(p.get("/admin/x", Some(&token("read:contacts"))).status, 403);
     assert_eq!(p.get("/admin/x", Some(&token("admin"))).status, 403);
     let r = p.get("/admin/x", Some(&token("read:contacts")));
@@ -235,7 +307,11 @@ fn upstream_unreachable_is_502_and_timeout_is_504() {
     let r = p.get("/contacts", Some(&token("read:contacts")));
     assert_eq!(r.status, 502);
     assert_error_body(&r, "bad_gateway");
-    assert_eq!(p.get("/contacts", None).status, 401, "auth still comes first");
+    assert_eq!(
+        p.get("/contacts", None).status,
+        401,
+        "auth still comes first"
+    );
 }
 
 #[test]
@@ -244,10 +320,30 @@ fn requests_on_one_connection_keep_working_after_errors() {
     let mut c = Client::connect(p.addr);
     let t = token("read:contacts");
     for _ in 0..3 {
-        assert_eq!(c.send(b"GET /contacts HTTP/1.1\r\nHost: a\r\n\r\n").status, 401);
-        assert_eq!(c.send(format!("GET /contacts HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n\r\n").as_bytes()).status, 200);
-        assert_eq!(c.send(format!("GET /nope HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n\r\n").as_bytes()).status, 404);
-        assert_eq!(c.send(b"GET /a%2fb HTTP/1.1\r\nHost: a\r\n\r\n").status, 400);
+        assert_eq!(
+            c.send(b"GET /contacts HTTP/1.1\r\nHost: a\r\n\r\n").status,
+            401
+        );
+        assert_eq!(
+            c.send(
+                format!("GET /contacts HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n\r\n")
+                    .as_bytes()
+            )
+            .status,
+            200
+        );
+        assert_eq!(
+            c.send(
+                format!("GET /nope HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n\r\n")
+                    .as_bytes()
+            )
+            .status,
+            404
+        );
+        assert_eq!(
+            c.send(b"GET /a%2fb HTTP/1.1\r\nHost: a\r\n\r\n").status,
+            400
+        );
     }
     // Garbage on another connection does not take the proxy down.
     let mut g = std::net::TcpStream::connect(p.addr).unwrap();
@@ -262,13 +358,27 @@ fn round_robin_over_servers_and_a_dead_server_is_skipped() {
     let b = start_echo("b");
     let port = free_port();
     let p = Proxy::start(&config(port, &[a, b], ""), port);
-    let seen: Vec<String> = (0..6).map(|_| p.get("/health", None).json()["upstream"].as_str().unwrap().to_string()).collect();
-    assert!(seen.contains(&"a".to_string()) && seen.contains(&"b".to_string()), "{seen:?}");
+    let seen: Vec<String> = (0..6)
+        .map(|_| {
+            p.get("/health", None).json()["upstream"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        seen.contains(&"a".to_string()) && seen.contains(&"b".to_string()),
+        "{seen:?}"
+    );
 
     let dead = dead_addr();
     let port = free_port();
     let p = Proxy::start(&config(port, &[dead, a], ""), port);
     for i in 0..6 {
-        assert_eq!(p.get("/health", None).status, 200, "request {i}: a dead server must be retried on the live one");
+        assert_eq!(
+            p.get("/health", None).status,
+            200,
+            "request {i}: a dead server must be retried on the live one"
+        );
     }
 }

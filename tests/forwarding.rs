@@ -31,7 +31,10 @@ fn the_upstream_sees_exactly_the_normalized_path_that_was_authorized() {
     ];
     for (target, normalized) in tricks {
         let anon = p.get(target, None);
-        assert_eq!(anon.status, 401, "{target} must not reach the upstream without a token");
+        assert_eq!(
+            anon.status, 401,
+            "{target} must not reach the upstream without a token"
+        );
         let r = p.get(target, Some(&t));
         assert_eq!(r.status, 200, "{target}");
         assert_eq!(r.upstream_target(), normalized, "{target}");
@@ -59,11 +62,18 @@ fn absolute_form_targets_are_forwarded_in_origin_form() {
 #[test]
 fn claim_headers_replace_whatever_the_client_sent() {
     let p = Proxy::standard(CLAIMS);
-    let spoof = "X-Auth-Subject: admin\r\nX-Auth-Scopes: delete:contacts admin\r\nx-auth-subject: root\r\n";
+    let spoof =
+        "X-Auth-Subject: admin\r\nX-Auth-Scopes: delete:contacts admin\r\nx-auth-subject: root\r\n";
     let r = p.request("GET", "/contacts", Some(&token("read:contacts")), spoof);
     assert_eq!(r.status, 200);
-    assert_eq!(r.upstream_header("x-auth-subject").as_deref(), Some("user-1"));
-    assert_eq!(r.upstream_header("x-auth-scopes").as_deref(), Some("read:contacts"));
+    assert_eq!(
+        r.upstream_header("x-auth-subject").as_deref(),
+        Some("user-1")
+    );
+    assert_eq!(
+        r.upstream_header("x-auth-scopes").as_deref(),
+        Some("read:contacts")
+    );
 
     // On a public route there is no token, so there must be no such headers at all.
     let r = p.request("GET", "/health", None, spoof);
@@ -77,9 +87,18 @@ fn forwarding_headers_are_set_by_the_proxy() {
     let p = Proxy::standard("");
     let spoof = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nForwarded: for=6.6.6.6\r\n";
     let r = p.request("GET", "/health", None, spoof);
-    assert_eq!(r.upstream_header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
-    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(r.upstream_header("x-forwarded-host").as_deref(), Some("api.test"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-host").as_deref(),
+        Some("api.test")
+    );
     assert_eq!(r.upstream_header("forwarded"), None);
     assert_eq!(r.upstream_header("host").as_deref(), Some("api.test"));
 }
@@ -98,7 +117,11 @@ fn hop_by_hop_headers_are_dropped() {
 fn the_token_is_forwarded_unless_strip_token() {
     let t = token("read:contacts");
     let p = Proxy::standard("");
-    assert_eq!(p.get("/contacts", Some(&t)).upstream_header("authorization"), Some(format!("Bearer {t}")));
+    assert_eq!(
+        p.get("/contacts", Some(&t))
+            .upstream_header("authorization"),
+        Some(format!("Bearer {t}"))
+    );
 
     let p = Proxy::standard("[forward]\nstrip_token = true\n");
     let r = p.get("/contacts", Some(&t));
@@ -116,10 +139,19 @@ fn request_bodies_reach_the_upstream() {
         body.len()
     ));
     assert_eq!(r.status, 200);
-    assert_eq!(r.upstream_header("content-length").as_deref(), Some(body.len().to_string().as_str()));
+    assert_eq!(
+        r.upstream_header("content-length").as_deref(),
+        Some(body.len().to_string().as_str())
+    );
     // Refused before the body is read: the connection must not take the body for a request.
     let mut c = Client::connect(p.addr);
-    let r = c.send(format!("POST /contacts HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    let r = c.send(
+        format!(
+            "POST /contacts HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
     assert_eq!(r.status, 401);
 }
 
@@ -130,11 +162,18 @@ fn claim_values_cannot_inject_headers() {
     c["sub"] = serde_json::json!("alice\r\nX-Evil: 1");
     let r = p.get("/contacts", Some(&sign(&c)));
     assert_eq!(r.status, 200);
-    assert_eq!(r.upstream_header("x-auth-subject"), None, "an invalid header value is left out");
+    assert_eq!(
+        r.upstream_header("x-auth-subject"),
+        None,
+        "an invalid header value is left out"
+    );
     assert_eq!(r.upstream_header("x-evil"), None);
     // Array claims are forwarded space-separated.
     let mut c = claims("");
     c["scope"] = serde_json::json!(["read:contacts", "write:contacts"]);
     let r = p.get("/contacts", Some(&sign(&c)));
-    assert_eq!(r.upstream_header("x-auth-scopes").as_deref(), Some("read:contacts write:contacts"));
+    assert_eq!(
+        r.upstream_header("x-auth-scopes").as_deref(),
+        Some("read:contacts write:contacts")
+    );
 }

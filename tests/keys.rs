@@ -15,10 +15,19 @@ fn keys_from_jwks_url_make_the_proxy_ready() {
     let jwks = JwksServer::start(&key().jwks, 300);
     let (p, admin) = url_proxy(&jwks.url(), "");
     assert!(eventually(10, || ready(admin)), "{}", p.log());
-    assert_eq!(p.get("/contacts", Some(&token("read:contacts"))).status, 200);
+    assert_eq!(
+        p.get("/contacts", Some(&token("read:contacts"))).status,
+        200
+    );
     let m = http_get(admin_addr(admin), "/metrics");
     let text = String::from_utf8_lossy(&m.body).into_owned();
-    assert!(metric(&text, &format!("scopegate_jwks_refreshes_total{{issuer=\"{ISS}\",result=\"ok\"}}")) >= 1.0, "{text}");
+    assert!(
+        metric(
+            &text,
+            &format!("scopegate_jwks_refreshes_total{{issuer=\"{ISS}\",result=\"ok\"}}")
+        ) >= 1.0,
+        "{text}"
+    );
 }
 
 #[test]
@@ -27,14 +36,22 @@ fn a_rotated_key_is_accepted_within_seconds_and_a_removed_one_is_refused() {
     let (p, admin) = url_proxy(&jwks.url(), "");
     assert!(eventually(10, || ready(admin)));
     let old = token("read:contacts");
-    assert_eq!(p.get("/contacts", Some(&old)).status, 200, "cached from now on");
+    assert_eq!(
+        p.get("/contacts", Some(&old)).status,
+        200,
+        "cached from now on"
+    );
 
     // The provider rotates: publishes a new key and drops the old one. max-age is an hour, so
     // only the unknown kid can make the proxy look again.
     let rotated = fresh_key("test-key-2");
     jwks.set(&rotated.jwks);
     let new = sign_with(&rotated, Some("test-key-2"), &claims("read:contacts"));
-    assert!(eventually(5, || p.get("/contacts", Some(&new)).status == 200), "{}", p.log());
+    assert!(
+        eventually(5, || p.get("/contacts", Some(&new)).status == 200),
+        "{}",
+        p.log()
+    );
     // The old token was cached, but its key is gone: the cache must not outlive the key set.
     assert_eq!(p.get("/contacts", Some(&old)).status, 401);
 }
@@ -85,14 +102,28 @@ fn down_at_start_means_not_ready_until_it_comes_up() {
     let (p, admin) = url_proxy(&url, "");
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(http_get(admin_addr(admin), "/readyz").status, 503);
-    assert_eq!(http_get(admin_addr(admin), "/healthz").status, 200, "alive while not ready");
-    assert_eq!(p.get("/contacts", Some(&token("read:contacts"))).status, 401);
-    assert_eq!(p.get("/health", None).status, 200, "public routes work without keys");
+    assert_eq!(
+        http_get(admin_addr(admin), "/healthz").status,
+        200,
+        "alive while not ready"
+    );
+    assert_eq!(
+        p.get("/contacts", Some(&token("read:contacts"))).status,
+        401
+    );
+    assert_eq!(
+        p.get("/health", None).status,
+        200,
+        "public routes work without keys"
+    );
 
     let listener = std::net::TcpListener::bind(("127.0.0.1", listener_port)).unwrap();
     let _jwks = JwksServer::start_on(listener, &key().jwks, 300);
     assert!(eventually(15, || ready(admin)), "{}", p.log());
-    assert_eq!(p.get("/contacts", Some(&token("read:contacts"))).status, 200);
+    assert_eq!(
+        p.get("/contacts", Some(&token("read:contacts"))).status,
+        200
+    );
 }
 
 #[test]
@@ -102,14 +133,21 @@ fn discovery_reads_jwks_uri_from_the_issuer() {
     let _jwks = JwksServer::start_on(listener, &key().jwks, 300);
     let upstream = start_echo("a");
     let (port, admin) = (free_port(), free_port());
-    let issuers = format!("[[issuers]]\nissuer = \"{issuer}\"\naudiences = [\"{AUD}\"]\ndiscovery = true\n");
-    let p = Proxy::start(&config_full(port, Some(admin), &[upstream], &issuers, ""), port);
+    let issuers =
+        format!("[[issuers]]\nissuer = \"{issuer}\"\naudiences = [\"{AUD}\"]\ndiscovery = true\n");
+    let p = Proxy::start(
+        &config_full(port, Some(admin), &[upstream], &issuers, ""),
+        port,
+    );
     assert!(eventually(10, || ready(admin)), "{}", p.log());
     let mut c = claims("read:contacts");
     c["iss"] = json!(issuer);
     assert_eq!(p.get("/contacts", Some(&sign(&c))).status, 200);
     // The standard issuer is not trusted by this proxy.
-    assert_eq!(p.get("/contacts", Some(&token("read:contacts"))).status, 401);
+    assert_eq!(
+        p.get("/contacts", Some(&token("read:contacts"))).status,
+        401
+    );
 }
 
 #[test]
@@ -122,7 +160,11 @@ fn a_cached_token_is_not_accepted_past_its_exp() {
     c["exp"] = json!(now() + 2);
     let t = sign(&c);
     assert_eq!(p.get("/contacts", Some(&t)).status, 200);
-    assert_eq!(p.get("/contacts", Some(&t)).status, 200, "served from the cache");
+    assert_eq!(
+        p.get("/contacts", Some(&t)).status,
+        200,
+        "served from the cache"
+    );
     std::thread::sleep(std::time::Duration::from_millis(2100));
     assert!(eventually(2, || p.get("/contacts", Some(&t)).status == 401));
 }
@@ -134,7 +176,11 @@ fn hs256_secret_from_the_environment() {
     let port = free_port();
     let issuers = format!("[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\nhs256_secret_env = \"SCOPEGATE_TEST_SECRET\"\n");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("scopegate.toml"), config_full(port, None, &[upstream], &issuers, "")).unwrap();
+    std::fs::write(
+        dir.path().join("scopegate.toml"),
+        config_full(port, None, &[upstream], &issuers, ""),
+    )
+    .unwrap();
     let p = Proxy::start_in_with_env(dir, port, &[("SCOPEGATE_TEST_SECRET", secret)]);
     let sign_hs = |key: &[u8]| {
         jsonwebtoken::encode(
@@ -144,10 +190,23 @@ fn hs256_secret_from_the_environment() {
         )
         .unwrap()
     };
-    assert_eq!(p.get("/contacts", Some(&sign_hs(secret.as_bytes()))).status, 200);
-    assert_eq!(p.get("/contacts", Some(&sign_hs(b"another-secret-of-at-least-32-bytes!!"))).status, 401);
+    assert_eq!(
+        p.get("/contacts", Some(&sign_hs(secret.as_bytes()))).status,
+        200
+    );
+    assert_eq!(
+        p.get(
+            "/contacts",
+            Some(&sign_hs(b"another-secret-of-at-least-32-bytes!!"))
+        )
+        .status,
+        401
+    );
     // An RS256 token is refused outright by an HS256 issuer.
-    assert_eq!(p.get("/contacts", Some(&token("read:contacts"))).status, 401);
+    assert_eq!(
+        p.get("/contacts", Some(&token("read:contacts"))).status,
+        401
+    );
 }
 
 #[test]
@@ -161,7 +220,9 @@ fn concurrent_requests_with_a_new_kid_share_one_fetch() {
     let before = jwks.hits();
     let t = sign_with(&rotated, Some("test-key-3"), &claims("read:contacts"));
     let statuses: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..16).map(|_| s.spawn(|| p.get("/contacts", Some(&t)).status)).collect();
+        let handles: Vec<_> = (0..16)
+            .map(|_| s.spawn(|| p.get("/contacts", Some(&t)).status))
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");

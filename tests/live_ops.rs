@@ -50,18 +50,33 @@ fn reloads_under_load_fail_no_request() {
     std::os::unix::fs::symlink("..data/scopegate.toml", root.join("scopegate.toml")).unwrap();
     let p = Proxy::start_in(dir, port);
     let root = p.dir.path().to_path_buf();
-    assert!(eventually(10, || http_get(admin_addr(admin), "/readyz").status == 200));
+    assert!(eventually(10, || http_get(admin_addr(admin), "/readyz")
+        .status
+        == 200));
     assert_eq!(generation(admin), 1.0);
 
     let t = token("read:contacts");
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, forbidden, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (ok, forbidden, bad) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
     let clients: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, ok, forbidden, bad, t, addr) = (stop.clone(), ok.clone(), forbidden.clone(), bad.clone(), t.clone(), p.addr);
+            let (stop, ok, forbidden, bad, t, addr) = (
+                stop.clone(),
+                ok.clone(),
+                forbidden.clone(),
+                bad.clone(),
+                t.clone(),
+                p.addr,
+            );
             std::thread::spawn(move || {
                 let mut c = Client::connect(addr);
-                let req = format!("GET /contacts HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n\r\n");
+                let req = format!(
+                    "GET /contacts HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n\r\n"
+                );
                 // Bounded: at most 200k requests or until told to stop.
                 for _ in 0..200_000 {
                     if stop.load(Ordering::Relaxed) {
@@ -89,22 +104,48 @@ fn reloads_under_load_fail_no_request() {
             std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
         } else {
             // Rewrite of the file the symlink chain ends at.
-            write_atomic(&std::fs::canonicalize(root.join("scopegate.toml")).unwrap(), text);
+            write_atomic(
+                &std::fs::canonicalize(root.join("scopegate.toml")).unwrap(),
+                text,
+            );
         }
         expected_generation += 1.0;
-        assert!(eventually(10, || generation(admin) == expected_generation), "reload {i} not applied\n{}", p.log());
+        assert!(
+            eventually(10, || generation(admin) == expected_generation),
+            "reload {i} not applied\n{}",
+            p.log()
+        );
         // Once applied, the new rule decides.
         let want = if i % 2 == 1 { 403 } else { 200 };
-        assert_eq!(p.get("/contacts", Some(&t)).status, want, "after reload {i}");
+        assert_eq!(
+            p.get("/contacts", Some(&t)).status,
+            want,
+            "after reload {i}"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
     }
-    let (ok, forbidden, bad) = (ok.load(Ordering::Relaxed), forbidden.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
-    assert_eq!(bad, 0, "{bad} requests failed during reloads ({ok} allowed, {forbidden} forbidden)");
-    assert!(ok > 0 && forbidden > 0, "both configs served: {ok} / {forbidden}");
-    assert!(metric(&metrics_text(admin), "scopegate_config_reloads_total{result=\"ok\"}") >= 24.0);
+    let (ok, forbidden, bad) = (
+        ok.load(Ordering::Relaxed),
+        forbidden.load(Ordering::Relaxed),
+        bad.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        bad, 0,
+        "{bad} requests failed during reloads ({ok} allowed, {forbidden} forbidden)"
+    );
+    assert!(
+        ok > 0 && forbidden > 0,
+        "both configs served: {ok} / {forbidden}"
+    );
+    assert!(
+        metric(
+            &metrics_text(admin),
+            "scopegate_config_reloads_total{result=\"ok\"}"
+        ) >= 24.0
+    );
 }
 
 #[test]
@@ -115,22 +156,50 @@ fn an_invalid_file_mid_run_changes_nothing() {
     let t = token("read:contacts");
     assert_eq!(p.get("/contacts", Some(&t)).status, 200);
     let good = std::fs::read_to_string(p.config_path()).unwrap();
-    let broken = good.replacen("scopes = [\"read:contacts\"]", "scopes = [\"read:contacts\"]\nscopez = 1", 1);
+    let broken = good.replacen(
+        "scopes = [\"read:contacts\"]",
+        "scopes = [\"read:contacts\"]\nscopez = 1",
+        1,
+    );
     write_atomic(&p.config_path(), &broken);
-    assert!(eventually(10, || metric(&metrics_text(admin), "scopegate_config_reloads_total{result=\"error\"}") == 1.0));
+    assert!(eventually(10, || metric(
+        &metrics_text(admin),
+        "scopegate_config_reloads_total{result=\"error\"}"
+    ) == 1.0));
     assert_eq!(generation(admin), 1.0);
     assert_eq!(p.get("/contacts", Some(&t)).status, 200);
     assert_eq!(http_get(admin_addr(admin), "/readyz").status, 200);
     // The log names the file, line and column.
-    let line = broken.lines().position(|l| l.starts_with("scopez")).unwrap() + 1;
-    let want = format!("{}:{line}:1: unknown field `scopez`", p.config_path().display());
-    assert!(p.log().contains(&want), "expected {want:?} in the log:\n{}", p.log());
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("scopez"))
+        .unwrap()
+        + 1;
+    let want = format!(
+        "{}:{line}:1: unknown field `scopez`",
+        p.config_path().display()
+    );
+    assert!(
+        p.log().contains(&want),
+        "expected {want:?} in the log:\n{}",
+        p.log()
+    );
 
     // A duplicate route is caught too, and a fixed file is then taken.
     let dup = format!("{good}\n[[routes]]\nmethods = [\"GET\"]\npath = \"/contacts\"\n");
     write_atomic(&p.config_path(), &dup);
-    assert!(eventually(10, || metric(&metrics_text(admin), "scopegate_config_reloads_total{result=\"error\"}") == 2.0));
-    write_atomic(&p.config_path(), &good.replacen("scopes = [\"read:contacts\"]", "scopes = [\"write:contacts\"]", 1));
+    assert!(eventually(10, || metric(
+        &metrics_text(admin),
+        "scopegate_config_reloads_total{result=\"error\"}"
+    ) == 2.0));
+    write_atomic(
+        &p.config_path(),
+        &good.replacen(
+            "scopes = [\"read:contacts\"]",
+            "scopes = [\"write:contacts\"]",
+            1,
+        ),
+    );
     assert!(eventually(10, || generation(admin) == 2.0));
     assert_eq!(p.get("/contacts", Some(&t)).status, 403);
 }
@@ -141,10 +210,20 @@ fn sighup_reloads() {
     let (port, admin) = (free_port(), free_port());
     let mut p = Proxy::start(&variant(port, admin, upstream, "read:contacts"), port);
     let pid = p.child().id().to_string();
-    assert!(eventually(5, || http_get(admin_addr(admin), "/readyz").status == 200));
-    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(eventually(5, || http_get(admin_addr(admin), "/readyz")
+        .status
+        == 200));
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
     assert!(eventually(10, || generation(admin) == 2.0), "{}", p.log());
-    assert_eq!(p.get("/health", None).status, 200, "still serving after SIGHUP");
+    assert_eq!(
+        p.get("/health", None).status,
+        200,
+        "still serving after SIGHUP"
+    );
 }
 
 #[test]
@@ -155,16 +234,53 @@ fn metrics_count_exactly_and_stay_bounded() {
     let reader = token("read:contacts");
     let writer = token("write:contacts");
     let sends: Vec<(&str, Box<dyn Fn() -> Response>, usize, &str)> = vec![
-        ("GET /contacts", Box::new(|| p.get("/contacts", Some(&reader))), 7, "allowed"),
-        ("GET /contacts", Box::new(|| p.get("/contacts", Some(&writer))), 5, "forbidden"),
-        ("GET /health", Box::new(|| p.get("/health", None)), 3, "public"),
-        ("GET /contacts", Box::new(|| p.get("/contacts", None)), 4, "unauthenticated"),
-        ("none", Box::new(|| p.get("/nowhere", None)), 2, "unauthenticated"),
-        ("none", Box::new(|| p.get("/nowhere", Some(&reader))), 6, "not_found"),
-        ("none", Box::new(|| p.request("PATCH", "/contacts", Some(&reader), "")), 2, "method_not_allowed"),
+        (
+            "GET /contacts",
+            Box::new(|| p.get("/contacts", Some(&reader))),
+            7,
+            "allowed",
+        ),
+        (
+            "GET /contacts",
+            Box::new(|| p.get("/contacts", Some(&writer))),
+            5,
+            "forbidden",
+        ),
+        (
+            "GET /health",
+            Box::new(|| p.get("/health", None)),
+            3,
+            "public",
+        ),
+        (
+            "GET /contacts",
+            Box::new(|| p.get("/contacts", None)),
+            4,
+            "unauthenticated",
+        ),
+        (
+            "none",
+            Box::new(|| p.get("/nowhere", None)),
+            2,
+            "unauthenticated",
+        ),
+        (
+            "none",
+            Box::new(|| p.get("/nowhere", Some(&reader))),
+            6,
+            "not_found",
+        ),
+        (
+            "none",
+            Box::new(|| p.request("PATCH", "/contacts", Some(&reader), "")),
+            2,
+            "method_not_allowed",
+        ),
         ("none", Box::new(|| p.get("/a%2fb", None)), 3, "bad_request"),
     ];
-    let series = |route: &str, decision: &str| format!("scopegate_requests_total{{decision=\"{decision}\",route=\"{route}\"}}");
+    let series = |route: &str, decision: &str| {
+        format!("scopegate_requests_total{{decision=\"{decision}\",route=\"{route}\"}}")
+    };
     let before = metrics_text(admin);
     for (_, send, n, _) in &sends {
         for _ in 0..*n {
@@ -172,15 +288,43 @@ fn metrics_count_exactly_and_stay_bounded() {
         }
     }
     let total: usize = sends.iter().map(|s| s.2).sum();
-    let count = |t: &str| metric(t, "scopegate_request_duration_seconds_count{route=\"GET /contacts\"}");
-    assert!(eventually(5, || {
-        let after = metrics_text(admin);
-        sends.iter().all(|(route, _, n, decision)| metric(&after, &series(route, decision)) - metric(&before, &series(route, decision)) == *n as f64)
-    }), "counters did not move by exactly the requests sent ({total})\n{}", metrics_text(admin));
+    let count = |t: &str| {
+        metric(
+            t,
+            "scopegate_request_duration_seconds_count{route=\"GET /contacts\"}",
+        )
+    };
+    assert!(
+        eventually(5, || {
+            let after = metrics_text(admin);
+            sends.iter().all(|(route, _, n, decision)| {
+                metric(&after, &series(route, decision)) - metric(&before, &series(route, decision))
+                    == *n as f64
+            })
+        }),
+        "counters did not move by exactly the requests sent ({total})\n{}",
+        metrics_text(admin)
+    );
     let after = metrics_text(admin);
-    assert_eq!(count(&after) - count(&before), 16.0, "7 allowed, 5 forbidden, 4 unauthenticated");
-    assert_eq!(metric(&after, "scopegate_token_rejections_total{reason=\"missing\"}"), 6.0);
-    assert_eq!(metric(&after, "scopegate_upstream_responses_total{class=\"2xx\",upstream=\"contacts\"}"), 10.0);
+    assert_eq!(
+        count(&after) - count(&before),
+        16.0,
+        "7 allowed, 5 forbidden, 4 unauthenticated"
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "scopegate_token_rejections_total{reason=\"missing\"}"
+        ),
+        6.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "scopegate_upstream_responses_total{class=\"2xx\",upstream=\"contacts\"}"
+        ),
+        10.0
+    );
 
     // 200 random paths: no new series.
     let lines = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
@@ -190,11 +334,18 @@ fn metrics_count_exactly_and_stay_bounded() {
         assert_eq!(p.get(&path, Some(&reader)).status, 404);
         assert_eq!(p.get(&path, None).status, 401);
     }
-    assert_eq!(lines(&metrics_text(admin)), n_before, "request paths must never become label values");
+    assert_eq!(
+        lines(&metrics_text(admin)),
+        n_before,
+        "request paths must never become label values"
+    );
 
     // One access-log line per request, with route and decision, never the token.
     let log = p.log();
-    assert!(log.contains("decision=\"forbidden\"") || log.contains("decision=forbidden"), "{log}");
+    assert!(
+        log.contains("decision=\"forbidden\"") || log.contains("decision=forbidden"),
+        "{log}"
+    );
     assert!(!log.contains(&reader) && !log.contains(&writer));
 }
 
@@ -202,18 +353,26 @@ fn metrics_count_exactly_and_stay_bounded() {
 fn sigterm_lets_a_request_in_flight_finish() {
     let upstream = start_echo("a");
     let (port, admin) = (free_port(), free_port());
-    let text = variant(port, admin, upstream, "read:contacts").replace("read_timeout_ms = 500", "read_timeout_ms = 5000");
+    let text = variant(port, admin, upstream, "read:contacts")
+        .replace("read_timeout_ms = 500", "read_timeout_ms = 5000");
     let mut p = Proxy::start(&text, port);
     let t = token("");
     let addr = p.addr;
     let slow = std::thread::spawn(move || {
         let mut c = Client::connect(addr);
-        c.send(format!("GET /slow HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n\r\n").as_bytes())
+        c.send(
+            format!("GET /slow HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n\r\n")
+                .as_bytes(),
+        )
     });
     std::thread::sleep(Duration::from_millis(400));
     let pid = p.child().id().to_string();
     let sent = std::time::Instant::now();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let r = slow.join().unwrap();
     assert_eq!(r.status, 200, "the slow request must complete");
     // The process exits 0 once it is done, well before the 2 s grace plus slack.
@@ -221,9 +380,15 @@ fn sigterm_lets_a_request_in_flight_finish() {
         if let Some(s) = p.child().try_wait().unwrap() {
             break s;
         }
-        assert!(sent.elapsed() < Duration::from_secs(10), "scopegate did not exit after SIGTERM");
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "scopegate did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}\n{}", p.log());
-    assert!(std::net::TcpStream::connect(addr).is_err(), "no longer accepting");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
 }

@@ -33,16 +33,27 @@ fn allocations() -> usize {
 
 #[test]
 fn normalize_and_lookup_of_a_normalized_path_do_not_allocate() {
-    let mut text = String::from("[server]\nlisten = \"127.0.0.1:1\"\n[upstreams.api]\nservers = [\"127.0.0.1:2\"]\n");
+    let mut text = String::from(
+        "[server]\nlisten = \"127.0.0.1:1\"\n[upstreams.api]\nservers = [\"127.0.0.1:2\"]\n",
+    );
     for i in 0..10_000 {
         let (m, p) = match i % 3 {
             0 => ("GET", format!("/svc{}/items", i / 3)),
             1 => ("DELETE", format!("/svc{}/items/{{id}}", i / 3)),
             _ => ("GET", format!("/svc{}/files/{{*rest}}", i / 3)),
         };
-        text.push_str(&format!("[[routes]]\nmethods = [\"{m}\"]\npath = \"{p}\"\npublic = true\n"));
+        text.push_str(&format!(
+            "[[routes]]\nmethods = [\"{m}\"]\npath = \"{p}\"\npublic = true\n"
+        ));
     }
-    let loaded = parse(Source { name: "t.toml".into(), text }, PathBuf::from(".")).unwrap();
+    let loaded = parse(
+        Source {
+            name: "t.toml".into(),
+            text,
+        },
+        PathBuf::from("."),
+    )
+    .unwrap();
     let snap = scopegate::snapshot::build(&loaded, 1).unwrap();
     assert_eq!(snap.routes.len(), 10_000);
 

@@ -37,14 +37,22 @@ fn start_provider(port: u16) -> Node {
         .spawn()
         .expect("node is needed to run the OIDC provider for this test");
     let node = Node(child);
-    assert!(eventually(20, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()), "provider did not start");
+    assert!(
+        eventually(20, || std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_ok()),
+        "provider did not start"
+    );
     node
 }
 
 /// client_credentials grant against the provider's token endpoint.
 fn access_token(port: u16, scope: &str) -> String {
-    let body = format!("grant_type=client_credentials&scope={}&resource=https%3A%2F%2Fcontacts.test", scope.replace(' ', "%20"));
-    let basic = base64::engine::general_purpose::STANDARD.encode("scopegate-test:scopegate-test-secret-0123456789abcdef");
+    let body = format!(
+        "grant_type=client_credentials&scope={}&resource=https%3A%2F%2Fcontacts.test",
+        scope.replace(' ', "%20")
+    );
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode("scopegate-test:scopegate-test-secret-0123456789abcdef");
     let r = Client::connect(format!("127.0.0.1:{port}").parse().unwrap()).send(
         format!(
             "POST /token HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Basic {basic}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
@@ -63,20 +71,39 @@ fn tokens_from_node_oidc_provider_are_enforced() {
     let issuer = format!("http://127.0.0.1:{op_port}");
     let upstream = start_echo("a");
     let (port, admin) = (free_port(), free_port());
-    let issuers = format!("[[issuers]]\nissuer = \"{issuer}\"\naudiences = [\"{AUD}\"]\ndiscovery = true\n");
-    let p = Proxy::start(&config_full(port, Some(admin), &[upstream], &issuers, ""), port);
-    assert!(eventually(15, || http_get(admin_addr(admin), "/readyz").status == 200), "{}", p.log());
+    let issuers =
+        format!("[[issuers]]\nissuer = \"{issuer}\"\naudiences = [\"{AUD}\"]\ndiscovery = true\n");
+    let p = Proxy::start(
+        &config_full(port, Some(admin), &[upstream], &issuers, ""),
+        port,
+    );
+    assert!(
+        eventually(15, || http_get(admin_addr(admin), "/readyz").status == 200),
+        "{}",
+        p.log()
+    );
 
     let reader = access_token(op_port, "read:contacts");
     let r = p.get("/contacts", Some(&reader));
     assert_eq!(r.status, 200, "{}", p.log());
-    assert_eq!(p.request("DELETE", "/contacts/1", Some(&reader), "").status, 403);
+    assert_eq!(
+        p.request("DELETE", "/contacts/1", Some(&reader), "").status,
+        403
+    );
 
     let deleter = access_token(op_port, "read:contacts delete:contacts");
-    assert_eq!(p.request("DELETE", "/contacts/1", Some(&deleter), "").status, 200);
+    assert_eq!(
+        p.request("DELETE", "/contacts/1", Some(&deleter), "")
+            .status,
+        200
+    );
     // One flipped character in the provider's signature.
     let mut forged = reader.clone().into_bytes();
     let last = forged.len() - 2;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
-    assert_eq!(p.get("/contacts", Some(std::str::from_utf8(&forged).unwrap())).status, 401);
+    assert_eq!(
+        p.get("/contacts", Some(std::str::from_utf8(&forged).unwrap()))
+            .status,
+        401
+    );
 }

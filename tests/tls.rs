@@ -7,7 +7,9 @@ use common::*;
 /// A self-signed certificate for 127.0.0.1: (cert PEM, key PEM).
 fn self_signed() -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
     let cert = params.self_signed(&key).unwrap();
     (cert.pem(), key.serialize_pem())
 }
@@ -29,8 +31,11 @@ fn start_tls_proxy(cert: &str, key_pem: &str, admin: u16) -> Proxy {
     std::fs::write(dir.path().join("jwks.json"), &key().jwks).unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
     std::fs::write(dir.path().join("key.pem"), key_pem).unwrap();
-    let text = config_full(port, Some(admin), &[upstream], &file_issuer(), "")
-        .replacen("threads = 1", "threads = 1\ntls = { cert = \"cert.pem\", key = \"key.pem\" }", 1);
+    let text = config_full(port, Some(admin), &[upstream], &file_issuer(), "").replacen(
+        "threads = 1",
+        "threads = 1\ntls = { cert = \"cert.pem\", key = \"key.pem\" }",
+        1,
+    );
     std::fs::write(dir.path().join("scopegate.toml"), text).unwrap();
     Proxy::start_in(dir, port)
 }
@@ -54,7 +59,14 @@ async fn https_with_http2_by_alpn_and_http1() {
     let r = h2.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"api\"");
-    let r = h2.get(format!("https://127.0.0.1:{}/public/../contacts", p.addr.port())).send().await.unwrap();
+    let r = h2
+        .get(format!(
+            "https://127.0.0.1:{}/public/../contacts",
+            p.addr.port()
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401, "normalization applies over HTTP/2 too");
 
     let h1 = client(&cert, true);
@@ -63,7 +75,11 @@ async fn https_with_http2_by_alpn_and_http1() {
     assert_eq!(r.status(), 200);
 
     // Plain HTTP on the TLS port gets no answer.
-    assert!(reqwest::get(format!("http://127.0.0.1:{}/health", p.addr.port())).await.is_err());
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{}/health", p.addr.port()))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +88,15 @@ async fn a_renewed_certificate_is_served_after_reload() {
     let admin = free_port();
     let p = start_tls_proxy(&cert, &key_pem, admin);
     let url = format!("https://127.0.0.1:{}/health", p.addr.port());
-    assert_eq!(client(&cert, false).get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client(&cert, false)
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     let (new_cert, new_key) = self_signed();
     // Key first, then the certificate, each replaced atomically.
@@ -84,14 +108,22 @@ async fn a_renewed_certificate_is_served_after_reload() {
     let renewed = client(&new_cert, false);
     let mut ok = false;
     for _ in 0..100 {
-        if renewed.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+        if renewed
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
             ok = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(ok, "the renewed certificate was not served\n{}", p.log());
-    assert!(client(&cert, false).get(&url).send().await.is_err(), "the old certificate is gone");
+    assert!(
+        client(&cert, false).get(&url).send().await.is_err(),
+        "the old certificate is gone"
+    );
 }
 
 #[test]
@@ -119,12 +151,23 @@ fn tls_to_the_upstream_is_verified_with_its_ca_file() {
     let r = verified.get("/contacts", Some(&token("read:contacts")));
     assert_eq!(r.status, 200, "{}", verified.log());
     // The inner proxy saw a TLS connection.
-    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
 
     // Without our CA the self-signed upstream is not trusted: 502, never a silent downgrade.
     let untrusted = start_outer("tls = true\nsni = \"localhost\"");
-    assert_eq!(untrusted.get("/contacts", Some(&token("read:contacts"))).status, 502);
+    assert_eq!(
+        untrusted
+            .get("/contacts", Some(&token("read:contacts")))
+            .status,
+        502
+    );
     // Plain HTTP to a TLS port does not produce a forwarded response either.
     let plain = start_outer("");
-    assert_ne!(plain.get("/contacts", Some(&token("read:contacts"))).status, 200);
+    assert_ne!(
+        plain.get("/contacts", Some(&token("read:contacts"))).status,
+        200
+    );
 }

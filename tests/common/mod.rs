@@ -44,7 +44,10 @@ pub fn other_key() -> &'static TestKey {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Claims of a valid token carrying `scope`; tests change fields to break it.
@@ -55,7 +58,12 @@ pub fn claims(scope: &str) -> Value {
 pub fn sign_with(key: &TestKey, kid: Option<&str>, claims: &Value) -> String {
     let mut header = Header::new(Algorithm::RS256);
     header.kid = kid.map(str::to_string);
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(key.pem.as_bytes()).unwrap()).unwrap()
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &EncodingKey::from_rsa_pem(key.pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
 }
 
 pub fn sign(claims: &Value) -> String {
@@ -72,7 +80,12 @@ pub fn b64(v: &[u8]) -> String {
 
 /// A compact JWS assembled by hand (header and payload as JSON, signature as given).
 pub fn raw_jws(header: &Value, payload: &Value, signature: &str) -> String {
-    format!("{}.{}.{}", b64(header.to_string().as_bytes()), b64(payload.to_string().as_bytes()), signature)
+    format!(
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(payload.to_string().as_bytes()),
+        signature
+    )
 }
 
 /// The echo upstream: answers 200 with a JSON description of the request it received, and
@@ -85,7 +98,10 @@ pub fn echo_handler(id: &'static str) -> Handler {
             status: 200,
             body: body.to_string().into_bytes(),
             headers: Vec::new(),
-            delay: req.target.starts_with("/slow").then(|| Duration::from_secs(2)),
+            delay: req
+                .target
+                .starts_with("/slow")
+                .then(|| Duration::from_secs(2)),
         }
     })
 }
@@ -96,7 +112,11 @@ pub fn start_echo(id: &'static str) -> SocketAddr {
 
 /// A port nothing listens on.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub const ROUTES: &str = r#"
@@ -154,9 +174,20 @@ pub fn config(listen: u16, upstream_servers: &[SocketAddr], extra: &str) -> Stri
     config_full(listen, None, upstream_servers, &file_issuer(), extra)
 }
 
-pub fn config_full(listen: u16, admin: Option<u16>, upstream_servers: &[SocketAddr], issuers: &str, extra: &str) -> String {
-    let servers: Vec<String> = upstream_servers.iter().map(|a| format!("\"{a}\"")).collect();
-    let admin = admin.map(|p| format!("admin_listen = \"127.0.0.1:{p}\"")).unwrap_or_default();
+pub fn config_full(
+    listen: u16,
+    admin: Option<u16>,
+    upstream_servers: &[SocketAddr],
+    issuers: &str,
+    extra: &str,
+) -> String {
+    let servers: Vec<String> = upstream_servers
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    let admin = admin
+        .map(|p| format!("admin_listen = \"127.0.0.1:{p}\""))
+        .unwrap_or_default();
     format!(
         r#"
 [server]
@@ -249,13 +280,27 @@ impl Proxy {
     }
 
     pub fn get(&self, target: &str, token: Option<&str>) -> Response {
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        self.send(&format!("GET {target} HTTP/1.1\r\nHost: api.test\r\n{auth}\r\n"))
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        self.send(&format!(
+            "GET {target} HTTP/1.1\r\nHost: api.test\r\n{auth}\r\n"
+        ))
     }
 
-    pub fn request(&self, method: &str, target: &str, token: Option<&str>, extra_headers: &str) -> Response {
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        self.send(&format!("{method} {target} HTTP/1.1\r\nHost: api.test\r\n{auth}{extra_headers}\r\n"))
+    pub fn request(
+        &self,
+        method: &str,
+        target: &str,
+        token: Option<&str>,
+        extra_headers: &str,
+    ) -> Response {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        self.send(&format!(
+            "{method} {target} HTTP/1.1\r\nHost: api.test\r\n{auth}{extra_headers}\r\n"
+        ))
     }
 
     /// Send raw bytes on a new connection and read one response.
@@ -281,20 +326,33 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// What the echo upstream received (only on forwarded responses).
     pub fn upstream_header(&self, name: &str) -> Option<String> {
-        self.json()["headers"][name.to_ascii_lowercase()].as_str().map(str::to_string)
+        self.json()["headers"][name.to_ascii_lowercase()]
+            .as_str()
+            .map(str::to_string)
     }
 
     pub fn upstream_target(&self) -> String {
-        self.json()["target"].as_str().unwrap_or_default().to_string()
+        self.json()["target"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -307,9 +365,14 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, raw: &[u8]) -> Response {
@@ -325,12 +388,23 @@ impl Client {
                 break i + 4;
             }
             let n = self.stream.read(&mut chunk).expect("reading response");
-            assert!(n > 0, "connection closed before a response; got {:?}", String::from_utf8_lossy(&self.buf));
+            assert!(
+                n > 0,
+                "connection closed before a response; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
             self.buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
         let mut lines = head.split("\r\n");
-        let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let status: u16 = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         let headers: Vec<(String, String)> = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
@@ -348,7 +422,11 @@ impl Client {
         }
         let body = self.buf[head_end..head_end + len].to_vec();
         self.buf.drain(..head_end + len);
-        Response { status, headers, body }
+        Response {
+            status,
+            headers,
+            body,
+        }
     }
 }
 
@@ -365,7 +443,10 @@ pub fn admin_addr(port: u16) -> SocketAddr {
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
 }
@@ -418,7 +499,11 @@ impl JwksServer {
             }
         });
         let handle = scopegate::demo::spawn_upstream_on(listener, handler).unwrap();
-        JwksServer { handle, jwks: doc, hits }
+        JwksServer {
+            handle,
+            jwks: doc,
+            hits,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -438,7 +523,12 @@ impl JwksServer {
 pub fn merge_jwks(docs: &[&str]) -> String {
     let keys: Vec<Value> = docs
         .iter()
-        .flat_map(|d| serde_json::from_str::<Value>(d).unwrap()["keys"].as_array().unwrap().clone())
+        .flat_map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["keys"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
         .collect();
     json!({ "keys": keys }).to_string()
 }
@@ -451,14 +541,21 @@ pub fn with_kid(jwks: &str, kid: &str) -> String {
 }
 
 /// Run `scopegate check` on a config text; returns (exit ok, stdout, stderr).
-pub fn check(config_text: &str, files: &[(&str, &str)]) -> (bool, String, String, PathBuf, tempfile::TempDir) {
+pub fn check(
+    config_text: &str,
+    files: &[(&str, &str)],
+) -> (bool, String, String, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, config_text).unwrap();
     for (name, content) in files {
         std::fs::write(dir.path().join(name), content).unwrap();
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_scopegate")).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -485,13 +582,22 @@ pub fn url_proxy(jwks_url: &str, extra_issuer: &str) -> (Proxy, u16) {
     let issuer = format!(
         "[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\njwks_url = \"{jwks_url}\"\nunknown_kid_cooldown_seconds = 1\nrefresh_min_seconds = 1\n{extra_issuer}\n"
     );
-    (Proxy::start(&config_full(port, Some(admin), &[upstream], &issuer, ""), port), admin)
+    (
+        Proxy::start(
+            &config_full(port, Some(admin), &[upstream], &issuer, ""),
+            port,
+        ),
+        admin,
+    )
 }
 
 /// An address that refuses connections: port 1 (tcpmux) has no listener on a test machine,
 /// unlike a port from `free_port`, which a parallel test may bind meanwhile.
 pub fn dead_addr() -> SocketAddr {
     let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    assert!(TcpStream::connect(addr).is_err(), "something listens on 127.0.0.1:1");
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "something listens on 127.0.0.1:1"
+    );
     addr
 }
