@@ -204,7 +204,9 @@ impl UpstreamHandle {
 
     /// Keep serving for the rest of the process.
     pub fn detach(mut self) -> SocketAddr {
-        self.stop.take().map(std::mem::forget);
+        if let Some(tx) = self.stop.take() {
+            std::mem::forget(tx);
+        }
         self.thread.take();
         self.addr
     }
