@@ -392,3 +392,39 @@ fn sigterm_lets_a_request_in_flight_finish() {
         "no longer accepting"
     );
 }
+
+#[test]
+fn listen_and_threads_changes_wait_for_a_restart() {
+    let upstream = start_echo("a");
+    let (port, admin) = (free_port(), free_port());
+    let p = Proxy::start(&variant(port, admin, upstream, "read:contacts"), port);
+    let text = std::fs::read_to_string(p.config_path()).unwrap();
+    let other = free_port();
+    let moved = text
+        .replacen(
+            &format!("listen = \"127.0.0.1:{port}\""),
+            &format!("listen = \"127.0.0.1:{other}\""),
+            1,
+        )
+        .replacen("threads = 1", "threads = 2", 1);
+    write_atomic(&p.config_path(), &moved);
+    assert!(eventually(10, || generation(admin) == 2.0), "{}", p.log());
+    assert_eq!(
+        p.get("/health", None).status,
+        200,
+        "still on the old address"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", other)).is_err(),
+        "not yet on the new one"
+    );
+    let log = p.log();
+    assert!(
+        log.contains("server.listen") && log.contains("server.threads"),
+        "{log}"
+    );
+    assert!(
+        log.contains("this setting applies at the next restart"),
+        "{log}"
+    );
+}
