@@ -35,19 +35,19 @@ impl ServeHttp for Admin {
             "/healthz" => reply(200, "text/plain", "ok\n"),
             "/readyz" => {
                 let snapshot = self.live.load();
-                let waiting: Vec<&str> = snapshot
-                    .issuers
-                    .iter()
-                    .filter(|i| !i.keys.is_loaded())
-                    .map(|i| i.issuer.as_str())
-                    .collect();
-                if waiting.is_empty() {
+                if snapshot.keys_ready() {
                     reply(
                         200,
                         "text/plain",
                         format!("ready (config generation {})\n", snapshot.generation),
                     )
                 } else {
+                    let waiting: Vec<&str> = snapshot
+                        .issuers
+                        .iter()
+                        .filter(|i| !i.keys.is_loaded())
+                        .map(|i| i.issuer.as_str())
+                        .collect();
                     reply(
                         503,
                         "text/plain",

@@ -61,16 +61,6 @@ impl Decision<'_> {
     }
 }
 
-pub const DECISION_LABELS: [&str; 7] = [
-    "allowed",
-    "public",
-    "unauthenticated",
-    "forbidden",
-    "not_found",
-    "method_not_allowed",
-    "bad_request",
-];
-
 /// Whether the granted scopes satisfy a route: all of `all`, and one of `any` when given.
 pub fn scopes_satisfy(granted: &ScopeSet, required: &RequiredScopes) -> bool {
     required.all.iter().all(|s| granted.contains(s))
