@@ -430,8 +430,13 @@ impl Client {
     }
 }
 
-/// GET on a fresh connection to any address.
+/// GET on a fresh connection to any address. The admin listener may come up a moment after the
+/// proxy's, so a refused connection is retried for a few seconds.
 pub fn http_get(addr: SocketAddr, target: &str) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Client::connect(addr).send(format!("GET {target} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
 }
 
