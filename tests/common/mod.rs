@@ -253,18 +253,30 @@ impl Proxy {
         Proxy::start(&config(port, &[upstream], extra), port)
     }
 
+    /// Wait until the proxy listener, and the admin listener when the config has one, accept.
     fn wait_listening(&mut self) {
+        let config = std::fs::read_to_string(self.config_path()).unwrap_or_default();
+        let admin: Option<SocketAddr> = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("admin_listen = \""))
+            .and_then(|rest| rest.trim_end_matches('"').parse().ok());
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("scopegate exited with {status}: {}", self.log());
+        for addr in std::iter::once(self.addr).chain(admin) {
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    panic!("scopegate exited with {status}: {}", self.log());
+                }
+                if TcpStream::connect(addr).is_ok() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "scopegate did not listen on {addr}: {}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
             }
-            if TcpStream::connect(self.addr).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("scopegate did not listen on {}: {}", self.addr, self.log());
     }
 
     pub fn log(&self) -> String {
@@ -430,13 +442,8 @@ impl Client {
     }
 }
 
-/// GET on a fresh connection to any address. The admin listener may come up a moment after the
-/// proxy's, so a refused connection is retried for a few seconds.
+/// GET on a fresh connection to any address.
 pub fn http_get(addr: SocketAddr, target: &str) -> Response {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(addr).is_err() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     Client::connect(addr).send(format!("GET {target} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
 }
 
