@@ -8,33 +8,21 @@ use serde_json::{json, Value};
 
 /// Sign an arbitrary JOSE header and payload with `key` (RS256).
 fn sign_raw(key: &TestKey, header: &Value, payload: &Value) -> String {
-    let msg = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(payload.to_string().as_bytes())
-    );
-    let sig = jsonwebtoken::crypto::sign(
-        msg.as_bytes(),
+    signed_jws(
+        header,
+        payload,
         &EncodingKey::from_rsa_pem(key.pem.as_bytes()).unwrap(),
         Algorithm::RS256,
     )
-    .unwrap();
-    format!("{msg}.{sig}")
 }
 
 fn sign_hs256(secret: &[u8], header: &Value, payload: &Value) -> String {
-    let msg = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(payload.to_string().as_bytes())
-    );
-    let sig = jsonwebtoken::crypto::sign(
-        msg.as_bytes(),
+    signed_jws(
+        header,
+        payload,
         &EncodingKey::from_secret(secret),
         Algorithm::HS256,
     )
-    .unwrap();
-    format!("{msg}.{sig}")
 }
 
 #[test]

@@ -13,7 +13,7 @@ fn ready(admin: u16) -> bool {
 #[test]
 fn keys_from_jwks_url_make_the_proxy_ready() {
     let jwks = JwksServer::start(&key().jwks, 300);
-    let (p, admin) = url_proxy(&jwks.url(), "");
+    let (p, admin) = url_proxy(&jwks.url());
     assert!(eventually(10, || ready(admin)), "{}", p.log());
     assert_eq!(
         p.get("/contacts", Some(&token("read:contacts"))).status,
@@ -33,7 +33,7 @@ fn keys_from_jwks_url_make_the_proxy_ready() {
 #[test]
 fn a_rotated_key_is_accepted_within_seconds_and_a_removed_one_is_refused() {
     let jwks = JwksServer::start(&key().jwks, 3600);
-    let (p, admin) = url_proxy(&jwks.url(), "");
+    let (p, admin) = url_proxy(&jwks.url());
     assert!(eventually(10, || ready(admin)));
     let old = token("read:contacts");
     assert_eq!(
@@ -59,7 +59,7 @@ fn a_rotated_key_is_accepted_within_seconds_and_a_removed_one_is_refused() {
 #[test]
 fn unknown_kids_do_not_cause_a_fetch_storm() {
     let jwks = JwksServer::start(&key().jwks, 3600);
-    let (p, admin) = url_proxy(&jwks.url(), "");
+    let (p, admin) = url_proxy(&jwks.url());
     assert!(eventually(10, || ready(admin)));
     let before = jwks.hits();
     let stranger = fresh_key("attacker");
@@ -79,7 +79,7 @@ fn unknown_kids_do_not_cause_a_fetch_storm() {
 #[test]
 fn cached_keys_keep_working_when_the_jwks_server_goes_down() {
     let mut jwks = JwksServer::start(&key().jwks, 1);
-    let (p, admin) = url_proxy(&jwks.url(), "");
+    let (p, admin) = url_proxy(&jwks.url());
     assert!(eventually(10, || ready(admin)));
     jwks.handle.stop();
     // Refreshes now fail (max-age 1 s, refresh_min 1 s): wait for one to be counted.
@@ -99,7 +99,7 @@ fn cached_keys_keep_working_when_the_jwks_server_goes_down() {
 fn down_at_start_means_not_ready_until_it_comes_up() {
     let listener_port = free_port();
     let url = format!("http://127.0.0.1:{listener_port}/keys");
-    let (p, admin) = url_proxy(&url, "");
+    let (p, admin) = url_proxy(&url);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(http_get(admin_addr(admin), "/readyz").status, 503);
     assert_eq!(
@@ -131,14 +131,7 @@ fn discovery_reads_jwks_uri_from_the_issuer() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let issuer = format!("http://{}", listener.local_addr().unwrap());
     let _jwks = JwksServer::start_on(listener, &key().jwks, 300);
-    let upstream = start_echo("a");
-    let (port, admin) = (free_port(), free_port());
-    let issuers =
-        format!("[[issuers]]\nissuer = \"{issuer}\"\naudiences = [\"{AUD}\"]\ndiscovery = true\n");
-    let p = Proxy::start(
-        &config_full(port, Some(admin), &[upstream], &issuers, ""),
-        port,
-    );
+    let (p, admin) = proxy_for_issuers(&discovery_issuer(&issuer));
     assert!(eventually(10, || ready(admin)), "{}", p.log());
     let mut c = claims("read:contacts");
     c["iss"] = json!(issuer);
@@ -212,7 +205,7 @@ fn hs256_secret_from_the_environment() {
 #[test]
 fn concurrent_requests_with_a_new_kid_share_one_fetch() {
     let jwks = JwksServer::start(&key().jwks, 3600);
-    let (p, admin) = url_proxy(&jwks.url(), "");
+    let (p, admin) = url_proxy(&jwks.url());
     assert!(eventually(10, || ready(admin)));
     std::thread::sleep(std::time::Duration::from_millis(1100)); // past the cooldown
     let rotated = fresh_key("test-key-3");

@@ -69,14 +69,7 @@ fn tokens_from_node_oidc_provider_are_enforced() {
     let op_port = free_port();
     let _provider = start_provider(op_port);
     let issuer = format!("http://127.0.0.1:{op_port}");
-    let upstream = start_echo("a");
-    let (port, admin) = (free_port(), free_port());
-    let issuers =
-        format!("[[issuers]]\nissuer = \"{issuer}\"\naudiences = [\"{AUD}\"]\ndiscovery = true\n");
-    let p = Proxy::start(
-        &config_full(port, Some(admin), &[upstream], &issuers, ""),
-        port,
-    );
+    let (p, admin) = proxy_for_issuers(&discovery_issuer(&issuer));
     assert!(
         eventually(15, || http_get(admin_addr(admin), "/readyz").status == 200),
         "{}",

@@ -80,12 +80,22 @@ pub fn b64(v: &[u8]) -> String {
 
 /// A compact JWS assembled by hand (header and payload as JSON, signature as given).
 pub fn raw_jws(header: &Value, payload: &Value, signature: &str) -> String {
+    format!("{}.{signature}", signing_input(header, payload))
+}
+
+fn signing_input(header: &Value, payload: &Value) -> String {
     format!(
-        "{}.{}.{}",
+        "{}.{}",
         b64(header.to_string().as_bytes()),
-        b64(payload.to_string().as_bytes()),
-        signature
+        b64(payload.to_string().as_bytes())
     )
+}
+
+/// A compact JWS with any header and payload, signed with `key` under `alg`.
+pub fn signed_jws(header: &Value, payload: &Value, key: &EncodingKey, alg: Algorithm) -> String {
+    let input = signing_input(header, payload);
+    let signature = jsonwebtoken::crypto::sign(input.as_bytes(), key, alg).unwrap();
+    format!("{input}.{signature}")
 }
 
 /// The echo upstream: answers 200 with a JSON description of the request it received, and
@@ -587,20 +597,28 @@ pub fn fresh_key(kid: &str) -> TestKey {
     TestKey { pem, jwks }
 }
 
-/// The standard routes and an echo upstream, with keys from `jwks_url` and an admin port.
-pub fn url_proxy(jwks_url: &str, extra_issuer: &str) -> (Proxy, u16) {
+/// The standard routes and an echo upstream behind a proxy trusting `issuers` (TOML), with an
+/// admin port.
+pub fn proxy_for_issuers(issuers: &str) -> (Proxy, u16) {
     let upstream = start_echo("a");
     let (port, admin) = (free_port(), free_port());
-    let issuer = format!(
-        "[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\njwks_url = \"{jwks_url}\"\nunknown_kid_cooldown_seconds = 1\nrefresh_min_seconds = 1\n{extra_issuer}\n"
+    let p = Proxy::start(
+        &config_full(port, Some(admin), &[upstream], issuers, ""),
+        port,
     );
-    (
-        Proxy::start(
-            &config_full(port, Some(admin), &[upstream], &issuer, ""),
-            port,
-        ),
-        admin,
-    )
+    (p, admin)
+}
+
+/// The standard issuer with keys from `jwks_url`, refreshing fast (1 s cooldown and minimum).
+pub fn url_proxy(jwks_url: &str) -> (Proxy, u16) {
+    proxy_for_issuers(&format!(
+        "[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\njwks_url = \"{jwks_url}\"\nunknown_kid_cooldown_seconds = 1\nrefresh_min_seconds = 1\n"
+    ))
+}
+
+/// An issuer whose keys are found by OIDC discovery.
+pub fn discovery_issuer(issuer: &str) -> String {
+    format!("[[issuers]]\nissuer = \"{issuer}\"\naudiences = [\"{AUD}\"]\ndiscovery = true\n")
 }
 
 /// An address that refuses connections: port 1 (tcpmux) has no listener on a test machine,
