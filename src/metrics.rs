@@ -1,17 +1,60 @@
 //! The Prometheus families, registered once in a registry of our own. Label values come only
 //! from the config (route patterns, upstream and issuer names) and fixed vocabularies.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
+
+/// The `decision` label values, in the order of `RouteHandles::decisions`.
+pub const DECISIONS: [&str; 7] = [
+    "allowed",
+    "public",
+    "unauthenticated",
+    "forbidden",
+    "not_found",
+    "method_not_allowed",
+    "bad_request",
+];
+
+/// The `class` label values of upstream responses.
+pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Series handles for one snapshot's routes and upstreams. Each is resolved on first use, so a
+/// label set that never occurs never becomes a series, and a request only pays an atomic add.
+#[derive(Debug, Default)]
+pub struct LabelCache {
+    routes: Vec<RouteHandles>,
+    /// For requests that matched no route.
+    none: RouteHandles,
+    upstreams: Vec<[OnceLock<IntCounter>; 6]>,
+}
+
+#[derive(Debug, Default)]
+struct RouteHandles {
+    decisions: [OnceLock<IntCounter>; 7],
+    duration: OnceLock<Histogram>,
+}
+
+impl LabelCache {
+    pub fn new(routes: usize, upstreams: usize) -> LabelCache {
+        LabelCache {
+            routes: (0..routes).map(|_| RouteHandles::default()).collect(),
+            none: RouteHandles::default(),
+            upstreams: (0..upstreams).map(|_| Default::default()).collect(),
+        }
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
-    token_rejections: IntCounterVec,
+    /// One counter per `Rejection::REASONS` entry, resolved once.
+    token_rejections: Vec<IntCounter>,
     upstream_responses: IntCounterVec,
     jwks_refreshes: IntCounterVec,
     config_reloads: IntCounterVec,
@@ -94,9 +137,10 @@ impl Metrics {
         registry
             .register(Box::new(config_generation.clone()))
             .unwrap();
-        for reason in crate::token::Rejection::REASONS {
-            token_rejections.with_label_values(&[reason]);
-        }
+        let rejection_counters = crate::token::Rejection::REASONS
+            .iter()
+            .map(|reason| token_rejections.with_label_values(&[reason]))
+            .collect();
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
@@ -104,7 +148,7 @@ impl Metrics {
             registry,
             requests,
             duration,
-            token_rejections,
+            token_rejections: rejection_counters,
             upstream_responses,
             jwks_refreshes,
             config_reloads,
@@ -112,21 +156,69 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, route: &str, decision: &str, elapsed: Duration) {
-        self.requests.with_label_values(&[route, decision]).inc();
-        self.duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+    /// Count a request under its route and decision. With the snapshot's `LabelCache` the
+    /// series handles are resolved once per label set instead of hashed on every request.
+    pub fn request(
+        &self,
+        labels: Option<&LabelCache>,
+        route: Option<usize>,
+        route_label: &str,
+        decision: &str,
+        elapsed: Duration,
+    ) {
+        let handles = labels.and_then(|l| match route {
+            Some(r) => l.routes.get(r),
+            None => Some(&l.none),
+        });
+        let slot = DECISIONS.iter().position(|d| *d == decision);
+        match (handles, slot) {
+            (Some(h), Some(i)) => {
+                h.decisions[i]
+                    .get_or_init(|| self.requests.with_label_values(&[route_label, decision]))
+                    .inc();
+                h.duration
+                    .get_or_init(|| self.duration.with_label_values(&[route_label]))
+                    .observe(elapsed.as_secs_f64());
+            }
+            _ => {
+                self.requests
+                    .with_label_values(&[route_label, decision])
+                    .inc();
+                self.duration
+                    .with_label_values(&[route_label])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
     }
 
+    /// `reason` is one of `Rejection::REASONS`.
     pub fn token_rejected(&self, reason: &str) {
-        self.token_rejections.with_label_values(&[reason]).inc();
+        match crate::token::Rejection::REASONS
+            .iter()
+            .position(|r| *r == reason)
+        {
+            Some(i) => self.token_rejections[i].inc(),
+            None => tracing::error!(reason, "unknown token rejection reason"),
+        }
     }
 
-    pub fn upstream_response(&self, upstream: &str, class: &str) {
-        self.upstream_responses
-            .with_label_values(&[upstream, class])
-            .inc();
+    pub fn upstream_response(
+        &self,
+        labels: Option<&LabelCache>,
+        upstream: usize,
+        name: &str,
+        class: &str,
+    ) {
+        let slot = CLASSES.iter().position(|c| *c == class);
+        match (labels.and_then(|l| l.upstreams.get(upstream)), slot) {
+            (Some(h), Some(i)) => h[i]
+                .get_or_init(|| self.upstream_responses.with_label_values(&[name, class]))
+                .inc(),
+            _ => self
+                .upstream_responses
+                .with_label_values(&[name, class])
+                .inc(),
+        }
     }
 
     pub fn jwks_refresh(&self, issuer: &str, ok: bool) {
@@ -158,5 +250,89 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_handles_count_into_the_same_series_as_the_registry() {
+        let m = Metrics::new();
+        let labels = LabelCache::new(2, 1);
+        for _ in 0..3 {
+            m.request(
+                Some(&labels),
+                Some(1),
+                "GET /a",
+                "allowed",
+                Duration::from_micros(50),
+            );
+        }
+        m.request(
+            Some(&labels),
+            None,
+            "none",
+            "not_found",
+            Duration::from_micros(50),
+        );
+        m.request(
+            None,
+            Some(1),
+            "GET /a",
+            "allowed",
+            Duration::from_micros(50),
+        );
+        m.upstream_response(Some(&labels), 0, "api", "2xx");
+        m.token_rejected("expired");
+        let text = m.render();
+        assert!(
+            text.contains("scopegate_requests_total{decision=\"allowed\",route=\"GET /a\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scopegate_requests_total{decision=\"not_found\",route=\"none\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scopegate_request_duration_seconds_count{route=\"GET /a\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scopegate_upstream_responses_total{class=\"2xx\",upstream=\"api\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("scopegate_token_rejections_total{reason=\"expired\"} 1"),
+            "{text}"
+        );
+        // Nothing resolved, nothing exported: route 0 never had a request.
+        assert!(!text.contains("route=\"GET /b\""));
+    }
+
+    #[test]
+    fn every_decision_label_has_a_slot() {
+        use crate::decision::Decision;
+        use crate::token::Rejection;
+        let decisions = [
+            Decision::Forward {
+                route: 0,
+                path: "/".into(),
+                principal: None,
+            },
+            Decision::BadRequest { description: "" },
+            Decision::Unauthenticated {
+                rejection: Rejection::Missing,
+                route: None,
+            },
+            Decision::NotFound,
+            Decision::MethodNotAllowed { allow: "".into() },
+            Decision::Forbidden { route: 0 },
+        ];
+        for d in decisions {
+            assert!(DECISIONS.contains(&d.label()), "{}", d.label());
+        }
+        assert!(DECISIONS.contains(&"allowed"));
     }
 }

@@ -434,7 +434,9 @@ impl ProxyHttp for ScopeGate {
             (Some(s), "allowed" | "public") => Some(&s.upstreams[ctx.upstream]),
             _ => None,
         };
-        self.metrics.request(route_label, ctx.decision, elapsed);
+        let labels = snapshot.map(|s| &s.labels);
+        self.metrics
+            .request(labels, ctx.route, route_label, ctx.decision, elapsed);
         if let Some(reason) = ctx.rejection {
             self.metrics.token_rejected(reason);
         }
@@ -451,7 +453,8 @@ impl ProxyHttp for ScopeGate {
                     _ => "error",
                 }
             };
-            self.metrics.upstream_response(&pool.name, class);
+            self.metrics
+                .upstream_response(labels, ctx.upstream, &pool.name, class);
         }
         // One line per request; the token itself is never logged, only who it names.
         tracing::info!(

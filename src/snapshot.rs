@@ -125,6 +125,8 @@ pub struct Snapshot {
     pub threads: usize,
     pub shutdown_grace_seconds: u64,
     pub token_cache: TokenCache,
+    /// Metric series handles for this snapshot's routes and upstreams.
+    pub labels: crate::metrics::LabelCache,
 }
 
 fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
@@ -545,6 +547,7 @@ pub fn build_with(
         }
     }
 
+    let (routes_len, upstreams_len) = (routes.len(), upstreams.len());
     Ok(Snapshot {
         generation,
         router,
@@ -567,6 +570,7 @@ pub fn build_with(
         threads: cfg.server.threads,
         shutdown_grace_seconds: cfg.server.shutdown_grace_seconds,
         token_cache: TokenCache::new(cfg.forward.token_cache_size),
+        labels: crate::metrics::LabelCache::new(routes_len, upstreams_len),
     })
 }
 
