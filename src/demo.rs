@@ -254,57 +254,31 @@ pub fn spawn_upstream(handler: Handler) -> std::io::Result<SocketAddr> {
     Ok(spawn_upstream_on(std::net::TcpListener::bind("127.0.0.1:0")?, handler)?.detach())
 }
 
-/// Write the demo's config, key and JWKS into `dir`.
-pub fn write_demo_files(dir: &Path, listen: &str, upstream: SocketAddr) -> std::io::Result<()> {
+fn table(v: Option<&mut toml::Value>) -> anyhow::Result<&mut toml::Table> {
+    v.and_then(toml::Value::as_table_mut)
+        .ok_or_else(|| anyhow::anyhow!("config/scopegate.toml changed shape"))
+}
+
+/// The example shipped in `config/`: the demo runs exactly these routes.
+const EXAMPLE_CONFIG: &str = include_str!("../config/scopegate.toml");
+
+/// Write the demo's config (the shipped example, pointed at `listen` and `upstream`), key and
+/// JWKS into `dir`.
+pub fn write_demo_files(dir: &Path, listen: &str, upstream: SocketAddr) -> anyhow::Result<()> {
     let (pem, jwks) = mint::generate_rsa_key("demo-key");
     std::fs::write(dir.join("signing-key.pem"), pem)?;
     std::fs::write(dir.join("jwks.json"), jwks)?;
-    let config = format!(
-        r#"# Written by `scopegate demo`.
-[server]
-listen = "{listen}"
-threads = 1
-
-[[issuers]]
-issuer = "{iss}"
-audiences = ["{aud}"]
-jwks_file = "jwks.json"
-
-[upstreams.contacts]
-servers = ["{upstream}"]
-
-[forward]
-claims = {{ sub = "X-Auth-Subject", scope = "X-Auth-Scopes" }}
-
-[[routes]]
-methods = ["GET"]
-path = "/health"
-public = true
-
-[[routes]]
-methods = ["GET"]
-path = "/contacts"
-scopes = ["read:contacts"]
-
-[[routes]]
-methods = ["GET"]
-path = "/contacts/{{id}}"
-scopes = ["read:contacts"]
-
-[[routes]]
-methods = ["POST"]
-path = "/contacts"
-scopes = ["write:contacts"]
-
-[[routes]]
-methods = ["DELETE"]
-path = "/contacts/{{id}}"
-scopes = ["delete:contacts"]
-"#,
-        iss = mint::DEFAULT_ISSUER,
-        aud = mint::DEFAULT_AUDIENCE,
+    let mut config: toml::Table = toml::from_str(EXAMPLE_CONFIG)?;
+    table(config.get_mut("server"))?.insert("listen".into(), listen.into());
+    let upstreams = table(config.get_mut("upstreams"))?;
+    table(upstreams.get_mut("contacts"))?
+        .insert("servers".into(), vec![upstream.to_string()].into());
+    let text = format!(
+        "# Written by `scopegate demo` from config/scopegate.toml.\n{}",
+        toml::to_string(&config)?
     );
-    std::fs::write(dir.join("scopegate.toml"), config)
+    std::fs::write(dir.join("scopegate.toml"), text)?;
+    Ok(())
 }
 
 pub fn run(listen: &str) -> anyhow::Result<()> {
