@@ -221,3 +221,33 @@ fn concurrent_requests_with_a_new_kid_share_one_fetch() {
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     assert_eq!(jwks.hits() - before, 1, "one fetch for all 16 requests");
 }
+
+#[test]
+fn keys_are_refetched_every_max_age_within_the_configured_bounds() {
+    // max-age 1 s: refetched about every second with no traffic at all.
+    let short = JwksServer::start(&key().jwks, 1);
+    let (_p, admin) = url_proxy(&short.url());
+    assert!(eventually(10, || ready(admin)));
+    let before = short.hits();
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    assert!(
+        short.hits() - before >= 2,
+        "{} refetches in 3.5 s",
+        short.hits() - before
+    );
+
+    // max-age one hour, clamped to refresh_max_seconds = 2.
+    let long = JwksServer::start(&key().jwks, 3600);
+    let (_p2, admin2) = proxy_for_issuers(&format!(
+        "[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\njwks_url = \"{}\"\nrefresh_min_seconds = 1\nrefresh_max_seconds = 2\n",
+        long.url()
+    ));
+    assert!(eventually(10, || ready(admin2)));
+    let before = long.hits();
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let n = long.hits() - before;
+    assert!(
+        (1..=2).contains(&n),
+        "{n} refetches in 3.5 s with a 2 s bound"
+    );
+}
