@@ -57,19 +57,8 @@ enum Command {
         /// PEM private key (RSA -> RS256, P-256 -> ES256).
         #[arg(long)]
         key: PathBuf,
-        #[arg(long)]
-        kid: Option<String>,
-        /// Space-separated scopes.
-        #[arg(long, default_value = "")]
-        scope: String,
-        #[arg(long, default_value = mint::DEFAULT_ISSUER)]
-        iss: String,
-        #[arg(long, default_value = mint::DEFAULT_AUDIENCE)]
-        aud: String,
-        #[arg(long, default_value = "scopegate-user")]
-        sub: String,
-        #[arg(long, default_value = "1h", value_parser = mint::parse_duration)]
-        ttl: std::time::Duration,
+        #[command(flatten)]
+        request: mint::TokenRequest,
     },
     /// Generate an RSA-2048 signing key and the JWKS that publishes it (for local testing).
     Keygen {
@@ -166,25 +155,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", explain::explain(&snap, &method, &target, creds));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token {
-            key,
-            kid,
-            scope,
-            iss,
-            aud,
-            sub,
-            ttl,
-        } => {
+        Command::Token { key, request } => {
             let pem = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
-            let req = mint::TokenRequest {
-                kid,
-                scope,
-                iss,
-                aud,
-                sub,
-                ttl,
-            };
-            println!("{}", mint::mint(&pem, &req, snapshot::unix_now())?);
+            println!("{}", mint::mint(&pem, &request, snapshot::unix_now())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen {

@@ -13,13 +13,21 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 pub const DEFAULT_ISSUER: &str = "https://issuer.scopegate.local/";
 pub const DEFAULT_AUDIENCE: &str = "https://contacts.example";
 
-#[derive(Debug, Clone)]
+/// The claims of a minted token; also the options of `scopegate token`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct TokenRequest {
+    #[arg(long)]
     pub kid: Option<String>,
+    /// Space-separated scopes.
+    #[arg(long, default_value = "")]
     pub scope: String,
+    #[arg(long, default_value = DEFAULT_ISSUER)]
     pub iss: String,
+    #[arg(long, default_value = DEFAULT_AUDIENCE)]
     pub aud: String,
+    #[arg(long, default_value = "scopegate-user")]
     pub sub: String,
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
 }
 
