@@ -189,11 +189,7 @@ fn route_table(snap: &snapshot::Snapshot) -> String {
         "UPSTREAM".to_string(),
     ]];
     for r in &snap.routes {
-        let methods = r
-            .label
-            .split_once(' ')
-            .map(|(m, _)| m.to_string())
-            .unwrap_or_default();
+        let methods = snapshot::method_list(&r.methods);
         let requires = if r.public {
             "public".to_string()
         } else {

@@ -367,7 +367,7 @@ impl ProxyHttp for ScopeGate {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        _ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
@@ -385,9 +385,6 @@ impl ProxyHttp for ScopeGate {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        if ctx.snapshot.is_some() && ctx.decision != "allowed" && ctx.decision != "public" {
-            ctx.decision = "bad_request";
-        }
         if code > 0 {
             let resp = match code {
                 502 => {

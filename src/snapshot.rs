@@ -138,6 +138,19 @@ fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
     })
 }
 
+/// `GET,POST` as routes name their methods in labels and tables; `ANY` for every method.
+pub fn method_list(methods: &[Method]) -> String {
+    if methods.is_empty() {
+        "ANY".to_string()
+    } else {
+        methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// Quote a string for a `WWW-Authenticate` parameter (RFC 9110 §5.6.4).
 pub fn quoted(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -448,15 +461,7 @@ pub fn build_with(
                 ));
             }
         }
-        let label_methods = if methods.is_empty() {
-            "ANY".to_string()
-        } else {
-            methods
-                .iter()
-                .map(Method::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let label_methods = method_list(&methods);
         // GET also covers HEAD (RFC 9110 §9.3.2), unless HEAD has a route of its own.
         let mut lookup_methods = methods.clone();
         if methods.contains(&Method::GET) && !paths_with_head.contains(path.as_str()) {

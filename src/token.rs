@@ -310,7 +310,7 @@ pub fn verify(
 
 /// Render a claim as a header value: strings as they are, arrays of strings space-separated,
 /// anything else as JSON.
-pub fn claim_text(value: &Value) -> String {
+fn claim_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Array(items) if items.iter().all(Value::is_string) => items

@@ -555,13 +555,6 @@ pub fn merge_jwks(docs: &[&str]) -> String {
     json!({ "keys": keys }).to_string()
 }
 
-/// A JWKS document with the given key under another `kid`.
-pub fn with_kid(jwks: &str, kid: &str) -> String {
-    let mut v: Value = serde_json::from_str(jwks).unwrap();
-    v["keys"][0]["kid"] = json!(kid);
-    v.to_string()
-}
-
 /// Run `scopegate check` on a config text; returns (exit ok, stdout, stderr).
 pub fn check(
     config_text: &str,
