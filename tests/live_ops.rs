@@ -428,3 +428,30 @@ fn listen_and_threads_changes_wait_for_a_restart() {
         "{log}"
     );
 }
+
+#[test]
+fn upstream_failures_are_counted_as_errors_of_allowed_requests() {
+    let (port, admin) = (free_port(), free_port());
+    let p = Proxy::start(
+        &config_full(port, Some(admin), &[dead_addr()], &file_issuer(), ""),
+        port,
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            p.get("/contacts", Some(&token("read:contacts"))).status,
+            502
+        );
+    }
+    let counted = || {
+        let t = metrics_text(admin);
+        metric(
+            &t,
+            "scopegate_upstream_responses_total{class=\"error\",upstream=\"contacts\"}",
+        ) == 3.0
+            && metric(
+                &t,
+                "scopegate_requests_total{decision=\"allowed\",route=\"GET /contacts\"}",
+            ) == 3.0
+    };
+    assert!(eventually(5, counted), "{}", metrics_text(admin));
+}
