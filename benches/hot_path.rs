@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
+use scopegate::cli::mint;
+use scopegate::compile::build;
 use scopegate::config::{parse, Source};
-use scopegate::snapshot::{build, unix_now, Snapshot};
-use scopegate::{decision, mint, path, token};
+use scopegate::snapshot::{unix_now, Snapshot};
+use scopegate::{auth, decision, routing::path};
 
 const ISS: &str = "https://issuer.bench/";
 const AUD: &str = "https://api.bench";
@@ -92,8 +94,13 @@ fn tokens(c: &mut Criterion) {
     g.bench_function("rs256_uncached", |b| {
         b.iter(|| {
             black_box(
-                token::verify(black_box(rsa_token.as_bytes()), &rsa_snap.issuers, &[], now)
-                    .unwrap(),
+                auth::jwt::verify(
+                    black_box(rsa_token.as_bytes()),
+                    &rsa_snap.verifier.issuers,
+                    &[],
+                    now,
+                )
+                .unwrap(),
             )
         })
     });
@@ -102,16 +109,23 @@ fn tokens(c: &mut Criterion) {
     g.bench_function("es256_uncached", |b| {
         b.iter(|| {
             black_box(
-                token::verify(black_box(ec_token.as_bytes()), &ec_snap.issuers, &[], now).unwrap(),
+                auth::jwt::verify(
+                    black_box(ec_token.as_bytes()),
+                    &ec_snap.verifier.issuers,
+                    &[],
+                    now,
+                )
+                .unwrap(),
             )
         })
     });
-    rsa_snap.verify_token(rsa_token.as_bytes()).unwrap();
+    rsa_snap.verifier.verify(rsa_token.as_bytes(), now).unwrap();
     g.bench_function("rs256_cache_hit", |b| {
         b.iter(|| {
             black_box(
                 rsa_snap
-                    .verify_token(black_box(rsa_token.as_bytes()))
+                    .verifier
+                    .verify(black_box(rsa_token.as_bytes()), now)
                     .unwrap(),
             )
         })
@@ -130,27 +144,28 @@ fn whole_decision(c: &mut Criterion) {
         HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
     );
     headers.insert(http::header::HOST, HeaderValue::from_static("api.bench"));
+    let now = unix_now();
     let mut g = c.benchmark_group("decide");
     g.bench_function("allowed_cached_token_1000_routes", |b| {
         b.iter(|| {
-            let d = decision::decide(
-                &snap,
-                &Method::DELETE,
-                black_box("/svc10/items/42"),
-                &headers,
-            );
-            assert!(matches!(d, decision::Decision::Forward { .. }));
+            let req = decision::Request {
+                method: &Method::DELETE,
+                path: black_box("/svc10/items/42"),
+                headers: &headers,
+            };
+            let d = decision::decide(&snap, req, now);
+            assert!(matches!(d, decision::Decision::Forward(_)));
             black_box(d);
         })
     });
     g.bench_function("forbidden_cached_token_1000_routes", |b| {
         b.iter(|| {
-            black_box(decision::decide(
-                &snap,
-                &Method::DELETE,
-                black_box("/svc99/items/42"),
-                &headers,
-            ))
+            let req = decision::Request {
+                method: &Method::DELETE,
+                path: black_box("/svc99/items/42"),
+                headers: &headers,
+            };
+            black_box(decision::decide(&snap, req, now))
         })
     });
     g.finish();

@@ -15,8 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use scopegate::demo::{EchoRequest, EchoResponse, Handler};
-use scopegate::mint;
+#[path = "../tests/common/echo.rs"]
+mod echo;
+use echo::{EchoRequest, EchoResponse, Handler};
+use scopegate::cli::mint;
 
 const ISS: &str = "https://issuer.bench/";
 const AUD: &str = "https://api.bench";
@@ -178,7 +180,7 @@ fn upstream_main(port: u16) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
-        scopegate::demo::serve(listener, handler).await;
+        echo::serve(listener, handler).await;
     });
 }
 

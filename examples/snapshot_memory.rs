@@ -32,7 +32,7 @@ fn main() {
         mb(CUR.load(Relaxed)),
         mb(PEAK.load(Relaxed))
     );
-    let snap = scopegate::snapshot::build(&loaded, 1).unwrap();
+    let snap = scopegate::compile::build(&loaded, 1).unwrap();
     println!(
         "after build: cur {:.1} MB peak {:.1} MB",
         mb(CUR.load(Relaxed)),

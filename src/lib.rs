@@ -1,22 +1,15 @@
 //! scopegate: an edge reverse proxy that enforces OAuth 2.0 scopes from JWT access tokens.
 //!
-//! Flow: config file -> `config` (plain data) -> `snapshot` (compiled, immutable) -> per request
-//! `decision::decide` -> `proxy` carries it out.
+//! One direction of flow, and the tree shows it:
+//! `config` (plain data) -> `compile` -> {`auth`, `routing`, `upstream`} -> `snapshot` ->
+//! `decision` -> `edge` (Pingora) -> the binary (`cli`, `main.rs`).
 
-pub mod admin;
-pub mod cache;
+pub mod auth;
+pub mod cli;
+pub mod compile;
 pub mod config;
 pub mod decision;
-pub mod demo;
-pub mod explain;
-pub mod jwks;
-pub mod keys;
-pub mod metrics;
-pub mod mint;
-pub mod path;
-pub mod proxy;
-pub mod reload;
-pub mod router;
-pub mod server;
+pub mod edge;
+pub mod routing;
 pub mod snapshot;
-pub mod token;
+pub mod upstream;

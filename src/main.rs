@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use scopegate::{config, explain, mint, server, snapshot};
+use scopegate::cli::{demo, explain, mint, table};
+use scopegate::{compile, config, edge, snapshot};
 
 // Pingora allocates per request (headers, buffers); glibc malloc was ~13% of the proxy's CPU
 // under bench/load.sh, mimalloc is markedly cheaper there.
@@ -106,7 +107,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => {
             init_logging();
             let path = config.unwrap_or_else(config::default_path);
-            if let Err(e) = server::run(&path) {
+            if let Err(e) = edge::server::run(&path) {
                 eprintln!("{e}");
                 return Ok(ExitCode::FAILURE);
             }
@@ -114,14 +115,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config } => {
             let path = config.unwrap_or_else(config::default_path);
-            match server::load_snapshot(&path, 1) {
+            match compile::load(&path, 1) {
                 Ok(snap) => {
-                    print!("{}", route_table(&snap));
+                    print!("{}", table::route_table(&snap));
                     println!(
                         "{}: ok ({} routes, {} issuers, {} upstreams)",
                         path.display(),
                         snap.routes.len(),
-                        snap.issuers.len(),
+                        snap.verifier.issuers.len(),
                         snap.upstreams.len()
                     );
                     Ok(ExitCode::SUCCESS)
@@ -140,7 +141,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             scopes,
         } => {
             let path = config.unwrap_or_else(config::default_path);
-            let snap = match server::load_snapshot(&path, 1) {
+            let snap = match compile::load(&path, 1) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{e}");
@@ -175,61 +176,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo { listen } => {
             init_logging();
-            scopegate::demo::run(&listen)?;
+            demo::run(&listen)?;
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn route_table(snap: &snapshot::Snapshot) -> String {
-    let mut rows = vec![[
-        "METHODS".to_string(),
-        "PATH".to_string(),
-        "REQUIRES".to_string(),
-        "UPSTREAM".to_string(),
-    ]];
-    for r in &snap.routes {
-        let methods = snapshot::method_list(&r.methods);
-        let requires = if r.public {
-            "public".to_string()
-        } else {
-            let mut parts = Vec::new();
-            if !r.required.all.is_empty() {
-                parts.push(r.required.all.join(" "));
-            }
-            if !r.required.any.is_empty() {
-                parts.push(format!("one of ({})", r.required.any.join(" | ")));
-            }
-            if parts.is_empty() {
-                "any valid token".to_string()
-            } else {
-                parts.join(" + ")
-            }
-        };
-        rows.push([
-            methods,
-            r.path.clone(),
-            requires,
-            snap.upstreams[r.upstream].name.clone(),
-        ]);
-    }
-    let widths: Vec<usize> = (0..4)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line = format!(
-            "{:w0$}  {:w1$}  {:w2$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        );
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }

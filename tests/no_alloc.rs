@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use http::Method;
 use scopegate::config::{parse, Source};
-use scopegate::router::Lookup;
+use scopegate::routing::Lookup;
 
 struct Counting;
 
@@ -54,7 +54,7 @@ fn normalize_and_lookup_of_a_normalized_path_do_not_allocate() {
         PathBuf::from("."),
     )
     .unwrap();
-    let snap = scopegate::snapshot::build(&loaded, 1).unwrap();
+    let snap = scopegate::compile::build(&loaded, 1).unwrap();
     assert_eq!(snap.routes.len(), 10_000);
 
     for (method, path, found) in [
@@ -64,7 +64,7 @@ fn normalize_and_lookup_of_a_normalized_path_do_not_allocate() {
         (Method::GET, "/nowhere/at/all", false),
     ] {
         let before = allocations();
-        let p = scopegate::path::normalize(path).unwrap();
+        let p = scopegate::routing::normalize(path).unwrap();
         let lookup = snap.router.lookup(&method, &p);
         let after = allocations();
         assert_eq!(matches!(lookup, Lookup::Found(_)), found, "{path}");
@@ -72,7 +72,7 @@ fn normalize_and_lookup_of_a_normalized_path_do_not_allocate() {
     }
     // The counter does count: a path that needs normalizing is rebuilt.
     let before = allocations();
-    let p = scopegate::path::normalize("/svc1/./items/../items/7").unwrap();
+    let p = scopegate::routing::normalize("/svc1/./items/../items/7").unwrap();
     assert_eq!(p, "/svc1/items/7");
     assert!(allocations() > before);
 }

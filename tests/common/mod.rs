@@ -13,7 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use scopegate::demo::{spawn_upstream, EchoRequest, EchoResponse, Handler};
+mod echo;
+pub use echo::{
+    spawn_upstream, spawn_upstream_on, EchoRequest, EchoResponse, Handler, UpstreamHandle,
+};
 use serde_json::{json, Value};
 
 pub const ISS: &str = "https://issuer.test/";
@@ -29,7 +32,7 @@ pub struct TestKey {
 pub fn key() -> &'static TestKey {
     static KEY: OnceLock<TestKey> = OnceLock::new();
     KEY.get_or_init(|| {
-        let (pem, jwks) = scopegate::mint::generate_rsa_key(KID);
+        let (pem, jwks) = scopegate::cli::mint::generate_rsa_key(KID);
         TestKey { pem, jwks }
     })
 }
@@ -38,7 +41,7 @@ pub fn key() -> &'static TestKey {
 pub fn other_key() -> &'static TestKey {
     static KEY: OnceLock<TestKey> = OnceLock::new();
     KEY.get_or_init(|| {
-        let (pem, jwks) = scopegate::mint::generate_rsa_key(KID);
+        let (pem, jwks) = scopegate::cli::mint::generate_rsa_key(KID);
         TestKey { pem, jwks }
     })
 }
@@ -487,7 +490,7 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 
 /// A JWKS (and OIDC discovery) server whose document can be swapped, counting its hits.
 pub struct JwksServer {
-    pub handle: scopegate::demo::UpstreamHandle,
+    pub handle: UpstreamHandle,
     pub jwks: Arc<std::sync::Mutex<String>>,
     pub hits: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -520,7 +523,7 @@ impl JwksServer {
                 delay: None,
             }
         });
-        let handle = scopegate::demo::spawn_upstream_on(listener, handler).unwrap();
+        let handle = spawn_upstream_on(listener, handler).unwrap();
         JwksServer {
             handle,
             jwks: doc,
@@ -586,7 +589,7 @@ pub fn path_str(p: &Path) -> String {
 
 /// A new RSA key under `kid` (not cached: each call is a new key).
 pub fn fresh_key(kid: &str) -> TestKey {
-    let (pem, jwks) = scopegate::mint::generate_rsa_key(kid);
+    let (pem, jwks) = scopegate::cli::mint::generate_rsa_key(kid);
     TestKey { pem, jwks }
 }
 

@@ -2,21 +2,24 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
-use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use super::metrics::Metrics;
+use super::LiveConfig;
 
 pub struct Admin {
-    pub live: Arc<ArcSwap<Snapshot>>,
+    pub live: LiveConfig,
     pub metrics: Arc<Metrics>,
 }
 
-fn reply(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+pub(super) fn reply(
+    status: u16,
+    content_type: &str,
+    body: impl Into<Vec<u8>>,
+) -> Response<Vec<u8>> {
     let body = body.into();
     Response::builder()
         .status(status)
@@ -34,8 +37,9 @@ impl ServeHttp for Admin {
         match path.as_str() {
             "/healthz" => reply(200, "text/plain", "ok\n"),
             "/readyz" => {
-                let snapshot = self.live.load();
-                if snapshot.keys_ready() {
+                let live = self.live.load();
+                let snapshot = &live.snapshot;
+                if snapshot.verifier.keys_ready() {
                     reply(
                         200,
                         "text/plain",
@@ -43,6 +47,7 @@ impl ServeHttp for Admin {
                     )
                 } else {
                     let waiting: Vec<&str> = snapshot
+                        .verifier
                         .issuers
                         .iter()
                         .filter(|i| !i.keys.is_loaded())

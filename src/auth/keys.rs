@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn unusable_keys_are_skipped_not_fatal() {
-        let (_, good) = crate::mint::generate_rsa_key("good");
+        let (_, good) = crate::cli::mint::generate_rsa_key("good");
         let good: serde_json::Value = serde_json::from_str(&good).unwrap();
         let mut enc = good["keys"][0].clone();
         enc["kid"] = "enc".into();
@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn kid_and_algorithm_select_keys() {
-        let (_, jwks) = crate::mint::generate_rsa_key("a");
+        let (_, jwks) = crate::cli::mint::generate_rsa_key("a");
         let (set, _) = KeySet::from_jwks(jwks.as_bytes()).unwrap();
         assert!(matches!(set.find(Some("a"), Algorithm::RS256), KeyMatch::Keys(k) if k.len() == 1));
         assert!(matches!(

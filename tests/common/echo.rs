@@ -1,17 +1,13 @@
-//! `scopegate demo`, and the small HTTP/1.1 server behind it: a contacts API that answers in
-//! JSON and echoes what it received (method, path, headers), so the demo shows exactly what the
-//! proxy forwarded. Tests and the load bench use the same server as their upstream.
+//! The tests' upstream: a small HTTP/1.1 server (keep-alive, Content-Length bodies) that hands
+//! each request to a handler, so a test sees exactly what the proxy forwarded. Test code only.
+#![allow(dead_code)]
 
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-use crate::mint;
 
 /// A request as the upstream received it.
 #[derive(Debug, Clone)]
@@ -51,36 +47,6 @@ pub struct EchoResponse {
 }
 
 pub type Handler = Arc<dyn Fn(&EchoRequest) -> EchoResponse + Send + Sync>;
-
-/// The demo contacts API: a few routes, each answer carrying the echo of the request.
-pub fn contacts_handler() -> Handler {
-    Arc::new(|req: &EchoRequest| {
-        let path = req.target.split('?').next().unwrap_or("");
-        let (status, data) = match (req.method.as_str(), path) {
-            ("GET" | "HEAD", "/contacts") => (
-                200,
-                serde_json::json!([{"id": 1, "name": "Ada Lovelace"}, {"id": 2, "name": "Alan Turing"}]),
-            ),
-            ("GET" | "HEAD", p) if p.starts_with("/contacts/") => (
-                200,
-                serde_json::json!({"id": &p[10..], "name": "Ada Lovelace"}),
-            ),
-            ("POST", "/contacts") => (201, serde_json::json!({"created": true})),
-            ("DELETE", p) if p.starts_with("/contacts/") => {
-                (200, serde_json::json!({"deleted": &p[10..]}))
-            }
-            (_, "/health") => (200, serde_json::json!({"status": "ok"})),
-            _ => (404, serde_json::json!({"error": "not found"})),
-        };
-        let body = serde_json::json!({ "data": data, "upstream_saw": req.to_json() });
-        EchoResponse {
-            status,
-            body: body.to_string().into_bytes(),
-            headers: Vec::new(),
-            delay: None,
-        }
-    })
-}
 
 /// Serve HTTP/1.1 (keep-alive, Content-Length bodies) with `handler` until the task is dropped.
 pub async fn serve(listener: TcpListener, handler: Handler) {
@@ -253,84 +219,3 @@ pub fn spawn_upstream_on(
 pub fn spawn_upstream(handler: Handler) -> std::io::Result<SocketAddr> {
     Ok(spawn_upstream_on(std::net::TcpListener::bind("127.0.0.1:0")?, handler)?.detach())
 }
-
-fn table(v: Option<&mut toml::Value>) -> anyhow::Result<&mut toml::Table> {
-    v.and_then(toml::Value::as_table_mut)
-        .ok_or_else(|| anyhow::anyhow!("config/scopegate.toml changed shape"))
-}
-
-/// The example shipped in `config/`: the demo runs exactly these routes.
-const EXAMPLE_CONFIG: &str = include_str!("../config/scopegate.toml");
-
-/// Write the demo's config (the shipped example, pointed at `listen` and `upstream`), key and
-/// JWKS into `dir`.
-pub fn write_demo_files(dir: &Path, listen: &str, upstream: SocketAddr) -> anyhow::Result<()> {
-    let (pem, jwks) = mint::generate_rsa_key("demo-key");
-    std::fs::write(dir.join("signing-key.pem"), pem)?;
-    std::fs::write(dir.join("jwks.json"), jwks)?;
-    let mut config: toml::Table = toml::from_str(EXAMPLE_CONFIG)?;
-    table(config.get_mut("server"))?.insert("listen".into(), listen.into());
-    let upstreams = table(config.get_mut("upstreams"))?;
-    table(upstreams.get_mut("contacts"))?
-        .insert("servers".into(), vec![upstream.to_string()].into());
-    let text = format!(
-        "# Written by `scopegate demo` from config/scopegate.toml.\n{}",
-        toml::to_string(&config)?
-    );
-    std::fs::write(dir.join("scopegate.toml"), text)?;
-    Ok(())
-}
-
-pub fn run(listen: &str) -> anyhow::Result<()> {
-    let upstream = spawn_upstream(contacts_handler())?;
-    let dir = std::env::temp_dir().join(format!("scopegate-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    write_demo_files(&dir, listen, upstream)?;
-    let pem = std::fs::read(dir.join("signing-key.pem"))?;
-    let now = crate::snapshot::unix_now();
-    let token = |scope: &str| {
-        let req = mint::TokenRequest {
-            kid: Some("demo-key".into()),
-            scope: scope.into(),
-            iss: mint::DEFAULT_ISSUER.into(),
-            aud: mint::DEFAULT_AUDIENCE.into(),
-            sub: "demo-user".into(),
-            ttl: Duration::from_secs(3600),
-        };
-        mint::mint(&pem, &req, now)
-    };
-    let reader = token("read:contacts")?;
-    let admin = token("read:contacts write:contacts delete:contacts")?;
-    let base = format!("http://{listen}");
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        r#"
-scopegate demo: proxy on {base} in front of a demo contacts API on {upstream}
-config, key and JWKS in {dir}
-
-  # 200: the token carries read:contacts
-  curl -i {base}/contacts -H "Authorization: Bearer {reader}"
-
-  # 401: no token
-  curl -i {base}/contacts
-
-  # 403: a read-only token cannot delete (needs delete:contacts)
-  curl -i -X DELETE {base}/contacts/1 -H "Authorization: Bearer {reader}"
-
-  # 200: this token carries delete:contacts
-  curl -i -X DELETE {base}/contacts/1 -H "Authorization: Bearer {admin}"
-
-  # 200 without a token: /health is a public route
-  curl -i {base}/health
-
-  # mint your own: scopegate token --key {key} --kid demo-key --scope "read:contacts"
-"#,
-        dir = dir.display(),
-        key = dir.join("signing-key.pem").display(),
-    )?;
-    drop(out);
-    server::run_or_exit(&dir.join("scopegate.toml"))
-}
-
-use crate::server;

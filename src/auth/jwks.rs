@@ -2,18 +2,10 @@
 //! Cache-Control max-age (clamped), and at once on an unknown `kid` (single flight, at most once
 //! per cooldown). A failed fetch keeps the last good keys.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
-
-use crate::keys::{FetchState, KeySet, KeySource, KeyStore};
-use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
-use crate::token::Issuer;
+use super::keys::{FetchState, KeySet, KeySource, KeyStore};
+use super::Issuer;
 
 /// How often one issuer's keys are fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,20 +36,24 @@ pub fn max_age(cache_control: &str) -> Option<Duration> {
     })
 }
 
+/// Told of every fetch's result (the edge counts them in `scopegate_jwks_refreshes_total`).
+pub type FetchObserver = Box<dyn Fn(&str, bool) + Send + Sync>;
+
 pub struct JwksFetcher {
     http: reqwest::Client,
-    metrics: Arc<Metrics>,
+    observe: FetchObserver,
 }
 
 impl JwksFetcher {
-    pub fn new(metrics: Arc<Metrics>) -> JwksFetcher {
+    /// `observe(issuer, ok)` is called after each fetch.
+    pub fn new(observe: FetchObserver) -> JwksFetcher {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(3))
             .user_agent(concat!("scopegate/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("HTTP client");
-        JwksFetcher { http, metrics }
+        JwksFetcher { http, observe }
     }
 
     async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), String> {
@@ -149,7 +145,7 @@ impl JwksFetcher {
                     .clamp(issuer.refresh.min, issuer.refresh.max);
                 state.next_due = Some(Instant::now() + every);
                 state.failures = 0;
-                self.metrics.jwks_refresh(&issuer.issuer, true);
+                (self.observe)(&issuer.issuer, true);
                 tracing::info!(issuer = %issuer.issuer, keys = n, next_refresh_s = every.as_secs(), "JWKS loaded");
                 true
             }
@@ -158,23 +154,24 @@ impl JwksFetcher {
                 // Discovery may have moved the JWKS: look it up again next time.
                 state.jwks_uri = None;
                 state.next_due = Some(Instant::now() + backoff(&issuer.refresh, state.failures));
-                self.metrics.jwks_refresh(&issuer.issuer, false);
+                (self.observe)(&issuer.issuer, false);
                 tracing::warn!(issuer = %issuer.issuer, error = %e, "JWKS fetch failed; keeping the last good keys");
                 false
             }
         }
     }
 
-    /// Periodic refresh: fetch when due (or never loaded).
-    pub async fn refresh_if_due(&self, issuer: &Issuer) {
+    /// Periodic refresh: fetch when due (or never loaded). Returns when the next one is due
+    /// (`None` for keys that are not fetched).
+    pub async fn refresh_if_due(&self, issuer: &Issuer) -> Option<Instant> {
         if !issuer.keys.is_remote() {
-            return;
+            return None;
         }
         let mut state = issuer.keys.fetch.lock().await;
-        if state.next_due.is_some_and(|due| Instant::now() < due) {
-            return;
+        if state.next_due.is_none_or(|due| Instant::now() >= due) {
+            self.fetch_locked(issuer, &mut state).await;
         }
-        self.fetch_locked(issuer, &mut state).await;
+        state.next_due
     }
 
     /// A token named a `kid` we do not have. Refetch once, shared by every request waiting on
@@ -199,32 +196,6 @@ impl JwksFetcher {
         }
         state.last_forced = Some(Instant::now());
         self.fetch_locked(issuer, &mut state).await && store.version() != seen_version
-    }
-}
-
-/// The background service that keeps every remote key set fresh.
-pub struct KeyRefresher {
-    pub live: Arc<ArcSwap<Snapshot>>,
-    pub fetcher: Arc<JwksFetcher>,
-}
-
-#[async_trait]
-impl BackgroundService for KeyRefresher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            let snapshot = self.live.load_full();
-            // Concurrently: one slow provider must not hold up the others.
-            let mut fetches = tokio::task::JoinSet::new();
-            for i in 0..snapshot.issuers.len() {
-                let (snapshot, fetcher) = (snapshot.clone(), self.fetcher.clone());
-                fetches.spawn(async move { fetcher.refresh_if_due(&snapshot.issuers[i]).await });
-            }
-            while fetches.join_next().await.is_some() {}
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
     }
 }
 

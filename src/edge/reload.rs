@@ -9,24 +9,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use notify::{RecursiveMode, Watcher};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::sync::Mutex;
 
+use super::metrics::Metrics;
+use super::{Live, LiveConfig};
 use crate::config::{self, ConfigError};
-use crate::keys::KeySource;
-use crate::metrics::Metrics;
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::{ProcessSettings, Snapshot};
 
 /// Changes often come as several events (write, rename, chmod): wait for them to settle.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
 pub struct Reloader {
     pub path: PathBuf,
-    pub live: Arc<ArcSwap<Snapshot>>,
+    pub live: LiveConfig,
     pub metrics: Arc<Metrics>,
     /// Fingerprint of what the running snapshot was built from, to skip no-op reloads.
     fingerprint: Mutex<u64>,
@@ -37,33 +36,16 @@ fn fingerprint(path: &Path, snapshot: Option<&Snapshot>) -> u64 {
     let mut h = DefaultHasher::new();
     std::fs::read(path).unwrap_or_default().hash(&mut h);
     if let Some(s) = snapshot {
-        for f in key_files(s) {
+        for f in s.source_files() {
             std::fs::read(&f).unwrap_or_default().hash(&mut h);
         }
     }
     h.finish()
 }
 
-/// Files besides the config that a snapshot was built from: jwks_files and the TLS pair.
-fn key_files(s: &Snapshot) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = s
-        .issuers
-        .iter()
-        .filter_map(|i| match &i.keys.source {
-            KeySource::File(p) => Some(p.clone()),
-            _ => None,
-        })
-        .collect();
-    if let Some(t) = &s.tls {
-        files.push(t.cert.clone());
-        files.push(t.key.clone());
-    }
-    files
-}
-
 impl Reloader {
-    pub fn new(path: PathBuf, live: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Reloader {
-        let fp = fingerprint(&path, Some(&live.load()));
+    pub fn new(path: PathBuf, live: LiveConfig, metrics: Arc<Metrics>) -> Reloader {
+        let fp = fingerprint(&path, Some(&live.load().snapshot));
         Reloader {
             path,
             live,
@@ -76,47 +58,46 @@ impl Reloader {
     pub async fn reload(&self, force: bool) -> Result<bool, ConfigError> {
         let mut fp = self.fingerprint.lock().await;
         let current = self.live.load_full();
-        let new_fp = fingerprint(&self.path, Some(&current));
-        if !force && new_fp == *fp {
-            return Ok(false);
-        }
         let started = std::time::Instant::now();
-        let result = config::load(&self.path).and_then(|loaded| {
-            snapshot::build_with(&loaded, current.generation + 1, &current.key_stores())
-        });
-        crate::server::release_freed_memory();
-        match result {
-            Ok(next) => {
-                for (what, old, new) in [
-                    (
-                        "server.listen",
-                        format!("{:?}", current.listen),
-                        format!("{:?}", next.listen),
-                    ),
-                    (
-                        "server.admin_listen",
-                        format!("{:?}", current.admin_listen),
-                        format!("{:?}", next.admin_listen),
-                    ),
-                    (
-                        "server.threads",
-                        current.threads.to_string(),
-                        next.threads.to_string(),
-                    ),
-                    (
-                        "server.tls (on/off)",
-                        current.tls.is_some().to_string(),
-                        next.tls.is_some().to_string(),
-                    ),
-                ] {
-                    if old != new {
-                        tracing::warn!(setting = what, running = %old, configured = %new, "this setting applies at the next restart");
-                    }
-                }
-                let generation = next.generation;
-                let routes = next.routes.len();
+        let (path, running, unchanged_fp) = (self.path.clone(), current.clone(), *fp);
+        // Reading files and resolving upstream names blocks: not on the runtime's thread.
+        let built = tokio::task::spawn_blocking(move || {
+            let new_fp = fingerprint(&path, Some(&running.snapshot));
+            if !force && new_fp == unchanged_fp {
+                return (new_fp, None);
+            }
+            let generation = running.snapshot.generation + 1;
+            let next = config::load(&path).and_then(|loaded| {
+                crate::compile::build_with(
+                    &loaded,
+                    generation,
+                    &running.snapshot.verifier.key_stores(),
+                )
+            });
+            super::server::release_freed_memory();
+            let next = next.map(|s| (fingerprint(&path, Some(&s)), Live::new(s)));
+            (new_fp, Some(next))
+        })
+        .await;
+        let (new_fp, next) = match built {
+            Ok((_, None)) => return Ok(false),
+            Ok((new_fp, Some(next))) => (new_fp, next),
+            Err(e) => (
+                *fp,
+                Err(ConfigError {
+                    file: self.path.display().to_string(),
+                    line: 1,
+                    col: 1,
+                    message: format!("reload failed: {e}"),
+                }),
+            ),
+        };
+        match next {
+            Ok((next_fp, next)) => {
+                warn_restart_only(&current.snapshot.process, &next.snapshot.process);
+                let (generation, routes) = (next.snapshot.generation, next.snapshot.routes.len());
                 // Files read while building count too: fingerprint what this snapshot used.
-                *fp = fingerprint(&self.path, Some(&next));
+                *fp = next_fp;
                 self.live.store(Arc::new(next));
                 self.metrics.config_reload(true);
                 self.metrics.set_generation(generation);
@@ -133,7 +114,7 @@ impl Reloader {
                 self.metrics.config_reload(false);
                 tracing::error!(
                     "config reload failed, keeping generation {}: {e}",
-                    current.generation
+                    current.snapshot.generation
                 );
                 Err(e)
             }
@@ -143,7 +124,7 @@ impl Reloader {
     /// Directories to watch: the config file's, and those of the key files it points to.
     fn watched_dirs(&self) -> Vec<PathBuf> {
         let mut dirs = vec![dir_of(&self.path)];
-        for f in key_files(&self.live.load()) {
+        for f in self.live.load().snapshot.source_files() {
             let d = dir_of(&f);
             if !dirs.contains(&d) {
                 dirs.push(d);
@@ -151,6 +132,43 @@ impl Reloader {
         }
         dirs
     }
+}
+
+/// Settings the running process keeps until restart: say which ones the file changes.
+fn warn_restart_only(running: &ProcessSettings, configured: &ProcessSettings) {
+    if running == configured {
+        return;
+    }
+    let changed = |what: &str, old: String, new: String| {
+        if old != new {
+            tracing::warn!(setting = what, running = %old, configured = %new, "this setting applies at the next restart");
+        }
+    };
+    changed(
+        "server.listen",
+        format!("{:?}", running.listen),
+        format!("{:?}", configured.listen),
+    );
+    changed(
+        "server.admin_listen",
+        format!("{:?}", running.admin_listen),
+        format!("{:?}", configured.admin_listen),
+    );
+    changed(
+        "server.threads",
+        running.threads.to_string(),
+        configured.threads.to_string(),
+    );
+    changed(
+        "server.shutdown_grace_seconds",
+        running.shutdown_grace_seconds.to_string(),
+        configured.shutdown_grace_seconds.to_string(),
+    );
+    changed(
+        "server.tls (on/off)",
+        running.tls.to_string(),
+        configured.tls.to_string(),
+    );
 }
 
 fn dir_of(p: &Path) -> PathBuf {

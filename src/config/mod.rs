@@ -1,57 +1,16 @@
 //! The user's configuration as plain data: serde structs that reject unknown keys, loaded from
 //! TOML, validated, with every error reported as `file:line:col: message`.
 //!
-//! Nothing here is read on the request path: `snapshot.rs` compiles a `Config` into a `Snapshot`.
+//! Nothing here is read on the request path: `compile` turns a `Config` into a `Snapshot`.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-/// A configuration error pointing at the place in the file that caused it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub file: String,
-    pub line: usize,
-    pub col: usize,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.col, self.message
-        )
-    }
-}
-
-/// Source text plus its name, to turn byte spans into `file:line:col` errors.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub name: String,
-    pub text: String,
-}
-
-impl Source {
-    pub fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigError {
-        let offset = span.map(|s| s.start).unwrap_or(0).min(self.text.len());
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let col = self.text[line_start..offset].chars().count() + 1;
-        ConfigError {
-            file: self.name.clone(),
-            line,
-            col,
-            message: message.into(),
-        }
-    }
-}
+mod source;
+pub use source::{default_path, load, parse, ConfigError, LoadedConfig, Source};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,59 +174,6 @@ fn default_read_timeout() -> u64 {
 }
 fn default_cache_size() -> usize {
     100_000
-}
-
-/// A parsed configuration together with the file it came from.
-#[derive(Debug, Clone)]
-pub struct LoadedConfig {
-    pub config: Config,
-    pub source: Source,
-    /// Directory that relative paths in the file are resolved against.
-    pub base_dir: PathBuf,
-}
-
-impl LoadedConfig {
-    pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
-    }
-}
-
-/// Read and parse a file. Validation that needs more than the syntax happens in `snapshot.rs`,
-/// which reports through the same `Source`.
-pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: name.clone(),
-        line: 1,
-        col: 1,
-        message: format!("cannot read config file: {e}"),
-    })?;
-    let base_dir = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    parse(Source { name, text }, base_dir)
-}
-
-pub fn parse(source: Source, base_dir: PathBuf) -> Result<LoadedConfig, ConfigError> {
-    let config: Config = toml::from_str(&source.text)
-        .map_err(|e| source.error(e.span(), e.message().trim().to_string()))?;
-    Ok(LoadedConfig {
-        config,
-        source,
-        base_dir,
-    })
-}
-
-/// Where `run`, `check` and `explain` look for the config when `--config` is not given.
-pub fn default_path() -> PathBuf {
-    std::env::var_os("SCOPEGATE_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("config/scopegate.toml"))
 }
 
 #[cfg(test)]

@@ -9,19 +9,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-/// The `decision` label values, in the order of `RouteHandles::decisions`.
-pub const DECISIONS: [&str; 7] = [
-    "allowed",
-    "public",
-    "unauthenticated",
-    "forbidden",
-    "not_found",
-    "method_not_allowed",
-    "bad_request",
-];
-
-/// The `class` label values of upstream responses.
-pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+use crate::auth::RejectionReason;
+use crate::decision::DecisionLabel;
+use crate::upstream::ResponseClass;
 
 /// Series handles for one snapshot's routes and upstreams. Each is resolved on first use, so a
 /// label set that never occurs never becomes a series, and a request only pays an atomic add.
@@ -30,12 +20,12 @@ pub struct LabelCache {
     routes: Vec<RouteHandles>,
     /// For requests that matched no route.
     none: RouteHandles,
-    upstreams: Vec<[OnceLock<IntCounter>; 6]>,
+    upstreams: Vec<[OnceLock<IntCounter>; ResponseClass::ALL.len()]>,
 }
 
 #[derive(Debug, Default)]
 struct RouteHandles {
-    decisions: [OnceLock<IntCounter>; 7],
+    decisions: [OnceLock<IntCounter>; DecisionLabel::ALL.len()],
     duration: OnceLock<Histogram>,
 }
 
@@ -53,7 +43,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
-    /// One counter per `Rejection::REASONS` entry, resolved once.
+    /// One counter per `RejectionReason`, resolved once.
     token_rejections: Vec<IntCounter>,
     upstream_responses: IntCounterVec,
     jwks_refreshes: IntCounterVec,
@@ -137,9 +127,9 @@ impl Metrics {
         registry
             .register(Box::new(config_generation.clone()))
             .unwrap();
-        let rejection_counters = crate::token::Rejection::REASONS
+        let rejection_counters = RejectionReason::ALL
             .iter()
-            .map(|reason| token_rejections.with_label_values(&[reason]))
+            .map(|reason| token_rejections.with_label_values(&[reason.as_str()]))
             .collect();
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
@@ -160,65 +150,45 @@ impl Metrics {
     /// series handles are resolved once per label set instead of hashed on every request.
     pub fn request(
         &self,
-        labels: Option<&LabelCache>,
+        labels: &LabelCache,
         route: Option<usize>,
         route_label: &str,
-        decision: &str,
+        decision: DecisionLabel,
         elapsed: Duration,
     ) {
-        let handles = labels.and_then(|l| match route {
-            Some(r) => l.routes.get(r),
-            None => Some(&l.none),
-        });
-        let slot = DECISIONS.iter().position(|d| *d == decision);
-        match (handles, slot) {
-            (Some(h), Some(i)) => {
-                h.decisions[i]
-                    .get_or_init(|| self.requests.with_label_values(&[route_label, decision]))
-                    .inc();
-                h.duration
-                    .get_or_init(|| self.duration.with_label_values(&[route_label]))
-                    .observe(elapsed.as_secs_f64());
-            }
-            _ => {
+        let handles = match route {
+            Some(r) => &labels.routes[r],
+            None => &labels.none,
+        };
+        handles.decisions[decision.index()]
+            .get_or_init(|| {
                 self.requests
-                    .with_label_values(&[route_label, decision])
-                    .inc();
-                self.duration
-                    .with_label_values(&[route_label])
-                    .observe(elapsed.as_secs_f64());
-            }
-        }
+                    .with_label_values(&[route_label, decision.as_str()])
+            })
+            .inc();
+        handles
+            .duration
+            .get_or_init(|| self.duration.with_label_values(&[route_label]))
+            .observe(elapsed.as_secs_f64());
     }
 
-    /// `reason` is one of `Rejection::REASONS`.
-    pub fn token_rejected(&self, reason: &str) {
-        match crate::token::Rejection::REASONS
-            .iter()
-            .position(|r| *r == reason)
-        {
-            Some(i) => self.token_rejections[i].inc(),
-            None => tracing::error!(reason, "unknown token rejection reason"),
-        }
+    pub fn token_rejected(&self, reason: RejectionReason) {
+        self.token_rejections[reason.index()].inc();
     }
 
     pub fn upstream_response(
         &self,
-        labels: Option<&LabelCache>,
+        labels: &LabelCache,
         upstream: usize,
         name: &str,
-        class: &str,
+        class: ResponseClass,
     ) {
-        let slot = CLASSES.iter().position(|c| *c == class);
-        match (labels.and_then(|l| l.upstreams.get(upstream)), slot) {
-            (Some(h), Some(i)) => h[i]
-                .get_or_init(|| self.upstream_responses.with_label_values(&[name, class]))
-                .inc(),
-            _ => self
-                .upstream_responses
-                .with_label_values(&[name, class])
-                .inc(),
-        }
+        labels.upstreams[upstream][class.index()]
+            .get_or_init(|| {
+                self.upstream_responses
+                    .with_label_values(&[name, class.as_str()])
+            })
+            .inc();
     }
 
     pub fn jwks_refresh(&self, issuer: &str, ok: bool) {
@@ -263,76 +233,54 @@ mod tests {
         let labels = LabelCache::new(2, 1);
         for _ in 0..3 {
             m.request(
-                Some(&labels),
+                &labels,
                 Some(1),
                 "GET /a",
-                "allowed",
+                DecisionLabel::Allowed,
                 Duration::from_micros(50),
             );
         }
         m.request(
-            Some(&labels),
+            &labels,
             None,
             "none",
-            "not_found",
+            DecisionLabel::NotFound,
             Duration::from_micros(50),
         );
+        // A second snapshot's handles land in the same series.
+        let next = LabelCache::new(2, 1);
         m.request(
-            None,
+            &next,
             Some(1),
             "GET /a",
-            "allowed",
+            DecisionLabel::Allowed,
             Duration::from_micros(50),
         );
-        m.upstream_response(Some(&labels), 0, "api", "2xx");
-        m.token_rejected("expired");
+        m.upstream_response(&labels, 0, "api", ResponseClass::Success);
+        m.token_rejected(RejectionReason::Expired);
         let text = m.render();
-        assert!(
-            text.contains("scopegate_requests_total{decision=\"allowed\",route=\"GET /a\"} 4"),
-            "{text}"
-        );
-        assert!(
-            text.contains("scopegate_requests_total{decision=\"not_found\",route=\"none\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("scopegate_request_duration_seconds_count{route=\"GET /a\"} 4"),
-            "{text}"
-        );
-        assert!(
-            text.contains("scopegate_upstream_responses_total{class=\"2xx\",upstream=\"api\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("scopegate_token_rejections_total{reason=\"expired\"} 1"),
-            "{text}"
-        );
+        for want in [
+            "scopegate_requests_total{decision=\"allowed\",route=\"GET /a\"} 4",
+            "scopegate_requests_total{decision=\"not_found\",route=\"none\"} 1",
+            "scopegate_request_duration_seconds_count{route=\"GET /a\"} 4",
+            "scopegate_upstream_responses_total{class=\"2xx\",upstream=\"api\"} 1",
+            "scopegate_token_rejections_total{reason=\"expired\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
         // Nothing resolved, nothing exported: route 0 never had a request.
         assert!(!text.contains("route=\"GET /b\""));
     }
 
     #[test]
-    fn every_decision_label_has_a_slot() {
-        use crate::decision::Decision;
-        use crate::token::Rejection;
-        let decisions = [
-            Decision::Forward {
-                route: 0,
-                path: "/".into(),
-                principal: None,
-            },
-            Decision::BadRequest { description: "" },
-            Decision::Unauthenticated {
-                rejection: Rejection::Missing,
-                route: None,
-            },
-            Decision::NotFound,
-            Decision::MethodNotAllowed { allow: "".into() },
-            Decision::Forbidden { route: 0 },
-        ];
-        for d in decisions {
-            assert!(DECISIONS.contains(&d.label()), "{}", d.label());
+    fn every_rejection_reason_is_exported_from_the_start() {
+        let text = Metrics::new().render();
+        for r in RejectionReason::ALL {
+            let series = format!(
+                "scopegate_token_rejections_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(text.contains(&series), "{series}");
         }
-        assert!(DECISIONS.contains(&"allowed"));
     }
 }

@@ -1,18 +1,17 @@
-//! The verified-token cache: a token that passed signature and claim checks is remembered until
+//! The verified-token cache: a token that passed signature and time checks is remembered until
 //! its `exp` (never beyond), so a client reusing its token costs a hash lookup instead of an RSA
 //! verification.
 //!
-//! TinyUFO (`pingora-memory-cache`) is used because it is Pingora's own lock-free cache with an
+//! TinyUFO (the cache under Pingora's own memory cache) is used because it is lock-free with an
 //! admission policy (TinyLFU) that keeps a flood of one-off tokens from evicting the hot ones.
 //! It keys entries by a 64-bit hash, so each entry keeps the token bytes and a hit is only a
 //! hit when they are equal: a hash collision can never lend one token's identity to another.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use pingora_memory_cache::MemoryCache;
+use tinyufo::TinyUfo;
 
-use crate::token::Principal;
+use super::Principal;
 
 #[derive(Clone)]
 struct Entry {
@@ -23,7 +22,8 @@ struct Entry {
 }
 
 pub struct TokenCache {
-    inner: Option<MemoryCache<Vec<u8>, Entry>>,
+    inner: Option<TinyUfo<u64, Entry>>,
+    hasher: ahash::RandomState,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -38,7 +38,8 @@ impl TokenCache {
     /// A cache of at most `capacity` tokens; 0 disables caching.
     pub fn new(capacity: usize) -> TokenCache {
         TokenCache {
-            inner: (capacity > 0).then(|| MemoryCache::new(capacity)),
+            inner: (capacity > 0).then(|| TinyUfo::new(capacity, capacity)),
+            hasher: ahash::RandomState::new(),
         }
     }
 
@@ -51,8 +52,7 @@ impl TokenCache {
         key_version_of: impl Fn(usize) -> u64,
     ) -> Option<Arc<Principal>> {
         let cache = self.inner.as_ref()?;
-        let (entry, _) = cache.get(token);
-        let entry = entry?;
+        let entry = cache.get(&self.hasher.hash_one(token))?;
         if *entry.token != *token || now >= entry.principal.exp {
             return None;
         }
@@ -66,8 +66,7 @@ impl TokenCache {
         let Some(cache) = self.inner.as_ref() else {
             return;
         };
-        let ttl = principal.exp.saturating_sub(now);
-        if ttl == 0 {
+        if principal.exp <= now {
             return;
         }
         let entry = Entry {
@@ -75,6 +74,6 @@ impl TokenCache {
             principal,
             key_version,
         };
-        cache.put(token, entry, Some(Duration::from_secs(ttl)));
+        cache.put(self.hasher.hash_one(token), entry, 1);
     }
 }

@@ -1,0 +1,254 @@
+//! JWS validation: the signature with the issuer's keys, `iss`, `exp`, `nbf`, then what the
+//! token grants (scopes, audiences, claim headers). Which audience a route wants is the
+//! caller's business (`Principal::has_audience`), so one verified token serves every API.
+//! Every failure is a typed `Rejection`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::Algorithm;
+use serde_json::{Map, Value};
+
+use super::keys::{KeyMatch, KeyStore};
+use super::{Malformed, Rejection};
+use crate::routing::ScopeSet;
+
+/// Tokens above this size are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// A trusted issuer, compiled from the config.
+#[derive(Debug)]
+pub struct Issuer {
+    pub issuer: String,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway: u64,
+    pub scope_claims: Vec<String>,
+    pub keys: Arc<KeyStore>,
+    pub refresh: super::jwks::RefreshPolicy,
+}
+
+/// A verified token.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub issuer: usize,
+    pub sub: Option<String>,
+    pub scopes: ScopeSet,
+    pub exp: u64,
+    /// The `aud` claim: one string or an array of them.
+    pub audiences: Vec<Box<str>>,
+    /// The claim headers of `[forward] claims`, rendered once at verification (a header value
+    /// that would be invalid, e.g. with CR or LF, is left out, never sent raw).
+    pub forward_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Principal {
+    /// Whether `aud` names one of `accepted` (RFC 7519 §4.1.3).
+    pub fn has_audience<S: AsRef<str>>(&self, accepted: &[S]) -> bool {
+        self.audiences
+            .iter()
+            .any(|a| accepted.iter().any(|w| w.as_ref() == &**a))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct JoseHeader {
+    alg: String,
+    kid: Option<String>,
+    crit: Option<Value>,
+}
+
+fn b64_json<T: serde::de::DeserializeOwned>(part: &[u8], what: Malformed) -> Result<T, Rejection> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| Rejection::Malformed(what))?;
+    serde_json::from_slice(&bytes).map_err(|_| Rejection::Malformed(what))
+}
+
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, Rejection> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if f >= 0.0 && f.is_finite() => Ok(Some(f as u64)),
+            _ => Err(Rejection::Malformed(Malformed::BadNumericDate)),
+        },
+        Some(_) => Err(Rejection::Malformed(Malformed::TimeNotNumber)),
+    }
+}
+
+/// Scopes from the configured claims: a space-separated string or an array of strings.
+fn scopes_of(claims: &Map<String, Value>, names: &[String]) -> ScopeSet {
+    let mut words: Vec<&str> = Vec::new();
+    for name in names {
+        match claims.get(name) {
+            Some(Value::String(s)) => words.extend(s.split(' ')),
+            Some(Value::Array(items)) => words.extend(items.iter().filter_map(Value::as_str)),
+            _ => {}
+        }
+    }
+    ScopeSet::from_words(words)
+}
+
+/// The three parts of a compact JWS, decoded as far as the checks need.
+struct Compact<'t> {
+    header: JoseHeader,
+    claims: Map<String, Value>,
+    /// `header.payload`, the bytes the signature covers.
+    signing_input: &'t [u8],
+    signature: &'t str,
+}
+
+fn split_compact(token: &[u8]) -> Result<Compact<'_>, Rejection> {
+    if token.is_empty() {
+        return Err(Rejection::Malformed(Malformed::Empty));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(Rejection::Malformed(Malformed::TooLarge));
+    }
+    let text = std::str::from_utf8(token).map_err(|_| Rejection::Malformed(Malformed::NotAscii))?;
+    let mut parts = text.split('.');
+    let (Some(h), Some(p), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Rejection::Malformed(Malformed::NotCompact));
+    };
+    Ok(Compact {
+        header: b64_json(h.as_bytes(), Malformed::Header)?,
+        claims: b64_json(p.as_bytes(), Malformed::Payload)?,
+        signing_input: &token[..h.len() + 1 + p.len()],
+        signature,
+    })
+}
+
+/// The algorithm is allowed for this issuer and one of its keys signed the token.
+fn check_signature(jws: &Compact<'_>, issuer: &Issuer, issuer_idx: usize) -> Result<(), Rejection> {
+    // `none` does not parse as an Algorithm, so it can never be allowed.
+    let alg = Algorithm::from_str(&jws.header.alg).map_err(|_| Rejection::DisallowedAlg)?;
+    if !issuer.algorithms.contains(&alg) {
+        return Err(Rejection::DisallowedAlg);
+    }
+    // RFC 7515 §4.1.11: a recipient must reject extensions it does not understand; we know none.
+    if jws.header.crit.is_some() {
+        return Err(Rejection::Malformed(Malformed::Critical));
+    }
+    if jws.signature.is_empty() {
+        return Err(Rejection::BadSignature);
+    }
+    let keys = issuer.keys.keys();
+    let candidates = match keys.find(jws.header.kid.as_deref(), alg) {
+        KeyMatch::Keys(k) => k,
+        KeyMatch::UnknownKid => return Err(Rejection::UnknownKey(issuer_idx)),
+        // An HMAC token checked with an RSA public key's bytes is the classic alg confusion.
+        KeyMatch::WrongFamily => return Err(Rejection::DisallowedAlg),
+    };
+    let verified = candidates.iter().any(|k| {
+        jsonwebtoken::crypto::verify(jws.signature, jws.signing_input, &k.key, alg).unwrap_or(false)
+    });
+    if verified {
+        Ok(())
+    } else {
+        Err(Rejection::BadSignature)
+    }
+}
+
+/// `exp` is required and not passed, `nbf` (if any) is not ahead, both with the leeway.
+fn check_times(claims: &Map<String, Value>, leeway: u64, now: u64) -> Result<u64, Rejection> {
+    let exp = numeric_date(claims, "exp")?.ok_or(Rejection::Malformed(Malformed::NoExp))?;
+    if now >= exp.saturating_add(leeway) {
+        return Err(Rejection::Expired);
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")? {
+        if nbf > now.saturating_add(leeway) {
+            return Err(Rejection::NotYetValid);
+        }
+    }
+    Ok(exp)
+}
+
+/// Validate a compact JWS against the trusted issuers at `now` (Unix seconds).
+/// `forward_claims` (claim -> header) says which claims to render as headers for the upstream.
+pub fn verify(
+    token: &[u8],
+    issuers: &[Issuer],
+    forward_claims: &[(String, http::HeaderName)],
+    now: u64,
+) -> Result<Principal, Rejection> {
+    let jws = split_compact(token)?;
+    // The issuer is chosen by the unverified `iss`; everything it says is checked below against
+    // that issuer's own keys, so a forged `iss` only selects which keys must verify it.
+    let iss = jws
+        .claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or(Rejection::WrongIssuer)?;
+    let (issuer_idx, issuer) = issuers
+        .iter()
+        .enumerate()
+        .find(|(_, i)| i.issuer == iss)
+        .ok_or(Rejection::WrongIssuer)?;
+    check_signature(&jws, issuer, issuer_idx)?;
+    let claims = jws.claims;
+    let exp = check_times(&claims, issuer.leeway, now)?;
+    let audiences = match claims.get("aud") {
+        Some(Value::String(a)) => vec![Box::from(a.as_str())],
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(Box::from)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Principal {
+        issuer: issuer_idx,
+        sub: claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        scopes: scopes_of(&claims, &issuer.scope_claims),
+        exp,
+        audiences,
+        forward_headers: forward_claims
+            .iter()
+            .filter_map(|(claim, header)| {
+                let value = http::HeaderValue::from_str(&claim_text(claims.get(claim)?)).ok()?;
+                Some((header.clone(), value))
+            })
+            .collect(),
+    })
+}
+
+/// Render a claim as a header value: strings as they are, arrays of strings space-separated,
+/// anything else as JSON.
+fn claim_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_come_from_strings_and_arrays() {
+        let claims: Map<String, Value> = serde_json::from_str(
+            r#"{"scope":"a b","scp":["c","d e"],"permissions":["f"],"other":"g"}"#,
+        )
+        .unwrap();
+        let names = vec![
+            "scope".to_string(),
+            "scp".to_string(),
+            "permissions".to_string(),
+        ];
+        let set = scopes_of(&claims, &names);
+        let got: Vec<&str> = set.iter().collect();
+        assert_eq!(got, vec!["a", "b", "c", "d e", "f"]);
+    }
+}

@@ -1,0 +1,72 @@
+//! `Verifier::verify(token, now)`: the trusted issuers with their keys, and the cache of tokens
+//! already verified. The clock is passed in, so expiry is tested without waiting.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use super::cache::TokenCache;
+use super::keys::{KeySource, KeyStore};
+use super::{jwt, Issuer, Principal, Rejection};
+
+#[derive(Debug)]
+pub struct Verifier {
+    pub issuers: Vec<Issuer>,
+    /// claim name -> header set from it (`[forward] claims`), rendered at verification.
+    forward_claims: Vec<(String, HeaderName)>,
+    cache: TokenCache,
+}
+
+impl Verifier {
+    pub fn new(
+        issuers: Vec<Issuer>,
+        forward_claims: Vec<(String, HeaderName)>,
+        cache_size: usize,
+    ) -> Verifier {
+        Verifier {
+            issuers,
+            forward_claims,
+            cache: TokenCache::new(cache_size),
+        }
+    }
+
+    /// Validate a bearer token at `now` (Unix seconds), through the verified-token cache.
+    /// Audiences are not checked here: which one is wanted depends on the route.
+    pub fn verify(&self, token: &[u8], now: u64) -> Result<Arc<Principal>, Rejection> {
+        let version_of = |i: usize| self.issuers[i].keys.version();
+        if let Some(p) = self.cache.get(token, now, version_of) {
+            return Ok(p);
+        }
+        // Read the versions before verifying: if the keys change meanwhile, the entry is stale
+        // at once rather than attributed to the new set.
+        let versions: Vec<u64> = self.issuers.iter().map(|i| i.keys.version()).collect();
+        let principal = Arc::new(jwt::verify(
+            token,
+            &self.issuers,
+            &self.forward_claims,
+            now,
+        )?);
+        self.cache
+            .put(token, principal.clone(), now, versions[principal.issuer]);
+        Ok(principal)
+    }
+
+    /// The header names claims are forwarded under (removed from every client request).
+    pub fn claim_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.forward_claims.iter().map(|(_, h)| h)
+    }
+
+    /// Every issuer has keys.
+    pub fn keys_ready(&self) -> bool {
+        self.issuers.iter().all(|i| i.keys.is_loaded())
+    }
+
+    /// The key stores by (issuer, source), to carry over into the next snapshot.
+    pub fn key_stores(&self) -> HashMap<(String, KeySource), Arc<KeyStore>> {
+        self.issuers
+            .iter()
+            .map(|i| ((i.issuer.clone(), i.keys.source.clone()), i.keys.clone()))
+            .collect()
+    }
+}

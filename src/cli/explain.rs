@@ -1,0 +1,147 @@
+//! `scopegate explain`: which route a request matches, what it requires, and the decision, by
+//! the same code the proxy runs (`decide`, or `authorize` for `--scopes`).
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use http::header::{HeaderValue, AUTHORIZATION};
+use http::{HeaderMap, Method};
+
+use crate::auth::{Principal, Rejection};
+use crate::decision::{authorize, decide, Decision, Refusal, Request};
+use crate::routing::{normalize, Lookup, ScopeSet};
+use crate::snapshot::{unix_now, Snapshot};
+
+/// What the caller presents: a real token, or just a list of scopes to try.
+pub enum Credentials<'a> {
+    None,
+    Token(&'a str),
+    Scopes(&'a str),
+}
+
+fn describe(snapshot: &Snapshot, d: &Decision<'_>) -> String {
+    match d {
+        Decision::Forward(f) => format!(
+            "200 forward to upstream {:?} ({})",
+            snapshot.upstreams[f.upstream()].name,
+            if f.principal().is_some() {
+                "token carries the required scopes"
+            } else {
+                "public route"
+            }
+        ),
+        Decision::Refuse(Refusal::BadRequest { description }) => {
+            format!("400 bad request: {description}")
+        }
+        Decision::Refuse(Refusal::Unauthenticated {
+            rejection: Rejection::Missing,
+            ..
+        }) => "401 unauthenticated: no bearer token".to_string(),
+        Decision::Refuse(Refusal::Unauthenticated { rejection: r, .. }) => format!(
+            "401 invalid token ({}): {}",
+            r.reason().as_str(),
+            r.description()
+        ),
+        Decision::Refuse(Refusal::NotFound) => "404 no route for this path".to_string(),
+        Decision::Refuse(Refusal::MethodNotAllowed { allow }) => {
+            format!("405 method not allowed (Allow: {allow})")
+        }
+        Decision::Refuse(Refusal::Forbidden { route }) => format!(
+            "403 insufficient scope: needs {}",
+            snapshot.routes[*route].required
+        ),
+    }
+}
+
+/// The route part of the explanation: what matched and what it requires.
+fn describe_route(out: &mut String, snapshot: &Snapshot, method: &Method, lookup: &Lookup<'_>) {
+    match lookup {
+        Lookup::Found(i) => {
+            let r = &snapshot.routes[*i];
+            let _ = writeln!(out, "route:    {}", r.label);
+            if r.public {
+                let _ = writeln!(out, "requires: nothing (public)");
+            } else {
+                let _ = writeln!(out, "requires: a valid token: {}", r.required);
+            }
+            let _ = writeln!(out, "upstream: {}", snapshot.upstreams[r.upstream].name);
+        }
+        Lookup::MethodNotAllowed(allow) => {
+            let _ = writeln!(out, "route:    none for {method} (path allows {allow})");
+        }
+        Lookup::NotFound => {
+            let _ = writeln!(out, "route:    none");
+        }
+    }
+}
+
+pub fn explain(snapshot: &Snapshot, method: &str, target: &str, creds: Credentials<'_>) -> String {
+    let mut out = String::new();
+    let method = match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return format!("decision: 400 bad request: {method:?} is not an HTTP method\n"),
+    };
+    let path = target.split_once('?').map(|(p, _)| p).unwrap_or(target);
+    let normalized = match normalize(path) {
+        Ok(p) => p,
+        Err(e) => return format!("request:  {method} {target}\ndecision: 400 bad request: {e}\n"),
+    };
+    let _ = writeln!(out, "request:  {method} {target}");
+    if normalized != path {
+        let _ = writeln!(out, "path:     {normalized} (normalized)");
+    }
+    let lookup = snapshot.router.lookup(&method, &normalized);
+    describe_route(&mut out, snapshot, &method, &lookup);
+    let mut headers = HeaderMap::new();
+    let decision = match creds {
+        // The scopes stand for a valid token: run the same authorization as for one.
+        Credentials::Scopes(scopes) => match lookup {
+            Lookup::Found(i) if snapshot.routes[i].public => decide(
+                snapshot,
+                Request {
+                    method: &method,
+                    path,
+                    headers: &headers,
+                },
+                unix_now(),
+            ),
+            lookup => {
+                let principal = Principal {
+                    issuer: 0,
+                    sub: None,
+                    scopes: ScopeSet::from_words(scopes.split_whitespace()),
+                    exp: 0,
+                    audiences: Vec::new(),
+                    forward_headers: Vec::new(),
+                };
+                authorize(snapshot, lookup, normalized.clone(), Arc::new(principal))
+            }
+        },
+        Credentials::Token(t) => match HeaderValue::from_str(&format!("Bearer {t}")) {
+            Ok(v) => {
+                headers.insert(AUTHORIZATION, v);
+                decide(
+                    snapshot,
+                    Request {
+                        method: &method,
+                        path,
+                        headers: &headers,
+                    },
+                    unix_now(),
+                )
+            }
+            Err(_) => return out + "decision: 401 invalid token: not a header value\n",
+        },
+        Credentials::None => decide(
+            snapshot,
+            Request {
+                method: &method,
+                path,
+                headers: &headers,
+            },
+            unix_now(),
+        ),
+    };
+    let _ = writeln!(out, "decision: {}", describe(snapshot, &decision));
+    out
+}

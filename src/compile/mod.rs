@@ -1,0 +1,77 @@
+//! `Config` -> `Snapshot`: one function per config section and this short orchestrator. All the
+//! file and DNS I/O of a load happens here, so it runs off the async runtime's threads.
+
+mod forward;
+mod issuers;
+mod routes;
+mod server;
+mod tls;
+mod upstreams;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::auth::keys::{KeySource, KeyStore};
+use crate::auth::Verifier;
+use crate::config::{ConfigError, LoadedConfig};
+use crate::snapshot::{Audiences, ForwardPlan, Snapshot};
+
+pub use routes::method_list;
+pub use server::quoted;
+
+/// Key stores of a running snapshot by (issuer, source), to carry into the next one.
+pub type PreviousKeys = HashMap<(String, KeySource), Arc<KeyStore>>;
+
+/// Compile a parsed config. Keys from files and environment variables are loaded here; keys
+/// from URLs are fetched by the key refresher once the snapshot exists.
+pub fn build(loaded: &LoadedConfig, generation: u64) -> Result<Snapshot, ConfigError> {
+    build_with(loaded, generation, &HashMap::new())
+}
+
+/// Like `build`, but reuses the key stores of issuers whose key source did not change, so a
+/// reload does not drop keys fetched from a URL.
+pub fn build_with(
+    loaded: &LoadedConfig,
+    generation: u64,
+    previous_keys: &PreviousKeys,
+) -> Result<Snapshot, ConfigError> {
+    let cfg = &loaded.config;
+    let process = server::process_settings(loaded)?;
+    let challenges = server::challenges(loaded)?;
+    let tls = tls::server_tls(loaded)?;
+    let upstreams = upstreams::pools(loaded)?;
+    let (issuers, audiences) = issuers::issuers(loaded, previous_keys)?;
+    let (router, routes) = routes::routes(loaded, &upstreams, !issuers.is_empty(), &challenges)?;
+    let forward_claims = forward::claim_headers(loaded)?;
+    Ok(Snapshot {
+        generation,
+        process,
+        router,
+        routes,
+        verifier: Verifier::new(issuers, forward_claims, cfg.forward.token_cache_size),
+        audiences: Audiences(audiences),
+        upstreams,
+        forward: ForwardPlan {
+            strip_token: cfg.forward.strip_token,
+        },
+        challenges,
+        tls,
+    })
+}
+
+/// Load and compile a config file into a snapshot.
+pub fn load(path: &std::path::Path, generation: u64) -> Result<Snapshot, ConfigError> {
+    build(&crate::config::load(path)?, generation)
+}
+
+#[cfg(test)]
+pub(crate) fn parse_for_test(text: &str) -> LoadedConfig {
+    crate::config::parse(
+        crate::config::Source {
+            name: "t.toml".into(),
+            text: text.into(),
+        },
+        std::path::PathBuf::from("."),
+    )
+    .unwrap()
+}

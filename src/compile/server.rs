@@ -1,0 +1,120 @@
+//! `[server]`: the process settings, and the 401 challenges built from `realm`.
+
+use std::net::SocketAddr;
+
+use http::HeaderValue;
+
+use crate::auth::Rejection;
+use crate::config::{ConfigError, LoadedConfig};
+use crate::snapshot::{Challenges, ProcessSettings};
+
+pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, ConfigError> {
+    let (server, src) = (&loaded.config.server, &loaded.source);
+    let listen = server.listen.get_ref().to_vec();
+    if listen.is_empty() {
+        return Err(src.error(
+            Some(server.listen.span()),
+            "server.listen needs at least one address",
+        ));
+    }
+    if let Some(addr) = listen.iter().find(|a| a.parse::<SocketAddr>().is_err()) {
+        return Err(src.error(
+            Some(server.listen.span()),
+            format!("server.listen: {addr:?} is not an address like \"127.0.0.1:8080\""),
+        ));
+    }
+    if let Some(admin) = &server.admin_listen {
+        if admin.get_ref().parse::<SocketAddr>().is_err() {
+            return Err(src.error(
+                Some(admin.span()),
+                format!(
+                    "server.admin_listen: {:?} is not an address like \"127.0.0.1:9090\"",
+                    admin.get_ref()
+                ),
+            ));
+        }
+    }
+    if server.threads == 0 {
+        return Err(src.error(None, "server.threads must be at least 1"));
+    }
+    Ok(ProcessSettings {
+        listen,
+        admin_listen: server.admin_listen.as_ref().map(|a| a.get_ref().clone()),
+        threads: server.threads,
+        shutdown_grace_seconds: server.shutdown_grace_seconds,
+        tls: server.tls.is_some(),
+    })
+}
+
+/// Quote a string for a `WWW-Authenticate` parameter (RFC 9110 §5.6.4).
+pub fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Every 401 challenge, one per rejection.
+pub fn challenges(loaded: &LoadedConfig) -> Result<Challenges, ConfigError> {
+    let realm_span = Some(loaded.config.server.realm.span());
+    let realm = loaded.config.server.realm.get_ref().clone();
+    let err = |m: &str| loaded.source.error(realm_span.clone(), m);
+    if realm.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(err("server.realm must not contain control characters"));
+    }
+    let bare = format!("Bearer realm={}", quoted(&realm));
+    let by_rejection = Rejection::every()
+        .iter()
+        .map(|r| {
+            // RFC 6750 §3.1: no error code when the request had no token at all.
+            let text = match r {
+                Rejection::Missing => bare.clone(),
+                r => format!(
+                    "{bare}, error=\"invalid_token\", error_description={}",
+                    quoted(r.description())
+                ),
+            };
+            HeaderValue::from_str(&text)
+                .map_err(|_| err("server.realm is not a valid header value"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Challenges::new(realm, by_rejection))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::parse_for_test;
+
+    #[test]
+    fn process_settings_come_from_server() {
+        let l =
+            parse_for_test("[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nthreads = 3\n");
+        let p = process_settings(&l).unwrap();
+        assert_eq!(p.listen, vec!["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!((p.threads, p.admin_listen, p.tls), (3, None, false));
+        let bad = parse_for_test("[server]\nlisten = \"nope\"\n");
+        let e = process_settings(&bad).unwrap_err();
+        assert_eq!((e.line, e.col), (2, 10), "{e}");
+    }
+
+    #[test]
+    fn challenges_are_built_per_rejection() {
+        let l = parse_for_test("[server]\nlisten = \"127.0.0.1:1\"\nrealm = \"x\\\"y\"\n");
+        let c = challenges(&l).unwrap();
+        assert_eq!(
+            c.for_rejection(&Rejection::Missing),
+            "Bearer realm=\"x\\\"y\""
+        );
+        assert_eq!(
+            c.for_rejection(&Rejection::Expired),
+            "Bearer realm=\"x\\\"y\", error=\"invalid_token\", error_description=\"the token has expired\""
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! `[upstreams.NAME]`: server addresses (resolved here, once per load), TLS and timeouts.
+
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use crate::config::{ConfigError, LoadedConfig, UpstreamConfig};
+use crate::upstream::{Server, UpstreamPool};
+
+/// The pools, in the config's (alphabetical) order of names.
+pub fn pools(loaded: &LoadedConfig) -> Result<Vec<UpstreamPool>, ConfigError> {
+    loaded
+        .config
+        .upstreams
+        .iter()
+        .map(|(name, up)| pool(loaded, name, up.get_ref(), up.span()))
+        .collect()
+}
+
+fn pool(
+    loaded: &LoadedConfig,
+    name: &str,
+    up: &UpstreamConfig,
+    span: std::ops::Range<usize>,
+) -> Result<UpstreamPool, ConfigError> {
+    let src = &loaded.source;
+    let servers_span = Some(up.servers.span());
+    if up.servers.get_ref().is_empty() {
+        return Err(src.error(servers_span, format!("upstreams.{name}.servers is empty")));
+    }
+    let ca = match &up.ca_file {
+        Some(_) if !up.tls => {
+            return Err(src.error(
+                Some(span),
+                format!("upstreams.{name}.ca_file needs tls = true"),
+            ));
+        }
+        Some(f) => Some(
+            super::tls::load_ca(&loaded.resolve(f))
+                .map_err(|m| src.error(Some(span), format!("upstreams.{name}.ca_file: {m}")))?,
+        ),
+        None => None,
+    };
+    let mut servers = Vec::new();
+    for s in up.servers.get_ref() {
+        let addr = s
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                src.error(
+                    servers_span.clone(),
+                    format!("upstreams.{name}.servers: {s:?} is not a reachable host:port"),
+                )
+            })?;
+        servers.push(Server::new(addr));
+    }
+    let sni = up.sni.clone().unwrap_or_else(|| {
+        up.servers.get_ref()[0]
+            .rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or_default()
+    });
+    let timeouts = (
+        Duration::from_millis(up.connect_timeout_ms.max(1)),
+        Duration::from_millis(up.read_timeout_ms.max(1)),
+    );
+    Ok(UpstreamPool::new(
+        name.to_string(),
+        servers,
+        up.tls,
+        sni,
+        ca,
+        timeouts,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::parse_for_test;
+
+    const SERVER: &str = "[server]\nlisten = \"127.0.0.1:1\"\n";
+
+    #[test]
+    fn servers_are_resolved_and_sni_defaults_to_the_host() {
+        let l = parse_for_test(&format!(
+            "{SERVER}[upstreams.a]\nservers = [\"localhost:81\", \"127.0.0.1:82\"]\ntls = true\n"
+        ));
+        let p = pools(&l).unwrap();
+        assert_eq!(p[0].servers.len(), 2);
+        assert_eq!(p[0].sni, "localhost");
+        assert_eq!(p[0].servers[1].addr.port(), 82);
+    }
+
+    #[test]
+    fn empty_pools_and_ca_without_tls_are_errors() {
+        let l = parse_for_test(&format!("{SERVER}[upstreams.a]\nservers = []\n"));
+        assert!(pools(&l)
+            .unwrap_err()
+            .message
+            .contains("upstreams.a.servers is empty"));
+        let l = parse_for_test(&format!(
+            "{SERVER}[upstreams.a]\nservers = [\"127.0.0.1:1\"]\nca_file = \"x.pem\"\n"
+        ));
+        assert!(pools(&l).unwrap_err().message.contains("needs tls = true"));
+    }
+}

@@ -1,0 +1,391 @@
+//! The `ProxyHttp`: loads the live config once per request, asks `decide`, and carries out the
+//! answer (an error response, or forwarding to the route's upstream).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use super::metrics::Metrics;
+use super::{Live, LiveConfig};
+use crate::auth::jwks::JwksFetcher;
+use crate::auth::{Principal, Rejection, RejectionReason};
+use crate::decision::{decide, Decision, DecisionLabel, ErrorResponse, Refusal, Request};
+use crate::snapshot::unix_now;
+use crate::upstream::ResponseClass;
+
+pub struct ScopeGate {
+    pub live: LiveConfig,
+    pub metrics: Arc<Metrics>,
+    pub fetcher: Arc<JwksFetcher>,
+}
+
+/// Requests between their header being read and their context being dropped; the shutdown
+/// drain waits for this to reach zero.
+pub static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// What an allowed decision hands on to the forwarding callbacks. Only made from a `ForwardTo`.
+struct Forwarding {
+    upstream: usize,
+    /// The normalized path when it differs from the one received.
+    rewritten_path: Option<String>,
+    principal: Option<Arc<Principal>>,
+}
+
+/// Per-request state, from `request_filter` to `logging`.
+pub struct RequestCtx {
+    started: Instant,
+    live: Option<Arc<Live>>,
+    route: Option<usize>,
+    decision: DecisionLabel,
+    /// Set only when the decision was to forward.
+    forward: Option<Forwarding>,
+    server: usize,
+    connect_failures: usize,
+    /// Why the token was refused, for `scopegate_token_rejections_total`.
+    rejection: Option<RejectionReason>,
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What `request_filter` does next.
+enum Outcome {
+    Forward,
+    Reply(ErrorResponse),
+    /// A 401 for an unknown `kid` of this issuer: refetch its keys, then decide again.
+    RefreshKeys(usize, ErrorResponse),
+}
+
+fn response_header(resp: &ErrorResponse, body_len: usize) -> pingora_core::Result<ResponseHeader> {
+    let mut header = ResponseHeader::build(resp.status, Some(4 + resp.headers.len()))?;
+    header.insert_header(CONTENT_TYPE, "application/json")?;
+    header.insert_header(CACHE_CONTROL, "no-store")?;
+    header.insert_header(CONTENT_LENGTH, body_len)?;
+    for (name, value) in &resp.headers {
+        header.append_header(name.clone(), value.clone())?;
+    }
+    Ok(header)
+}
+
+async fn send_error(session: &mut Session, resp: &ErrorResponse) -> pingora_core::Result<()> {
+    let body = Bytes::from(resp.body());
+    let header = response_header(resp, body.len())?;
+    // A request body we did not read would be taken for the next request on this connection.
+    if !session.is_body_empty() {
+        session.set_keepalive(None);
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(header), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+fn client_ip(session: &Session) -> Option<String> {
+    match session.client_addr()? {
+        PingoraAddr::Inet(a) => Some(a.ip().to_string()),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+impl ScopeGate {
+    /// Decide, and note the outcome in `ctx`.
+    fn decide_and_record(&self, session: &Session, live: &Live, ctx: &mut RequestCtx) -> Outcome {
+        let req = session.req_header();
+        let request = Request {
+            method: &req.method,
+            path: req.uri.path(),
+            headers: &req.headers,
+        };
+        let decision = decide(&live.snapshot, request, unix_now());
+        ctx.decision = decision.label();
+        ctx.route = decision.route();
+        match decision {
+            Decision::Forward(to) => {
+                let (_, upstream, rewritten_path, principal) = to.into_parts();
+                ctx.forward = Some(Forwarding {
+                    upstream,
+                    rewritten_path,
+                    principal,
+                });
+                ctx.rejection = None;
+                Outcome::Forward
+            }
+            Decision::Refuse(refusal) => {
+                ctx.forward = None;
+                let response = refusal.response(&live.snapshot);
+                match refusal {
+                    Refusal::Unauthenticated { rejection, .. } => {
+                        ctx.rejection = Some(rejection.reason());
+                        match rejection {
+                            Rejection::UnknownKey(i) => Outcome::RefreshKeys(i, response),
+                            _ => Outcome::Reply(response),
+                        }
+                    }
+                    _ => {
+                        ctx.rejection = None;
+                        Outcome::Reply(response)
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for ScopeGate {
+    type CTX = RequestCtx;
+
+    // No response compression module: an edge auth proxy passes bodies through as they are,
+    // and the (disabled) default module still costs a context per request.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
+    fn new_ctx(&self) -> RequestCtx {
+        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        RequestCtx {
+            started: Instant::now(),
+            live: None,
+            route: None,
+            decision: DecisionLabel::BadRequest,
+            forward: None,
+            server: 0,
+            connect_failures: 0,
+            rejection: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_core::Result<bool> {
+        let live = self.live.load_full();
+        let mut outcome = self.decide_and_record(session, &live, ctx);
+        // An unknown `kid` may be a key the provider has just rotated in: refetch (once for all
+        // requests waiting on it, at most once per cooldown) and decide again.
+        if let Outcome::RefreshKeys(i, response) = outcome {
+            let issuer = &live.snapshot.verifier.issuers[i];
+            outcome = if self
+                .fetcher
+                .refresh_for_unknown_kid(issuer, issuer.keys.version())
+                .await
+            {
+                self.decide_and_record(session, &live, ctx)
+            } else {
+                Outcome::Reply(response)
+            };
+        }
+        ctx.live = Some(live);
+        match outcome {
+            Outcome::Forward => Ok(false),
+            Outcome::Reply(resp) | Outcome::RefreshKeys(_, resp) => {
+                send_error(session, &resp).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_core::Result<Box<HttpPeer>> {
+        let (Some(live), Some(forward)) = (ctx.live.as_ref(), ctx.forward.as_ref()) else {
+            return Error::e_explain(ErrorType::InternalError, "no forwarding decision");
+        };
+        let pool = &live.snapshot.upstreams[forward.upstream];
+        ctx.server = pool.pick();
+        let mut peer = HttpPeer::new(pool.servers[ctx.server].addr, pool.tls, pool.sni.clone());
+        peer.options.connection_timeout = Some(pool.connect_timeout);
+        peer.options.total_connection_timeout = Some(pool.connect_timeout);
+        peer.options.read_timeout = Some(pool.read_timeout);
+        peer.options.write_timeout = Some(pool.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        peer.options.ca = live.upstream_ca[forward.upstream].clone();
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora_core::Result<()> {
+        let (Some(live), Some(forward)) = (ctx.live.as_ref(), ctx.forward.as_ref()) else {
+            return Error::e_explain(ErrorType::InternalError, "no forwarding decision");
+        };
+        let snapshot = &live.snapshot;
+        // The upstream receives exactly the path that was authorized, in origin form.
+        if forward.rewritten_path.is_some() || upstream.uri.authority().is_some() {
+            let path = forward
+                .rewritten_path
+                .as_deref()
+                .unwrap_or_else(|| upstream.uri.path());
+            let target = match upstream.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            let uri: http::Uri = target
+                .parse()
+                .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?;
+            upstream.set_uri(uri);
+        }
+
+        // Claim headers are ours alone: drop whatever the client sent under those names.
+        for name in snapshot.verifier.claim_headers() {
+            upstream.remove_header(name);
+        }
+        if let Some(principal) = &forward.principal {
+            for (name, value) in &principal.forward_headers {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        if snapshot.forward.strip_token {
+            upstream.remove_header(&AUTHORIZATION);
+        }
+
+        // We are the edge: forwarding headers from the client are replaced, not trusted.
+        if let Some(ip) = client_ip(session) {
+            upstream.insert_header("x-forwarded-for", ip)?;
+        } else {
+            upstream.remove_header("x-forwarded-for");
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        let host = session.req_header().headers.get(HOST).cloned().or_else(|| {
+            session
+                .req_header()
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        match host {
+            Some(h) => upstream.insert_header("x-forwarded-host", h)?,
+            None => {
+                upstream.remove_header("x-forwarded-host");
+            }
+        }
+        upstream.remove_header("forwarded");
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(live), Some(forward)) = (&ctx.live, &ctx.forward) {
+            let pool = &live.snapshot.upstreams[forward.upstream];
+            pool.mark_failed(ctx.server);
+            ctx.connect_failures += 1;
+            // Nothing was sent yet, so another server can take the request.
+            if ctx.connect_failures < pool.servers.len() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if *e.esource() == ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let resp = match code {
+                502 => ErrorResponse::new(502, "bad_gateway", "the upstream could not be reached"),
+                504 => ErrorResponse::new(
+                    504,
+                    "gateway_timeout",
+                    "the upstream did not answer in time",
+                ),
+                400 => ErrorResponse::new(400, "invalid_request", "the request could not be read"),
+                _ => {
+                    ErrorResponse::new(code, "internal_error", "the request could not be completed")
+                }
+            };
+            let body = Bytes::from(resp.body());
+            if let Ok(header) = response_header(&resp, body.len()) {
+                let _ = session
+                    .downstream_session
+                    .write_error_response(header, body)
+                    .await;
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        // Without a decision (the request failed before it) the current config names nothing.
+        let live = ctx
+            .live
+            .get_or_insert_with(|| self.live.load_full())
+            .clone();
+        let route_label = match ctx.route {
+            Some(r) => live.snapshot.routes[r].label.as_str(),
+            None => "none",
+        };
+        self.metrics
+            .request(&live.labels, ctx.route, route_label, ctx.decision, elapsed);
+        if let Some(reason) = ctx.rejection {
+            self.metrics.token_rejected(reason);
+        }
+        let upstream = ctx.forward.as_ref().map(|f| f.upstream);
+        if let Some(u) = upstream {
+            let class = ResponseClass::of(status, e.is_some());
+            let name = &live.snapshot.upstreams[u].name;
+            self.metrics.upstream_response(&live.labels, u, name, class);
+        }
+        // One line per request; the token itself is never logged, only who it names.
+        tracing::info!(
+            target: "scopegate::access",
+            method = %session.req_header().method,
+            route = route_label,
+            decision = ctx.decision.as_str(),
+            status,
+            upstream = upstream.map(|u| live.snapshot.upstreams[u].name.as_str()).unwrap_or("-"),
+            latency_us = elapsed.as_micros() as u64,
+            sub = ctx.forward.as_ref().and_then(|f| f.principal.as_ref()).and_then(|p| p.sub.as_deref()).unwrap_or("-"),
+            error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
+        );
+    }
+}

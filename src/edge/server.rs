@@ -1,0 +1,200 @@
+//! Assemble and run the Pingora server: the proxy service on the configured listeners, the
+//! admin listener, key refresh and the config watcher.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{ExecutionPhase, Server};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+use super::admin::Admin;
+use super::keys::KeyRefresher;
+use super::metrics::Metrics;
+use super::proxy::{ScopeGate, IN_FLIGHT};
+use super::reload::{ConfigWatcher, Reloader};
+use super::{Live, LiveConfig};
+use crate::auth::jwks::JwksFetcher;
+use crate::compile;
+use crate::config::ConfigError;
+
+/// Run the proxy until SIGTERM (graceful) or SIGINT. Never returns on success.
+pub fn run(config_path: &Path) -> Result<(), ConfigError> {
+    run_with(config_path, None)
+}
+
+/// `run`, plus the demo contacts API on `demo_api` (for `scopegate demo`).
+pub fn run_with(
+    config_path: &Path,
+    demo_api: Option<std::net::TcpListener>,
+) -> Result<(), ConfigError> {
+    let first = compile::load(config_path, 1)?;
+    release_freed_memory();
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_generation(1);
+    let process = first.process.clone();
+    tracing::info!(
+        config = %config_path.display(),
+        routes = first.routes.len(),
+        listen = ?process.listen,
+        "scopegate starting"
+    );
+    let live: LiveConfig = Arc::new(ArcSwap::from_pointee(Live::new(first)));
+
+    let conf = ServerConf {
+        threads: process.threads,
+        // After SIGTERM the listeners close at once and requests in flight get the grace
+        // period; `drain_then_exit` ends it early once none are left.
+        grace_period_seconds: Some(process.shutdown_grace_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // One current-thread runtime per worker: no cross-thread wakeups on the request path
+        // (measured with bench/load.sh).
+        work_stealing: false,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let observer = metrics.clone();
+    let fetcher = Arc::new(JwksFetcher::new(Box::new(move |issuer, ok| {
+        observer.jwks_refresh(issuer, ok)
+    })));
+    let proxy = proxy_service(&server, &live, &metrics, &fetcher, config_path)?;
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "jwks refresher",
+        KeyRefresher {
+            live: live.clone(),
+            fetcher,
+        },
+    ));
+    let reloader = Arc::new(Reloader::new(
+        config_path.to_path_buf(),
+        live.clone(),
+        metrics.clone(),
+    ));
+    server.add_service(background_service(
+        "config watcher",
+        ConfigWatcher(reloader),
+    ));
+    if let Some(addr) = &process.admin_listen {
+        let mut admin = Service::new(
+            "admin".to_string(),
+            Admin {
+                live: live.clone(),
+                metrics: metrics.clone(),
+            },
+        );
+        admin.add_tcp(addr);
+        admin.threads = Some(1);
+        server.add_service(admin);
+    }
+    if let Some(listener) = demo_api {
+        let api = super::demo_api::DemoApiService(std::sync::Mutex::new(Some(listener)));
+        server.add_service(background_service("demo contacts API", api));
+    }
+    drain_then_exit(
+        server.watch_execution_phase(),
+        Duration::from_secs(process.shutdown_grace_seconds),
+    );
+    server.run_forever();
+}
+
+fn proxy_service(
+    server: &Server,
+    live: &LiveConfig,
+    metrics: &Arc<Metrics>,
+    fetcher: &Arc<JwksFetcher>,
+    config_path: &Path,
+) -> Result<Service<pingora_proxy::HttpProxy<ScopeGate>>, ConfigError> {
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        ScopeGate {
+            live: live.clone(),
+            metrics: metrics.clone(),
+            fetcher: fetcher.clone(),
+        },
+        "scopegate",
+    );
+    let current = live.load();
+    let listen = &current.snapshot.process.listen;
+    let Some(tls) = &current.snapshot.tls else {
+        for addr in listen {
+            proxy.add_tcp(addr);
+        }
+        return Ok(proxy);
+    };
+    let (cert, key) = (
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
+    );
+    for addr in listen {
+        let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|e| ConfigError {
+            file: config_path.display().to_string(),
+            line: 1,
+            col: 1,
+            message: format!("server.tls: {e}"),
+        })?;
+        // The certificate comes from the live snapshot, so a reload serves renewed files.
+        settings.set_cert_resolver(Arc::new(LiveCertificate(live.clone())));
+        settings.enable_h2();
+        proxy.add_tls_with_settings(addr, None, settings);
+    }
+    Ok(proxy)
+}
+
+/// Serves the certificate of the snapshot in use.
+struct LiveCertificate(LiveConfig);
+
+impl std::fmt::Debug for LiveCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveCertificate")
+    }
+}
+
+impl pingora_rustls::ResolvesServerCert for LiveCertificate {
+    fn resolve(
+        &self,
+        _hello: pingora_rustls::ClientHello<'_>,
+    ) -> Option<Arc<pingora_rustls::sign::CertifiedKey>> {
+        self.0
+            .load()
+            .snapshot
+            .tls
+            .as_ref()
+            .map(|t| t.certified.clone())
+    }
+}
+
+/// Pingora sleeps the whole grace period after SIGTERM; exit as soon as the last request in
+/// flight has finished instead.
+fn drain_then_exit(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>, grace: Duration) {
+    std::thread::spawn(move || loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::ShutdownGracePeriod) => {
+                let deadline = Instant::now() + grace;
+                while IN_FLIGHT.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                tracing::info!(
+                    in_flight = IN_FLIGHT.load(Ordering::Relaxed),
+                    "shutdown: requests drained, exiting"
+                );
+                std::process::exit(0);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            _ => {}
+        }
+    });
+}
+
+/// Hand memory freed after parsing (the TOML document of a large config is several times the
+/// size of the snapshot built from it) back to the OS, so it does not stay in the RSS.
+pub fn release_freed_memory() {
+    // SAFETY: mi_collect only walks the calling thread's heap and the abandoned segments.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
