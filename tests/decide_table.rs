@@ -1,0 +1,321 @@
+//! SPEC "Decisions, in this order", in process: one row per rule, against a snapshot compiled
+//! from a TOML string, with the clock passed in (expiry and not-before without waiting).
+
+mod common;
+
+use common::{claims, key, sign, AUD, ISS};
+use http::header::{HeaderValue, AUTHORIZATION};
+use http::{HeaderMap, Method};
+use scopegate::auth::Rejection;
+use scopegate::config::{parse, Source};
+use scopegate::decision::{decide, Decision, DecisionLabel, Refusal, Request};
+use scopegate::snapshot::Snapshot;
+use serde_json::json;
+
+fn snapshot() -> (Snapshot, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), &key().jwks).unwrap();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:1"
+[[issuers]]
+issuer = "{ISS}"
+audiences = ["{AUD}"]
+jwks_file = "jwks.json"
+leeway_seconds = 0
+[upstreams.api]
+servers = ["127.0.0.1:2"]
+[[routes]]
+methods = ["GET"]
+path = "/health"
+public = true
+[[routes]]
+methods = ["GET"]
+path = "/contacts"
+scopes = ["read:contacts"]
+[[routes]]
+methods = ["POST"]
+path = "/contacts"
+scopes = ["write:contacts"]
+[[routes]]
+methods = ["DELETE"]
+path = "/contacts/{{id}}"
+scopes = ["delete:contacts"]
+any_scopes = ["admin", "owner"]
+"#
+    );
+    let source = Source {
+        name: "t.toml".into(),
+        text,
+    };
+    let loaded = parse(source, dir.path().to_path_buf()).unwrap();
+    (scopegate::compile::build(&loaded, 1).unwrap(), dir)
+}
+
+/// What a row expects: the decision label, and for refusals the status and (for 401s) reason.
+fn outcome(snap: &Snapshot, d: &Decision<'_>) -> (DecisionLabel, u16, Option<&'static str>) {
+    match d {
+        Decision::Forward(_) => (d.label(), 200, None),
+        Decision::Refuse(r) => {
+            let reason = match r {
+                Refusal::Unauthenticated { rejection, .. } => Some(rejection.reason().as_str()),
+                _ => None,
+            };
+            (d.label(), r.response(snap).status, reason)
+        }
+    }
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.append(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    h
+}
+
+#[test]
+fn every_decision_in_spec_order() {
+    use DecisionLabel::*;
+    let (snap, _dir) = snapshot();
+    let now = common::now();
+    let read = sign(&claims("read:contacts"));
+    let delete_only = sign(&claims("delete:contacts"));
+    let delete_admin = sign(&claims("delete:contacts admin"));
+    let mut later = claims("read:contacts");
+    later["nbf"] = json!(now + 3600);
+    let not_yet = sign(&later);
+    let mut other_aud = claims("read:contacts");
+    other_aud["aud"] = json!("https://billing.test");
+    let wrong_aud = sign(&other_aud);
+    let mut two = bearer(&read);
+    two.append(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+    let none = HeaderMap::new();
+
+    let rows: Vec<(
+        &str,
+        Method,
+        &str,
+        HeaderMap,
+        u64,
+        (DecisionLabel, u16, Option<&str>),
+    )> = vec![
+        (
+            "1 malformed target",
+            Method::GET,
+            "/contacts%2f1",
+            bearer(&read),
+            now,
+            (BadRequest, 400, None),
+        ),
+        (
+            "1 encoded dot-dot behind ;",
+            Method::GET,
+            "/a/..;/contacts",
+            none.clone(),
+            now,
+            (BadRequest, 400, None),
+        ),
+        (
+            "2 normalized before matching",
+            Method::GET,
+            "/health/../contacts",
+            none.clone(),
+            now,
+            (Unauthenticated, 401, Some("missing")),
+        ),
+        (
+            "4 public route, no token",
+            Method::GET,
+            "/health",
+            none.clone(),
+            now,
+            (Public, 200, None),
+        ),
+        (
+            "4 public route, broken token",
+            Method::GET,
+            "/health",
+            bearer("x.y.z"),
+            now,
+            (Public, 200, None),
+        ),
+        (
+            "5 no token",
+            Method::GET,
+            "/contacts",
+            none.clone(),
+            now,
+            (Unauthenticated, 401, Some("missing")),
+        ),
+        (
+            "5 two Authorization headers",
+            Method::GET,
+            "/contacts",
+            two,
+            now,
+            (BadRequest, 400, None),
+        ),
+        (
+            "5 not a JWS",
+            Method::GET,
+            "/contacts",
+            bearer("abc"),
+            now,
+            (Unauthenticated, 401, Some("malformed")),
+        ),
+        (
+            "5 expired (clock past exp)",
+            Method::GET,
+            "/contacts",
+            bearer(&read),
+            now + 601,
+            (Unauthenticated, 401, Some("expired")),
+        ),
+        (
+            "5 not yet valid",
+            Method::GET,
+            "/contacts",
+            bearer(&not_yet),
+            now,
+            (Unauthenticated, 401, Some("not_yet_valid")),
+        ),
+        (
+            "5 wrong audience",
+            Method::GET,
+            "/contacts",
+            bearer(&wrong_aud),
+            now,
+            (Unauthenticated, 401, Some("wrong_audience")),
+        ),
+        (
+            "6 anonymous callers cannot map the API",
+            Method::GET,
+            "/nope",
+            none.clone(),
+            now,
+            (Unauthenticated, 401, Some("missing")),
+        ),
+        (
+            "6 no route: 404",
+            Method::GET,
+            "/nope",
+            bearer(&read),
+            now,
+            (NotFound, 404, None),
+        ),
+        (
+            "6 no route for the method: 405",
+            Method::PATCH,
+            "/contacts",
+            bearer(&read),
+            now,
+            (MethodNotAllowed, 405, None),
+        ),
+        (
+            "7 scope missing",
+            Method::POST,
+            "/contacts",
+            bearer(&read),
+            now,
+            (Forbidden, 403, None),
+        ),
+        (
+            "7 any_scopes ANDed with scopes",
+            Method::DELETE,
+            "/contacts/7",
+            bearer(&delete_only),
+            now,
+            (Forbidden, 403, None),
+        ),
+        (
+            "8 allowed",
+            Method::GET,
+            "/contacts",
+            bearer(&read),
+            now,
+            (Allowed, 200, None),
+        ),
+        (
+            "8 allowed, HEAD through GET",
+            Method::HEAD,
+            "/contacts",
+            bearer(&read),
+            now,
+            (Allowed, 200, None),
+        ),
+        (
+            "8 allowed with one of any_scopes",
+            Method::DELETE,
+            "/contacts/7",
+            bearer(&delete_admin),
+            now,
+            (Allowed, 200, None),
+        ),
+        // The verified token is cached now; the cache must not outlive `exp`.
+        (
+            "5 cached token past exp",
+            Method::GET,
+            "/contacts",
+            bearer(&read),
+            now + 601,
+            (Unauthenticated, 401, Some("expired")),
+        ),
+    ];
+    for (rule, method, path, headers, at, want) in rows {
+        let req = Request {
+            method: &method,
+            path,
+            headers: &headers,
+        };
+        let d = decide(&snap, req, at);
+        assert_eq!(outcome(&snap, &d), want, "{rule}: {d:?}");
+    }
+}
+
+#[test]
+fn forwarding_carries_the_normalized_path_and_the_principal() {
+    let (snap, _dir) = snapshot();
+    let h = bearer(&sign(&claims("read:contacts")));
+    let req = Request {
+        method: &Method::GET,
+        path: "//api/../contacts",
+        headers: &h,
+    };
+    let Decision::Forward(to) = decide(&snap, req, common::now()) else {
+        panic!("not forwarded");
+    };
+    assert_eq!(to.path(), "/contacts");
+    assert!(to
+        .principal()
+        .is_some_and(|p| p.sub.as_deref() == Some("user-1")));
+}
+
+#[test]
+fn refusals_carry_their_challenges() {
+    let (snap, _dir) = snapshot();
+    let h = bearer(&sign(&claims("read:contacts")));
+    let req = Request {
+        method: &Method::POST,
+        path: "/contacts",
+        headers: &h,
+    };
+    let Decision::Refuse(r) = decide(&snap, req, common::now()) else {
+        panic!("forwarded");
+    };
+    let resp = r.response(&snap);
+    assert_eq!(
+        resp.headers[0].1,
+        "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"write:contacts\""
+    );
+    let expired = Refusal::Unauthenticated {
+        rejection: Rejection::Expired,
+        route: None,
+    };
+    assert_eq!(
+        expired.response(&snap).headers[0].1,
+        "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the token has expired\""
+    );
+}
