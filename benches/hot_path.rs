@@ -69,14 +69,14 @@ fn routing(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("normalized", n), &target, |b, t| {
             b.iter(|| {
                 let p = path::normalize(black_box(t)).unwrap();
-                black_box(snap.router.lookup(&Method::DELETE, &p));
+                black_box(snap.route_set(None).router.lookup(&Method::DELETE, &p));
             })
         });
         let messy = format!("/svc{svc}/./files/../items//12345");
         g.bench_with_input(BenchmarkId::new("needs_normalizing", n), &messy, |b, t| {
             b.iter(|| {
                 let p = path::normalize(black_box(t)).unwrap();
-                black_box(snap.router.lookup(&Method::DELETE, &p));
+                black_box(snap.route_set(None).router.lookup(&Method::DELETE, &p));
             })
         });
     }
@@ -148,23 +148,17 @@ fn whole_decision(c: &mut Criterion) {
     let mut g = c.benchmark_group("decide");
     g.bench_function("allowed_cached_token_1000_routes", |b| {
         b.iter(|| {
-            let req = decision::Request {
-                method: &Method::DELETE,
-                path: black_box("/svc10/items/42"),
-                headers: &headers,
-            };
+            let req =
+                decision::Request::new(&Method::DELETE, black_box("/svc10/items/42"), &headers);
             let d = decision::decide(&snap, req, now);
-            assert!(matches!(d, decision::Decision::Forward(_)));
+            assert!(matches!(d.decision, decision::Decision::Forward(_)));
             black_box(d);
         })
     });
     g.bench_function("forbidden_cached_token_1000_routes", |b| {
         b.iter(|| {
-            let req = decision::Request {
-                method: &Method::DELETE,
-                path: black_box("/svc99/items/42"),
-                headers: &headers,
-            };
+            let req =
+                decision::Request::new(&Method::DELETE, black_box("/svc99/items/42"), &headers);
             black_box(decision::decide(&snap, req, now))
         })
     });

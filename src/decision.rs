@@ -6,12 +6,17 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue, ALLOW, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
+    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
+    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ALLOW, HOST, ORIGIN, VARY,
+    WWW_AUTHENTICATE,
+};
 use http::{HeaderMap, Method};
 
 use crate::auth::{bearer, BearerError, Principal, Rejection};
 use crate::routing::{normalize, Lookup, PathError};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Cors, RouteSet, Snapshot};
 
 /// The request as far as the decision reads it.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +25,50 @@ pub struct Request<'r> {
     /// The path part of the request target (no query).
     pub path: &'r str,
     pub headers: &'r HeaderMap,
+    /// The authority of an absolute-form target (or HTTP/2's `:authority`).
+    pub authority: Option<&'r str>,
+    /// HTTP/1.1, which must name its host (RFC 9112 §3.2).
+    pub host_required: bool,
+}
+
+impl<'r> Request<'r> {
+    /// A request in origin form with its headers (the host read from them).
+    pub fn new(method: &'r Method, path: &'r str, headers: &'r HeaderMap) -> Request<'r> {
+        Request {
+            method,
+            path,
+            headers,
+            authority: None,
+            host_required: false,
+        }
+    }
+
+    /// The host the request names: its `Host` header, else the target's authority. 400 when
+    /// they disagree, when `Host` is repeated, or when HTTP/1.1 names none.
+    fn host(&self) -> Result<Option<&'r str>, &'static str> {
+        let mut hosts = self.headers.get_all(HOST).iter();
+        let header = match (hosts.next(), hosts.next()) {
+            (Some(_), Some(_)) => return Err("more than one Host header"),
+            (Some(h), None) => Some(h.to_str().map_err(|_| "the Host header is not ASCII")?),
+            (None, _) => None,
+        };
+        match (header, self.authority) {
+            (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => {
+                Err("the target's authority differs from the Host header")
+            }
+            (None, None) if self.host_required => Err("an HTTP/1.1 request needs a Host header"),
+            (h, a) => Ok(h.or(a)),
+        }
+    }
+
+    /// `Origin`, when the request carries exactly one.
+    fn origin(&self) -> Option<&'r str> {
+        let mut values = self.headers.get_all(ORIGIN).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().ok(),
+            _ => None,
+        }
+    }
 }
 
 /// The `decision` label of `scopegate_requests_total`.
@@ -32,10 +81,11 @@ pub enum DecisionLabel {
     NotFound,
     MethodNotAllowed,
     BadRequest,
+    Preflight,
 }
 
 impl DecisionLabel {
-    pub const ALL: [DecisionLabel; 7] = [
+    pub const ALL: [DecisionLabel; 8] = [
         DecisionLabel::Allowed,
         DecisionLabel::Public,
         DecisionLabel::Unauthenticated,
@@ -43,6 +93,7 @@ impl DecisionLabel {
         DecisionLabel::NotFound,
         DecisionLabel::MethodNotAllowed,
         DecisionLabel::BadRequest,
+        DecisionLabel::Preflight,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +105,7 @@ impl DecisionLabel {
             DecisionLabel::NotFound => "not_found",
             DecisionLabel::MethodNotAllowed => "method_not_allowed",
             DecisionLabel::BadRequest => "bad_request",
+            DecisionLabel::Preflight => "preflight",
         }
     }
 
@@ -120,6 +172,8 @@ pub enum Refusal<'r> {
     MethodNotAllowed { allow: Cow<'r, str> },
     /// 403 for this route.
     Forbidden { route: usize },
+    /// 403 to a CORS preflight from an origin not allowed, or for a method without a route.
+    CorsRejected { route: Option<usize> },
 }
 
 /// What to do with a request.
@@ -127,6 +181,58 @@ pub enum Refusal<'r> {
 pub enum Decision<'r> {
     Forward(ForwardTo<'r>),
     Refuse(Refusal<'r>),
+    /// 204 to a CORS preflight, answered here (it carries no token).
+    Preflight(Preflight),
+}
+
+/// The answer to an allowed CORS preflight.
+#[derive(Debug, Clone)]
+pub struct Preflight {
+    /// The route of the requested method.
+    pub route: usize,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The CORS policy that applies to a request's answer: the API's, and the request's origin
+/// when the API allows it.
+#[derive(Debug, Clone, Copy)]
+pub struct CorsScope<'r> {
+    pub cors: &'r Cors,
+    pub allowed_origin: Option<&'r str>,
+}
+
+impl CorsScope<'_> {
+    /// The headers every answer to an allowed origin carries (forwarded or not).
+    pub fn response_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let Some(origin) = self
+            .allowed_origin
+            .and_then(|o| HeaderValue::from_str(o).ok())
+        else {
+            return Vec::new();
+        };
+        let mut h = vec![
+            (ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+            (VARY, HeaderValue::from_static("Origin")),
+            (
+                ACCESS_CONTROL_EXPOSE_HEADERS,
+                self.cors.expose_headers.clone(),
+            ),
+        ];
+        if self.cors.allow_credentials {
+            h.push((
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            ));
+        }
+        h
+    }
+}
+
+/// A decision and the CORS policy its answer follows (`None`: no API with `cors` is involved).
+#[derive(Debug, Clone)]
+pub struct Verdict<'r> {
+    pub decision: Decision<'r>,
+    pub cors: Option<CorsScope<'r>>,
 }
 
 impl Decision<'_> {
@@ -135,6 +241,7 @@ impl Decision<'_> {
             Decision::Forward(f) if f.principal.is_none() => DecisionLabel::Public,
             Decision::Forward(_) => DecisionLabel::Allowed,
             Decision::Refuse(r) => r.label(),
+            Decision::Preflight(_) => DecisionLabel::Preflight,
         }
     }
 
@@ -143,6 +250,7 @@ impl Decision<'_> {
         match self {
             Decision::Forward(f) => Some(f.route),
             Decision::Refuse(r) => r.route(),
+            Decision::Preflight(p) => Some(p.route),
         }
     }
 }
@@ -154,13 +262,14 @@ impl Refusal<'_> {
             Refusal::Unauthenticated { .. } => DecisionLabel::Unauthenticated,
             Refusal::NotFound => DecisionLabel::NotFound,
             Refusal::MethodNotAllowed { .. } => DecisionLabel::MethodNotAllowed,
-            Refusal::Forbidden { .. } => DecisionLabel::Forbidden,
+            Refusal::Forbidden { .. } | Refusal::CorsRejected { .. } => DecisionLabel::Forbidden,
         }
     }
 
     pub fn route(&self) -> Option<usize> {
         match self {
             Refusal::Forbidden { route } => Some(*route),
+            Refusal::CorsRejected { route } => *route,
             Refusal::Unauthenticated { route, .. } => *route,
             _ => None,
         }
@@ -205,6 +314,11 @@ impl Refusal<'_> {
                 WWW_AUTHENTICATE,
                 snapshot.routes[*route].insufficient_scope_challenge.clone(),
             ),
+            Refusal::CorsRejected { .. } => ErrorResponse::new(
+                403,
+                "cors_rejected",
+                "the origin or the requested method is not allowed",
+            ),
         }
     }
 }
@@ -240,9 +354,11 @@ impl ErrorResponse {
     }
 }
 
-/// Step 5: the request's bearer token, verified and meant for these routes.
+/// Step 5: the request's bearer token, verified and meant for one of `apis` (in config
+/// order). When it fits none, the first API's reason is given.
 pub fn authenticate(
     snapshot: &Snapshot,
+    apis: &[usize],
     headers: &HeaderMap,
     now: u64,
 ) -> Result<Arc<Principal>, AuthError> {
@@ -255,10 +371,20 @@ pub fn authenticate(
         .verifier
         .verify(token, now)
         .map_err(AuthError::Rejected)?;
-    if !snapshot.audiences.accept(&principal) {
-        return Err(AuthError::Rejected(Rejection::WrongAudience));
+    let mut first = None;
+    for &api in apis {
+        match snapshot.apis[api].accept(&principal) {
+            Ok(()) => return Ok(principal),
+            Err(r) => {
+                first.get_or_insert(r);
+            }
+        }
     }
-    Ok(principal)
+    match first {
+        Some(r) => Err(AuthError::Rejected(r)),
+        // No API at all for this host: a valid token can only learn that nothing is here.
+        None => Ok(principal),
+    }
 }
 
 /// Why `authenticate` found no principal.
@@ -280,14 +406,11 @@ pub fn authorize<'r>(
         Lookup::NotFound => Decision::Refuse(Refusal::NotFound),
         Lookup::MethodNotAllowed(allow) => Decision::Refuse(Refusal::MethodNotAllowed { allow }),
         Lookup::Found(route) => {
-            let r = &snapshot.routes[route];
-            if r.required.satisfied_by(&principal.scopes) {
-                Decision::Forward(ForwardTo {
-                    route,
-                    upstream: r.upstream,
-                    path,
-                    principal: Some(principal),
-                })
+            if snapshot.routes[route]
+                .required
+                .satisfied_by(&principal.scopes)
+            {
+                Decision::Forward(forward_to(snapshot, route, path, Some(principal)))
             } else {
                 Decision::Refuse(Refusal::Forbidden { route })
             }
@@ -295,35 +418,172 @@ pub fn authorize<'r>(
     }
 }
 
+/// Step 8's permission, with the API's `strip_prefix` taken off the normalized path.
+fn forward_to<'r>(
+    snapshot: &Snapshot,
+    route: usize,
+    path: Cow<'r, str>,
+    principal: Option<Arc<Principal>>,
+) -> ForwardTo<'r> {
+    let r = &snapshot.routes[route];
+    let path = match &snapshot.apis[r.api].strip_prefix {
+        // The route matched, so the path starts with the prefix at a segment boundary.
+        Some(prefix) => match path.get(prefix.len()..) {
+            Some(rest) if !rest.is_empty() => Cow::Owned(rest.to_string()),
+            _ => Cow::Owned("/".to_string()),
+        },
+        None => path,
+    };
+    ForwardTo {
+        route,
+        upstream: r.upstream,
+        path,
+        principal,
+    }
+}
+
+/// The API whose CORS policy answers a request on this path: the route's, else that of a route
+/// on the path for another method, else the first API of the set with `cors`.
+fn cors_scope<'s>(
+    snapshot: &'s Snapshot,
+    set: &RouteSet,
+    lookup: &Lookup<'_>,
+    path: &str,
+    origin: Option<&'s str>,
+) -> Option<CorsScope<'s>> {
+    let route = match lookup {
+        Lookup::Found(r) => Some(*r),
+        _ => set.router.owner(path),
+    };
+    let cors = match route {
+        Some(r) => snapshot.apis[snapshot.routes[r].api].cors.as_ref()?,
+        None => set
+            .apis
+            .iter()
+            .find_map(|&a| snapshot.apis[a].cors.as_ref())?,
+    };
+    Some(CorsScope {
+        cors,
+        allowed_origin: origin.filter(|o| cors.allows(o)),
+    })
+}
+
+/// Step 3: a CORS preflight to an API with `cors` is answered here, without a token.
+fn preflight<'r>(
+    set: &RouteSet,
+    path: &str,
+    scope: CorsScope<'_>,
+    requested: &HeaderValue,
+) -> Decision<'r> {
+    let method = Method::from_bytes(requested.as_bytes()).ok();
+    let route = method
+        .as_ref()
+        .and_then(|m| match set.router.lookup(m, path) {
+            Lookup::Found(r) => Some(r),
+            _ => None,
+        });
+    let (Some(route), Some(origin)) = (route, scope.allowed_origin) else {
+        return Decision::Refuse(Refusal::CorsRejected { route });
+    };
+    let methods = match set.router.allowed(path) {
+        Some((mut list, any)) => {
+            if any {
+                list.push(requested.to_str().unwrap_or(""));
+            }
+            list.sort_unstable();
+            list.dedup();
+            list.join(", ")
+        }
+        None => String::new(),
+    };
+    let (Ok(origin), Ok(methods)) = (
+        HeaderValue::from_str(origin),
+        HeaderValue::from_str(&methods),
+    ) else {
+        return Decision::Refuse(Refusal::CorsRejected { route: Some(route) });
+    };
+    let mut headers = vec![
+        (ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+        (ACCESS_CONTROL_ALLOW_METHODS, methods),
+        (
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            scope.cors.allow_headers.clone(),
+        ),
+        (ACCESS_CONTROL_MAX_AGE, scope.cors.max_age.clone()),
+        (VARY, HeaderValue::from_static("Origin")),
+    ];
+    if scope.cors.allow_credentials {
+        headers.push((
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        ));
+    }
+    Decision::Preflight(Preflight { route, headers })
+}
+
 /// Decide a request at `now` (Unix seconds).
-pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Decision<'r> {
-    // 1-2. A target we cannot normalize safely is refused before anything else.
+pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict<'r> {
+    let bad = |description| Verdict {
+        decision: Decision::Refuse(Refusal::BadRequest { description }),
+        cors: None,
+    };
+    // 1-2. A target we cannot normalize safely, or whose host is unclear, is refused first.
     let path = match normalize(req.path) {
         Ok(p) => p,
-        Err(e) => {
-            return Decision::Refuse(Refusal::BadRequest {
-                description: path_error_text(e),
-            })
-        }
+        Err(e) => return bad(path_error_text(e)),
     };
-    let lookup = snapshot.router.lookup(req.method, &path);
+    let host = match req.host() {
+        Ok(h) => h,
+        Err(description) => return bad(description),
+    };
+    let set = snapshot.route_set(host);
+    let lookup = set.router.lookup(req.method, &path);
+    let cors = cors_scope(snapshot, set, &lookup, &path, req.origin());
+
+    // 3. CORS preflight (RFC 9110 OPTIONS with Origin and Access-Control-Request-Method).
+    if let (Some(scope), true) = (cors, *req.method == Method::OPTIONS) {
+        if let (Some(_), Some(requested)) =
+            (req.origin(), req.headers.get(ACCESS_CONTROL_REQUEST_METHOD))
+        {
+            let decision = preflight(set, &path, scope, requested);
+            return Verdict {
+                decision,
+                cors: None,
+            };
+        }
+    }
+    let decision = decide_route(snapshot, set, req, lookup, path, now);
+    Verdict { decision, cors }
+}
+
+/// Steps 4-7 for a request whose host selected `set`.
+fn decide_route<'r>(
+    snapshot: &'r Snapshot,
+    set: &RouteSet,
+    req: Request<'r>,
+    lookup: Lookup<'r>,
+    path: Cow<'r, str>,
+    now: u64,
+) -> Decision<'r> {
     let matched = match &lookup {
         Lookup::Found(r) => Some(*r),
         _ => None,
     };
-
     // 4. Public routes need no token.
     if let Some(route) = matched.filter(|&r| snapshot.routes[r].public) {
-        return Decision::Forward(ForwardTo {
-            route,
-            upstream: snapshot.routes[route].upstream,
-            path,
-            principal: None,
-        });
+        return Decision::Forward(forward_to(snapshot, route, path, None));
     }
-
-    // 5. Authenticate before revealing whether the path exists.
-    match authenticate(snapshot, req.headers, now) {
+    // 5. Authenticate before revealing whether the path exists: for the route's API, or for
+    // any API of the host when no route matched.
+    let route_api;
+    let apis: &[usize] = match matched {
+        Some(r) => {
+            route_api = [snapshot.routes[r].api];
+            &route_api
+        }
+        None => &set.apis,
+    };
+    match authenticate(snapshot, apis, req.headers, now) {
         Ok(principal) => authorize(snapshot, lookup, path, principal),
         Err(AuthError::Ambiguous) => Decision::Refuse(Refusal::BadRequest {
             description: "more than one Authorization header",

@@ -46,6 +46,9 @@ enum Command {
         method: String,
         /// Request target, e.g. /contacts/42?x=1.
         target: String,
+        /// The request's Host (selects the APIs whose `hosts` match it).
+        #[arg(long)]
+        host: Option<String>,
         /// A bearer token to validate as the proxy would.
         #[arg(long, conflicts_with = "scopes")]
         token: Option<String>,
@@ -137,6 +140,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             method,
             target,
+            host,
             token,
             scopes,
         } => {
@@ -153,7 +157,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(s)) => explain::Credentials::Scopes(s),
                 (None, None) => explain::Credentials::None,
             };
-            print!("{}", explain::explain(&snap, &method, &target, creds));
+            print!(
+                "{}",
+                explain::explain(&snap, &method, &target, host.as_deref(), creds)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { key, request } => {

@@ -9,7 +9,7 @@ use http::header::HeaderValue;
 use http::Method;
 
 use crate::auth::{Principal, Rejection, Verifier};
-use crate::routing::{RequiredScopes, Router};
+use crate::routing::{normalize_host, HostTable, RequiredScopes, Router};
 use crate::upstream::UpstreamPool;
 
 /// Settings that take effect only at process start: a reload that changes them is logged and
@@ -33,6 +33,8 @@ pub struct Route {
     pub public: bool,
     pub required: RequiredScopes,
     pub upstream: usize,
+    /// The API it belongs to (index into `Snapshot::apis`).
+    pub api: usize,
     /// `WWW-Authenticate` for a 403 on this route, built once.
     pub insufficient_scope_challenge: HeaderValue,
 }
@@ -60,16 +62,79 @@ impl Challenges {
     }
 }
 
-/// Accepted `aud` values per issuer (by index), for the top-level routes.
-#[derive(Debug, Default)]
-pub struct Audiences(pub Vec<Vec<String>>);
+/// Which tokens an API takes.
+#[derive(Debug)]
+pub enum Accepts {
+    /// The top-level routes: each issuer (by index) with the audiences it lists.
+    PerIssuer(Vec<Vec<String>>),
+    /// `[apis.NAME]`: its `audience`, from its issuers (by index).
+    Audience {
+        audience: String,
+        issuers: Vec<usize>,
+    },
+}
 
-impl Audiences {
-    pub fn accept(&self, principal: &Principal) -> bool {
-        self.0
-            .get(principal.issuer)
-            .is_some_and(|accepted| principal.has_audience(accepted))
+/// The `[apis.NAME.cors]` answers, built once.
+#[derive(Debug)]
+pub struct Cors {
+    pub origins: Vec<String>,
+    /// The methods are added per path at preflight time.
+    pub allow_headers: HeaderValue,
+    pub expose_headers: HeaderValue,
+    pub max_age: HeaderValue,
+    pub allow_credentials: bool,
+}
+
+impl Cors {
+    /// The origin, if it is one of `origins` (compared exactly, as browsers send it).
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.iter().any(|o| o == origin)
     }
+}
+
+/// One API: `[apis.NAME]`, or the top-level routes (`name` None).
+#[derive(Debug)]
+pub struct Api {
+    pub name: Option<String>,
+    pub accepts: Accepts,
+    pub hosts: Vec<crate::routing::HostPattern>,
+    /// Removed from the normalized path before forwarding.
+    pub strip_prefix: Option<String>,
+    pub cors: Option<Cors>,
+}
+
+impl Api {
+    /// Whether a verified token is meant for this API: its issuer is one of the API's and its
+    /// `aud` names the API's audience (RFC 7519 §4.1.3).
+    pub fn accept(&self, principal: &Principal) -> Result<(), Rejection> {
+        match &self.accepts {
+            Accepts::PerIssuer(per_issuer) => match per_issuer.get(principal.issuer) {
+                Some(accepted) if principal.has_audience(accepted) => Ok(()),
+                _ => Err(Rejection::WrongAudience),
+            },
+            Accepts::Audience { audience, issuers } => {
+                if !issuers.contains(&principal.issuer) {
+                    Err(Rejection::WrongIssuer)
+                } else if principal.has_audience(std::slice::from_ref(audience)) {
+                    Ok(())
+                } else {
+                    Err(Rejection::WrongAudience)
+                }
+            }
+        }
+    }
+
+    /// `billing`, or `(top-level routes)`.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("(top-level routes)")
+    }
+}
+
+/// The routes searched for one host: those of a set of APIs, in config order.
+#[derive(Debug)]
+pub struct RouteSet {
+    pub apis: Vec<usize>,
+    pub router: Router,
 }
 
 /// What is added to, or removed from, requests forwarded upstream (claim headers live in the
@@ -83,10 +148,11 @@ pub struct ForwardPlan {
 pub struct Snapshot {
     pub generation: u64,
     pub process: ProcessSettings,
-    pub router: Router,
+    pub hosts: HostTable,
+    pub sets: Vec<RouteSet>,
+    pub apis: Vec<Api>,
     pub routes: Vec<Route>,
     pub verifier: Verifier,
-    pub audiences: Audiences,
     pub upstreams: Vec<UpstreamPool>,
     pub forward: ForwardPlan,
     pub challenges: Challenges,
@@ -111,6 +177,15 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl Snapshot {
+    /// The routes searched for a request's host (`None`: no host, as in HTTP/1.0).
+    pub fn route_set(&self, host: Option<&str>) -> &RouteSet {
+        let set = match host {
+            Some(h) => self.hosts.select(&normalize_host(h)),
+            None => self.hosts.select(""),
+        };
+        &self.sets[set]
+    }
+
     /// Files besides the config that this snapshot was built from: jwks_files and the TLS pair.
     pub fn source_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self

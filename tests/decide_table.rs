@@ -57,6 +57,7 @@ any_scopes = ["admin", "owner"]
 fn outcome(snap: &Snapshot, d: &Decision<'_>) -> (DecisionLabel, u16, Option<&'static str>) {
     match d {
         Decision::Forward(_) => (d.label(), 200, None),
+        Decision::Preflight(_) => (d.label(), 204, None),
         Decision::Refuse(r) => {
             let reason = match r {
                 Refusal::Unauthenticated { rejection, .. } => Some(rejection.reason().as_str()),
@@ -265,12 +266,7 @@ fn every_decision_in_spec_order() {
         ),
     ];
     for (rule, method, path, headers, at, want) in rows {
-        let req = Request {
-            method: &method,
-            path,
-            headers: &headers,
-        };
-        let d = decide(&snap, req, at);
+        let d = decide(&snap, Request::new(&method, path, &headers), at).decision;
         assert_eq!(outcome(&snap, &d), want, "{rule}: {d:?}");
     }
 }
@@ -279,12 +275,8 @@ fn every_decision_in_spec_order() {
 fn forwarding_carries_the_normalized_path_and_the_principal() {
     let (snap, _dir) = snapshot();
     let h = bearer(&sign(&claims("read:contacts")));
-    let req = Request {
-        method: &Method::GET,
-        path: "//api/../contacts",
-        headers: &h,
-    };
-    let Decision::Forward(to) = decide(&snap, req, common::now()) else {
+    let req = Request::new(&Method::GET, "//api/../contacts", &h);
+    let Decision::Forward(to) = decide(&snap, req, common::now()).decision else {
         panic!("not forwarded");
     };
     assert_eq!(to.path(), "/contacts");
@@ -297,12 +289,8 @@ fn forwarding_carries_the_normalized_path_and_the_principal() {
 fn refusals_carry_their_challenges() {
     let (snap, _dir) = snapshot();
     let h = bearer(&sign(&claims("read:contacts")));
-    let req = Request {
-        method: &Method::POST,
-        path: "/contacts",
-        headers: &h,
-    };
-    let Decision::Refuse(r) = decide(&snap, req, common::now()) else {
+    let req = Request::new(&Method::POST, "/contacts", &h);
+    let Decision::Refuse(r) = decide(&snap, req, common::now()).decision else {
         panic!("forwarded");
     };
     let resp = r.response(&snap);

@@ -24,6 +24,8 @@ pub struct Issuer {
     pub issuer: String,
     pub algorithms: Vec<Algorithm>,
     pub leeway: u64,
+    /// When set, the JWS `typ` must be one of these (as `media_type` gives them).
+    pub token_types: Option<Vec<String>>,
     pub scope_claims: Vec<String>,
     pub keys: Arc<KeyStore>,
     pub refresh: super::jwks::RefreshPolicy,
@@ -56,6 +58,7 @@ impl Principal {
 struct JoseHeader {
     alg: String,
     kid: Option<String>,
+    typ: Option<String>,
     crit: Option<Value>,
 }
 
@@ -152,6 +155,15 @@ fn check_signature(jws: &Compact<'_>, issuer: &Issuer, issuer_idx: usize) -> Res
     }
 }
 
+/// A `typ` value as compared: lowercase, without `application/` (RFC 7515 §4.1.9).
+pub fn media_type(typ: &str) -> String {
+    let lower = typ.to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => lower,
+    }
+}
+
 /// `exp` is required and not passed, `nbf` (if any) is not ahead, both with the leeway.
 fn check_times(claims: &Map<String, Value>, leeway: u64, now: u64) -> Result<u64, Rejection> {
     let exp = numeric_date(claims, "exp")?.ok_or(Rejection::Malformed(Malformed::NoExp))?;
@@ -188,6 +200,12 @@ pub fn verify(
         .find(|(_, i)| i.issuer == iss)
         .ok_or(Rejection::WrongIssuer)?;
     check_signature(&jws, issuer, issuer_idx)?;
+    if let Some(types) = &issuer.token_types {
+        let typ = jws.header.typ.as_deref().map(media_type);
+        if !typ.is_some_and(|t| types.contains(&t)) {
+            return Err(Rejection::WrongType);
+        }
+    }
     let claims = jws.claims;
     let exp = check_times(&claims, issuer.leeway, now)?;
     let audiences = match claims.get("aud") {

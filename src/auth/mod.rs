@@ -26,6 +26,8 @@ pub enum Rejection {
     /// The token names a key the issuer (index) does not publish (yet).
     UnknownKey(usize),
     DisallowedAlg,
+    /// The JWS `typ` is not one of the issuer's `token_types`.
+    WrongType,
 }
 
 /// What is wrong with a token that could not be read.
@@ -85,10 +87,11 @@ pub enum RejectionReason {
     WrongAudience,
     UnknownKey,
     DisallowedAlg,
+    WrongType,
 }
 
 impl RejectionReason {
-    pub const ALL: [RejectionReason; 9] = [
+    pub const ALL: [RejectionReason; 10] = [
         RejectionReason::Missing,
         RejectionReason::Malformed,
         RejectionReason::BadSignature,
@@ -98,6 +101,7 @@ impl RejectionReason {
         RejectionReason::WrongAudience,
         RejectionReason::UnknownKey,
         RejectionReason::DisallowedAlg,
+        RejectionReason::WrongType,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +115,7 @@ impl RejectionReason {
             RejectionReason::WrongAudience => "wrong_audience",
             RejectionReason::UnknownKey => "unknown_key",
             RejectionReason::DisallowedAlg => "disallowed_alg",
+            RejectionReason::WrongType => "wrong_type",
         }
     }
 
@@ -133,6 +138,7 @@ impl Rejection {
             Rejection::WrongAudience,
             Rejection::UnknownKey(0),
             Rejection::DisallowedAlg,
+            Rejection::WrongType,
         ];
         all.extend(Malformed::ALL.map(Rejection::Malformed));
         all
@@ -148,7 +154,8 @@ impl Rejection {
             Rejection::WrongAudience => 5,
             Rejection::UnknownKey(_) => 6,
             Rejection::DisallowedAlg => 7,
-            Rejection::Malformed(m) => 8 + *m as usize,
+            Rejection::WrongType => 8,
+            Rejection::Malformed(m) => 9 + *m as usize,
         }
     }
 
@@ -163,6 +170,7 @@ impl Rejection {
             Rejection::WrongAudience => RejectionReason::WrongAudience,
             Rejection::UnknownKey(_) => RejectionReason::UnknownKey,
             Rejection::DisallowedAlg => RejectionReason::DisallowedAlg,
+            Rejection::WrongType => RejectionReason::WrongType,
         }
     }
 
@@ -178,6 +186,7 @@ impl Rejection {
             Rejection::WrongAudience => "the token audience is not accepted",
             Rejection::UnknownKey(_) => "the token is signed with an unknown key",
             Rejection::DisallowedAlg => "the token algorithm is not allowed",
+            Rejection::WrongType => "the token type (typ) is not accepted",
         }
     }
 }

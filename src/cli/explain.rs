@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use http::header::{HeaderValue, AUTHORIZATION};
+use http::header::{HeaderValue, AUTHORIZATION, HOST};
 use http::{HeaderMap, Method};
 
 use crate::auth::{Principal, Rejection};
@@ -50,6 +50,10 @@ fn describe(snapshot: &Snapshot, d: &Decision<'_>) -> String {
             "403 insufficient scope: needs {}",
             snapshot.routes[*route].required
         ),
+        Decision::Refuse(Refusal::CorsRejected { .. }) => {
+            "403 CORS preflight rejected (origin or method not allowed)".to_string()
+        }
+        Decision::Preflight(_) => "204 CORS preflight answered".to_string(),
     }
 }
 
@@ -75,7 +79,13 @@ fn describe_route(out: &mut String, snapshot: &Snapshot, method: &Method, lookup
     }
 }
 
-pub fn explain(snapshot: &Snapshot, method: &str, target: &str, creds: Credentials<'_>) -> String {
+pub fn explain(
+    snapshot: &Snapshot,
+    method: &str,
+    target: &str,
+    host: Option<&str>,
+    creds: Credentials<'_>,
+) -> String {
     let mut out = String::new();
     let method = match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
         Ok(m) => m,
@@ -90,21 +100,37 @@ pub fn explain(snapshot: &Snapshot, method: &str, target: &str, creds: Credentia
     if normalized != path {
         let _ = writeln!(out, "path:     {normalized} (normalized)");
     }
-    let lookup = snapshot.router.lookup(&method, &normalized);
-    describe_route(&mut out, snapshot, &method, &lookup);
     let mut headers = HeaderMap::new();
+    if let Some(h) = host {
+        match HeaderValue::from_str(h) {
+            Ok(v) => headers.insert(HOST, v),
+            Err(_) => return out + "decision: 400 bad request: the host is not a header value\n",
+        };
+    }
+    let set = snapshot.route_set(host);
+    let apis: Vec<&str> = set
+        .apis
+        .iter()
+        .map(|&a| snapshot.apis[a].display_name())
+        .collect();
+    let _ = writeln!(
+        out,
+        "host:     {} -> {}",
+        host.unwrap_or("(none)"),
+        if apis.is_empty() {
+            "no API".to_string()
+        } else {
+            apis.join(", ")
+        }
+    );
+    let lookup = set.router.lookup(&method, &normalized);
+    describe_route(&mut out, snapshot, &method, &lookup);
     let decision = match creds {
         // The scopes stand for a valid token: run the same authorization as for one.
         Credentials::Scopes(scopes) => match lookup {
-            Lookup::Found(i) if snapshot.routes[i].public => decide(
-                snapshot,
-                Request {
-                    method: &method,
-                    path,
-                    headers: &headers,
-                },
-                unix_now(),
-            ),
+            Lookup::Found(i) if snapshot.routes[i].public => {
+                decide(snapshot, Request::new(&method, path, &headers), unix_now()).decision
+            }
             lookup => {
                 let principal = Principal {
                     issuer: 0,
@@ -120,27 +146,13 @@ pub fn explain(snapshot: &Snapshot, method: &str, target: &str, creds: Credentia
         Credentials::Token(t) => match HeaderValue::from_str(&format!("Bearer {t}")) {
             Ok(v) => {
                 headers.insert(AUTHORIZATION, v);
-                decide(
-                    snapshot,
-                    Request {
-                        method: &method,
-                        path,
-                        headers: &headers,
-                    },
-                    unix_now(),
-                )
+                decide(snapshot, Request::new(&method, path, &headers), unix_now()).decision
             }
             Err(_) => return out + "decision: 401 invalid token: not a header value\n",
         },
-        Credentials::None => decide(
-            snapshot,
-            Request {
-                method: &method,
-                path,
-                headers: &headers,
-            },
-            unix_now(),
-        ),
+        Credentials::None => {
+            decide(snapshot, Request::new(&method, path, &headers), unix_now()).decision
+        }
     };
     let _ = writeln!(out, "decision: {}", describe(snapshot, &decision));
     out

@@ -53,12 +53,31 @@ fn issuer(
         .as_ref()
         .map(|a| a.get_ref().clone())
         .unwrap_or_default();
-    if audiences.is_empty() {
+    // Top-level routes take their tokens' audiences from the issuers; APIs name their own.
+    let top_level_needs_tokens = loaded.config.routes.iter().any(|r| !r.get_ref().public);
+    if audiences.is_empty() && top_level_needs_tokens {
         return Err(src.error(
             span,
-            format!("issuer {name:?}: `audiences` is required (the `aud` values this API accepts)"),
+            format!("issuer {name:?}: `audiences` is required (the `aud` values the top-level [[routes]] accept)"),
         ));
     }
+    let token_types = match &ic.token_types {
+        None => None,
+        Some(t) if t.get_ref().is_empty() => {
+            return Err(src.error(
+                Some(t.span()),
+                format!(
+                    "issuer {name:?}: `token_types` is empty; leave it out to accept any `typ`"
+                ),
+            ));
+        }
+        Some(t) => Some(
+            t.get_ref()
+                .iter()
+                .map(|t| crate::auth::jwt::media_type(t))
+                .collect(),
+        ),
+    };
     let source = key_source(loaded, ic, span.clone())?;
     let algorithms = algorithms(loaded, ic, &source, span.clone())?;
     if ic.refresh_min_seconds == 0 || ic.refresh_min_seconds > ic.refresh_max_seconds {
@@ -79,6 +98,7 @@ fn issuer(
         issuer: name,
         algorithms,
         leeway: ic.leeway_seconds,
+        token_types,
         scope_claims: ic.scope_claims.clone(),
         keys,
         refresh: RefreshPolicy {

@@ -1,6 +1,7 @@
 //! `Config` -> `Snapshot`: one function per config section and this short orchestrator. All the
 //! file and DNS I/O of a load happens here, so it runs off the async runtime's threads.
 
+mod apis;
 mod forward;
 mod issuers;
 mod routes;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use crate::auth::keys::{KeySource, KeyStore};
 use crate::auth::Verifier;
 use crate::config::{ConfigError, LoadedConfig};
-use crate::snapshot::{Audiences, ForwardPlan, Snapshot};
+use crate::snapshot::{ForwardPlan, Snapshot};
 
 pub use routes::method_list;
 pub use server::quoted;
@@ -41,15 +42,16 @@ pub fn build_with(
     let tls = tls::server_tls(loaded)?;
     let upstreams = upstreams::pools(loaded)?;
     let (issuers, audiences) = issuers::issuers(loaded, previous_keys)?;
-    let (router, routes) = routes::routes(loaded, &upstreams, !issuers.is_empty(), &challenges)?;
+    let compiled = apis::apis(loaded, &upstreams, &issuers, audiences, &challenges)?;
     let forward_claims = forward::claim_headers(loaded)?;
     Ok(Snapshot {
         generation,
         process,
-        router,
-        routes,
+        hosts: compiled.hosts,
+        sets: compiled.sets,
+        apis: compiled.apis,
+        routes: compiled.routes,
         verifier: Verifier::new(issuers, forward_claims, cfg.forward.token_cache_size),
-        audiences: Audiences(audiences),
         upstreams,
         forward: ForwardPlan {
             strip_token: cfg.forward.strip_token,

@@ -1,12 +1,12 @@
 //! `[[routes]]`: the router and what each route requires.
 
-use std::collections::HashSet;
-
 use http::{HeaderValue, Method};
+
+use toml::Spanned;
 
 use super::quoted;
 use crate::config::{ConfigError, LoadedConfig, RouteConfig};
-use crate::routing::{is_scope_token, RequiredScopes, Router};
+use crate::routing::{is_scope_token, RequiredScopes};
 use crate::snapshot::{Challenges, Route};
 use crate::upstream::UpstreamPool;
 
@@ -21,50 +21,6 @@ pub fn method_list(methods: &[Method]) -> String {
             .collect::<Vec<_>>()
             .join(",")
     }
-}
-
-pub fn routes(
-    loaded: &LoadedConfig,
-    upstreams: &[UpstreamPool],
-    have_issuers: bool,
-    challenges: &Challenges,
-) -> Result<(Router, Vec<Route>), ConfigError> {
-    let cfg = &loaded.config;
-    // GET also covers HEAD (RFC 9110 §9.3.2), unless HEAD has a route of its own.
-    let paths_with_head: HashSet<&str> = cfg
-        .routes
-        .iter()
-        .filter(|r| {
-            r.get_ref()
-                .methods
-                .as_ref()
-                .is_some_and(|ms| ms.get_ref().iter().any(|m| m.eq_ignore_ascii_case("HEAD")))
-        })
-        .map(|r| r.get_ref().path.get_ref().as_str())
-        .collect();
-    let mut router = Router::default();
-    let mut routes = Vec::with_capacity(cfg.routes.len());
-    for (idx, spanned) in cfg.routes.iter().enumerate() {
-        let rc = spanned.get_ref();
-        let span = Some(spanned.span());
-        let route = route(
-            loaded,
-            rc,
-            span.clone(),
-            upstreams,
-            have_issuers,
-            challenges,
-        )?;
-        let mut lookup_methods = route.methods.clone();
-        if route.methods.contains(&Method::GET) && !paths_with_head.contains(route.path.as_str()) {
-            lookup_methods.push(Method::HEAD);
-        }
-        router
-            .insert(&route.path, &lookup_methods, idx)
-            .map_err(|e| loaded.source.error(Some(rc.path.span()), e.to_string()))?;
-        routes.push(route);
-    }
-    Ok((router, routes))
 }
 
 fn methods(loaded: &LoadedConfig, rc: &RouteConfig) -> Result<Vec<Method>, ConfigError> {
@@ -93,12 +49,12 @@ fn methods(loaded: &LoadedConfig, rc: &RouteConfig) -> Result<Vec<Method>, Confi
 
 fn upstream_of(
     loaded: &LoadedConfig,
-    rc: &RouteConfig,
+    upstream: Option<&Spanned<String>>,
     name: &str,
     upstreams: &[UpstreamPool],
     span: Option<std::ops::Range<usize>>,
 ) -> Result<usize, ConfigError> {
-    match &rc.upstream {
+    match upstream {
         Some(u) => upstreams
             .iter()
             .position(|p| p.name == *u.get_ref())
@@ -124,13 +80,26 @@ fn upstream_of(
     }
 }
 
-fn route(
+/// What a route is compiled in: its API, and what the API gives its routes.
+pub struct RouteContext<'a> {
+    pub api: usize,
+    /// `Some("billing")` for `[apis.billing]`: route labels are `billing GET /path`.
+    pub api_name: Option<&'a str>,
+    /// The API's `upstream`, for routes that name none.
+    pub default_upstream: Option<&'a Spanned<String>>,
+    /// The API's declared scopes, when it declares any.
+    pub declared: Option<&'a [String]>,
+    pub upstreams: &'a [UpstreamPool],
+    pub have_issuers: bool,
+    pub challenges: &'a Challenges,
+}
+
+/// Compile one route of an API (or of the top-level routes).
+pub fn route(
     loaded: &LoadedConfig,
     rc: &RouteConfig,
     span: Option<std::ops::Range<usize>>,
-    upstreams: &[UpstreamPool],
-    have_issuers: bool,
-    challenges: &Challenges,
+    cx: &RouteContext<'_>,
 ) -> Result<Route, ConfigError> {
     let path = rc.path.get_ref().clone();
     let methods = methods(loaded, rc)?;
@@ -149,8 +118,17 @@ fn route(
     {
         return Err(err(format!("route {name}: {s:?} is not a valid scope (RFC 6749 §3.3: no spaces, quotes or backslashes)")));
     }
-    let upstream = upstream_of(loaded, rc, &name, upstreams, span.clone())?;
-    if !rc.public && !have_issuers {
+    if let Some(declared) = cx.declared {
+        check_declared(rc, declared).map_err(|m| err(format!("route {name}: {m}")))?;
+    }
+    let upstream = upstream_of(
+        loaded,
+        rc.upstream.as_ref().or(cx.default_upstream),
+        &name,
+        cx.upstreams,
+        span.clone(),
+    )?;
+    if !rc.public && !cx.have_issuers {
         return Err(err(format!(
             "route {name} needs a token but no [[issuers]] are configured"
         )));
@@ -161,66 +139,76 @@ fn route(
     };
     let insufficient_scope_challenge = HeaderValue::from_str(&format!(
         "Bearer realm={}, error=\"insufficient_scope\", scope={}",
-        quoted(&challenges.realm),
+        quoted(&cx.challenges.realm),
         quoted(&required.challenge_scope())
     ))
     .map_err(|_| err("scopes do not fit in a header".into()))?;
     Ok(Route {
-        label: name,
+        label: match cx.api_name {
+            Some(api) => format!("{api} {name}"),
+            None => name,
+        },
         path,
         methods,
         public: rc.public,
         required,
         upstream,
+        api: cx.api,
         insufficient_scope_challenge,
     })
+}
+
+/// Every scope a route requires is one its API declares; a typo names the closest.
+fn check_declared(rc: &RouteConfig, declared: &[String]) -> Result<(), String> {
+    let Some(missing) = rc
+        .scopes
+        .iter()
+        .chain(&rc.any_scopes)
+        .find(|s| !declared.contains(s))
+    else {
+        return Ok(());
+    };
+    let closest = declared
+        .iter()
+        .min_by_key(|d| edit_distance(missing, d))
+        .map(|d| format!("; did you mean {d:?}?"))
+        .unwrap_or_default();
+    Err(format!(
+        "scope {missing:?} is not declared in the API's `scopes`{closest}"
+    ))
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::parse_for_test;
-    use crate::routing::Lookup;
-
-    fn compile_routes(extra: &str) -> Result<(Router, Vec<Route>), ConfigError> {
-        let l = parse_for_test(&format!(
-            "[server]\nlisten = \"127.0.0.1:1\"\n[upstreams.u]\nservers = [\"127.0.0.1:2\"]\n{extra}"
-        ));
-        let ups = super::super::upstreams::pools(&l).unwrap();
-        let ch = super::super::server::challenges(&l).unwrap();
-        routes(&l, &ups, true, &ch)
-    }
 
     #[test]
-    fn get_covers_head_and_labels_name_the_methods() {
-        let (router, routes) = compile_routes(
-            "[[routes]]\nmethods = [\"get\", \"POST\"]\npath = \"/a\"\nscopes = [\"r\"]\n",
-        )
-        .unwrap();
-        assert_eq!(routes[0].label, "GET,POST /a");
-        assert_eq!(router.lookup(&Method::HEAD, "/a"), Lookup::Found(0));
-        assert_eq!(
-            routes[0].insufficient_scope_challenge,
-            "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"r\""
-        );
-    }
-
-    #[test]
-    fn bad_routes_are_errors_at_their_line() {
-        let e = compile_routes("[[routes]]\npath = \"/a\"\npublic = true\nscopes = [\"r\"]\n")
-            .unwrap_err();
-        assert!(
-            e.message.contains("a public route cannot require scopes"),
-            "{e}"
-        );
-        assert_eq!(e.line, 5);
-        let e = compile_routes("[[routes]]\npath = \"/a\"\nupstream = \"nope\"\n").unwrap_err();
-        assert!(
-            e.message
-                .contains("upstream \"nope\" is not defined (defined: u)"),
-            "{e}"
-        );
-        let e = compile_routes("[[routes]]\npath = \"/a\"\nscopes = [\"a b\"]\n").unwrap_err();
-        assert!(e.message.contains("is not a valid scope"), "{e}");
+    fn undeclared_scopes_name_the_closest_declared_one() {
+        let rc: RouteConfig =
+            toml::from_str("path = \"/a\"\nscopes = [\"read:invoice\"]\n").unwrap();
+        let declared = vec!["read:invoices".to_string(), "pay:invoices".to_string()];
+        let e = check_declared(&rc, &declared).unwrap_err();
+        assert!(e.contains("did you mean \"read:invoices\""), "{e}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

@@ -24,6 +24,78 @@ pub struct Config {
     pub routes: Vec<Spanned<RouteConfig>>,
     #[serde(default)]
     pub forward: ForwardConfig,
+    /// `[apis.NAME]`, in the file's order (the order decides which API's 401 reason is given).
+    #[serde(default)]
+    pub apis: InOrder<Spanned<ApiConfig>>,
+}
+
+/// A TOML table read as a list of (key, value) in the file's order.
+#[derive(Debug, Clone)]
+pub struct InOrder<T>(pub Vec<(String, T)>);
+
+impl<T> Default for InOrder<T> {
+    fn default() -> Self {
+        InOrder(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for InOrder<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = InOrder<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some((k, v)) = map.next_entry()? {
+                    items.push((k, v));
+                }
+                Ok(InOrder(items))
+            }
+        }
+        d.deserialize_map(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// `[apis.NAME]`: one API as the identity provider knows it, with its own routes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// A token for these routes must carry it in `aud`.
+    pub audience: Spanned<String>,
+    /// Which `[[issuers]]` may issue its tokens (default: all).
+    pub issuers: Option<Spanned<Vec<String>>>,
+    /// Host names (`*.suffix` for subdomains); default: any host.
+    pub hosts: Option<Spanned<Vec<String>>>,
+    /// Default upstream of its routes.
+    pub upstream: Option<Spanned<String>>,
+    /// Removed from the normalized path before forwarding.
+    pub strip_prefix: Option<Spanned<String>>,
+    /// The scopes it defines (name = description); when given, routes may require only these.
+    pub scopes: Option<Spanned<InOrder<String>>>,
+    pub cors: Option<Spanned<CorsConfig>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteConfig>>,
+}
+
+/// `[apis.NAME.cors]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    pub origins: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default = "default_max_age")]
+    pub max_age_seconds: u64,
+    #[serde(default)]
+    pub allow_credentials: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +157,9 @@ pub struct IssuerConfig {
     pub refresh_min_seconds: u64,
     #[serde(default = "default_refresh_max")]
     pub refresh_max_seconds: u64,
+    /// When set, the JWS header `typ` must be one of these (RFC 9068 `at+jwt`), compared
+    /// case-insensitively, an `application/` prefix ignored.
+    pub token_types: Option<Spanned<Vec<String>>>,
     /// Minimum time between two refetches triggered by an unknown `kid`.
     #[serde(default = "default_cooldown")]
     pub unknown_kid_cooldown_seconds: u64,
@@ -142,6 +217,9 @@ impl Default for ForwardConfig {
     }
 }
 
+fn default_max_age() -> u64 {
+    600
+}
 fn default_threads() -> usize {
     2
 }

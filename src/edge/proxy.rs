@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+};
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType};
@@ -51,6 +53,10 @@ pub struct RequestCtx {
     connect_failures: usize,
     /// Why the token was refused, for `scopegate_token_rejections_total`.
     rejection: Option<RejectionReason>,
+    /// The request's API has `cors`: the upstream's own `Access-Control-*` headers are dropped.
+    cors_api: bool,
+    /// CORS headers for an allowed origin, added to every answer.
+    cors_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Drop for RequestCtx {
@@ -69,9 +75,11 @@ enum Outcome {
 
 fn response_header(resp: &ErrorResponse, body_len: usize) -> pingora_core::Result<ResponseHeader> {
     let mut header = ResponseHeader::build(resp.status, Some(4 + resp.headers.len()))?;
-    header.insert_header(CONTENT_TYPE, "application/json")?;
+    if resp.status != 204 {
+        header.insert_header(CONTENT_TYPE, "application/json")?;
+        header.insert_header(CONTENT_LENGTH, body_len)?;
+    }
     header.insert_header(CACHE_CONTROL, "no-store")?;
-    header.insert_header(CONTENT_LENGTH, body_len)?;
     for (name, value) in &resp.headers {
         header.append_header(name.clone(), value.clone())?;
     }
@@ -79,13 +87,18 @@ fn response_header(resp: &ErrorResponse, body_len: usize) -> pingora_core::Resul
 }
 
 async fn send_error(session: &mut Session, resp: &ErrorResponse) -> pingora_core::Result<()> {
-    let body = Bytes::from(resp.body());
+    // A 204 (an answered preflight) has no body (RFC 9110 §15.3.5).
+    let body = if resp.status == 204 {
+        Bytes::new()
+    } else {
+        Bytes::from(resp.body())
+    };
     let header = response_header(resp, body.len())?;
     // A request body we did not read would be taken for the next request on this connection.
     if !session.is_body_empty() {
         session.set_keepalive(None);
     }
-    let head_only = session.req_header().method == http::Method::HEAD;
+    let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
     session
         .write_response_header(Box::new(header), head_only)
         .await?;
@@ -111,11 +124,21 @@ impl ScopeGate {
             method: &req.method,
             path: req.uri.path(),
             headers: &req.headers,
+            authority: req.uri.authority().map(|a| a.as_str()),
+            host_required: req.version == http::Version::HTTP_11,
         };
-        let decision = decide(&live.snapshot, request, unix_now());
+        let verdict = decide(&live.snapshot, request, unix_now());
+        let decision = verdict.decision;
         ctx.decision = decision.label();
         ctx.route = decision.route();
-        match decision {
+        ctx.cors_api = verdict.cors.is_some();
+        ctx.cors_headers = verdict
+            .cors
+            .map(|c| c.response_headers())
+            .unwrap_or_default();
+        ctx.forward = None;
+        ctx.rejection = None;
+        let refusal = match decision {
             Decision::Forward(to) => {
                 let (_, upstream, rewritten_path, principal) = to.into_parts();
                 ctx.forward = Some(Forwarding {
@@ -123,26 +146,26 @@ impl ScopeGate {
                     rewritten_path,
                     principal,
                 });
-                ctx.rejection = None;
-                Outcome::Forward
+                return Outcome::Forward;
             }
-            Decision::Refuse(refusal) => {
-                ctx.forward = None;
-                let response = refusal.response(&live.snapshot);
-                match refusal {
-                    Refusal::Unauthenticated { rejection, .. } => {
-                        ctx.rejection = Some(rejection.reason());
-                        match rejection {
-                            Rejection::UnknownKey(i) => Outcome::RefreshKeys(i, response),
-                            _ => Outcome::Reply(response),
-                        }
-                    }
-                    _ => {
-                        ctx.rejection = None;
-                        Outcome::Reply(response)
-                    }
+            Decision::Preflight(p) => {
+                let mut resp = ErrorResponse::new(204, "", "");
+                resp.headers = p.headers;
+                return Outcome::Reply(resp);
+            }
+            Decision::Refuse(refusal) => refusal,
+        };
+        let mut response = refusal.response(&live.snapshot);
+        response.headers.extend(ctx.cors_headers.iter().cloned());
+        match refusal {
+            Refusal::Unauthenticated { rejection, .. } => {
+                ctx.rejection = Some(rejection.reason());
+                match rejection {
+                    Rejection::UnknownKey(i) => Outcome::RefreshKeys(i, response),
+                    _ => Outcome::Reply(response),
                 }
             }
+            _ => Outcome::Reply(response),
         }
     }
 }
@@ -166,6 +189,8 @@ impl ProxyHttp for ScopeGate {
             server: 0,
             connect_failures: 0,
             rejection: None,
+            cors_api: false,
+            cors_headers: Vec::new(),
         }
     }
 
@@ -284,6 +309,31 @@ impl ProxyHttp for ScopeGate {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora_core::Result<()> {
+        if ctx.cors_api {
+            // For an API with `cors`, only scopegate speaks CORS: an origin not in its list
+            // gets no Access-Control-* header, whatever the upstream says.
+            let theirs: Vec<HeaderName> = upstream_response
+                .headers
+                .keys()
+                .filter(|n| n.as_str().starts_with("access-control-"))
+                .cloned()
+                .collect();
+            for name in theirs {
+                upstream_response.remove_header(&name);
+            }
+            for (name, value) in &ctx.cors_headers {
+                upstream_response.append_header(name.clone(), value.clone())?;
+            }
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -307,7 +357,7 @@ impl ProxyHttp for ScopeGate {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
@@ -338,6 +388,8 @@ impl ProxyHttp for ScopeGate {
                     ErrorResponse::new(code, "internal_error", "the request could not be completed")
                 }
             };
+            let mut resp = resp;
+            resp.headers.extend(ctx.cors_headers.iter().cloned());
             let body = Bytes::from(resp.body());
             if let Ok(header) = response_header(&resp, body.len()) {
                 let _ = session

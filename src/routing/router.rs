@@ -180,6 +180,48 @@ impl Router {
         Ok(())
     }
 
+    /// Some route on the most specific template matching `path`, whatever its method: which
+    /// API a path belongs to (for CORS), when the method has no route there.
+    pub fn owner(&self, path: &str) -> Option<usize> {
+        let exact = self.exact.at(path).ok().map(|m| &self.entries[*m.value]);
+        let tail = self
+            .has_tails
+            .then(|| self.tails.at(path).ok().map(|m| &self.entries[*m.value]))
+            .flatten();
+        let entry = match (exact, tail) {
+            (Some(e), Some(t)) if t.rank < e.rank => t,
+            (Some(e), _) => e,
+            (None, t) => t?,
+        };
+        entry
+            .by_method
+            .first()
+            .map(|(_, r)| *r)
+            .or(entry.any_method)
+    }
+
+    /// The methods the routes of `path` allow (the 405 `Allow` list, also for CORS), and
+    /// whether one of them takes every method.
+    pub fn allowed(&self, path: &str) -> Option<(Vec<&str>, bool)> {
+        let exact = self.exact.at(path).ok().map(|m| &self.entries[*m.value]);
+        let tail = self
+            .has_tails
+            .then(|| self.tails.at(path).ok().map(|m| &self.entries[*m.value]))
+            .flatten();
+        if exact.is_none() && tail.is_none() {
+            return None;
+        }
+        let mut methods: Vec<&str> = Vec::new();
+        let mut any = false;
+        for e in exact.into_iter().chain(tail) {
+            methods.extend(e.by_method.iter().map(|(m, _)| m.as_str()));
+            any |= e.any_method.is_some();
+        }
+        methods.sort_unstable();
+        methods.dedup();
+        Some((methods, any))
+    }
+
     /// `path` must already be normalized (see `path::normalize`).
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
         let exact = self.exact.at(path).ok().map(|m| &self.entries[*m.value]);

@@ -1,0 +1,341 @@
+//! `[apis.NAME]` and the top-level `[[routes]]` (an implicit API without hosts): each API with
+//! its routes, then the route sets searched per host, one router each.
+
+use std::collections::HashSet;
+
+use http::{HeaderValue, Method};
+use toml::Spanned;
+
+use super::routes::{route, RouteContext};
+use crate::auth::Issuer;
+use crate::config::{ApiConfig, ConfigError, CorsConfig, LoadedConfig, RouteConfig};
+use crate::routing::{is_scope_token, HostPattern, HostTable, Router, RouterError};
+use crate::snapshot::{Accepts, Api, Challenges, Cors, Route, RouteSet};
+use crate::upstream::UpstreamPool;
+
+type Span = Option<std::ops::Range<usize>>;
+
+/// Everything routing needs: the APIs, all their routes, and the sets searched per host.
+pub struct Compiled {
+    pub apis: Vec<Api>,
+    pub routes: Vec<Route>,
+    pub sets: Vec<RouteSet>,
+    pub hosts: HostTable,
+}
+
+pub fn apis(
+    loaded: &LoadedConfig,
+    upstreams: &[UpstreamPool],
+    issuers: &[Issuer],
+    issuer_audiences: Vec<Vec<String>>,
+    challenges: &Challenges,
+) -> Result<Compiled, ConfigError> {
+    let cfg = &loaded.config;
+    let mut apis = Vec::new();
+    let mut routes = Vec::new();
+    let base = RouteContext {
+        api: 0,
+        api_name: None,
+        default_upstream: None,
+        declared: None,
+        upstreams,
+        have_issuers: !issuers.is_empty(),
+        challenges,
+    };
+    if !cfg.routes.is_empty() {
+        apis.push(Api {
+            name: None,
+            accepts: Accepts::PerIssuer(issuer_audiences),
+            hosts: Vec::new(),
+            strip_prefix: None,
+            cors: None,
+        });
+        for r in &cfg.routes {
+            routes.push(route(loaded, r.get_ref(), Some(r.span()), &base)?);
+        }
+    }
+    for (name, spanned) in &cfg.apis.0 {
+        let ac = spanned.get_ref();
+        let span = Some(spanned.span());
+        let declared = declared_scopes(loaded, name, ac)?;
+        let cx = RouteContext {
+            api: apis.len(),
+            api_name: Some(name),
+            default_upstream: ac.upstream.as_ref(),
+            declared: declared.as_deref(),
+            ..base
+        };
+        let first = routes.len();
+        for r in &ac.routes {
+            routes.push(route(loaded, r.get_ref(), Some(r.span()), &cx)?);
+        }
+        let api = api(
+            loaded,
+            name,
+            ac,
+            span,
+            issuers,
+            &ac.routes,
+            &routes[first..],
+        )?;
+        apis.push(api);
+    }
+    let (sets, hosts) = route_sets(loaded, &apis, &routes)?;
+    Ok(Compiled {
+        apis,
+        routes,
+        sets,
+        hosts,
+    })
+}
+
+fn api(
+    loaded: &LoadedConfig,
+    name: &str,
+    ac: &ApiConfig,
+    span: Span,
+    issuers: &[Issuer],
+    route_configs: &[Spanned<RouteConfig>],
+    routes: &[Route],
+) -> Result<Api, ConfigError> {
+    let src = &loaded.source;
+    let audience = ac.audience.get_ref().clone();
+    if audience.is_empty() {
+        return Err(src.error(
+            Some(ac.audience.span()),
+            format!("apis.{name}.audience must not be empty"),
+        ));
+    }
+    let issuer_idx = match &ac.issuers {
+        None => (0..issuers.len()).collect(),
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .map(|want| {
+                issuers.iter().position(|i| i.issuer == *want).ok_or_else(|| {
+                    let known: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
+                    src.error(
+                        Some(list.span()),
+                        format!("apis.{name}.issuers: {want:?} is not an [[issuers]] entry (known: {})", known.join(", ")),
+                    )
+                })
+            })
+            .collect::<Result<Vec<usize>, _>>()?,
+    };
+    let hosts = match &ac.hosts {
+        None => Vec::new(),
+        Some(h) => h
+            .get_ref()
+            .iter()
+            .map(|p| {
+                HostPattern::parse(p)
+                    .map_err(|m| src.error(Some(h.span()), format!("apis.{name}.hosts: {m}")))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let strip_prefix = match &ac.strip_prefix {
+        None => None,
+        Some(p) => Some(
+            check_prefix(p.get_ref(), route_configs)
+                .map_err(|m| src.error(Some(p.span()), format!("apis.{name}.strip_prefix: {m}")))?,
+        ),
+    };
+    let cors = match &ac.cors {
+        None => None,
+        Some(c) => Some(
+            cors(c.get_ref())
+                .map_err(|m| src.error(Some(c.span()), format!("apis.{name}.cors: {m}")))?,
+        ),
+    };
+    if routes.is_empty() {
+        tracing::warn!(api = name, "API has no routes");
+    }
+    let _ = span;
+    Ok(Api {
+        name: Some(name.to_string()),
+        accepts: Accepts::Audience {
+            audience,
+            issuers: issuer_idx,
+        },
+        hosts,
+        strip_prefix,
+        cors,
+    })
+}
+
+/// The API's declared scopes, each a valid scope token; `None` when it declares none.
+fn declared_scopes(
+    loaded: &LoadedConfig,
+    name: &str,
+    ac: &ApiConfig,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(scopes) = &ac.scopes else {
+        return Ok(None);
+    };
+    let names: Vec<String> = scopes.get_ref().0.iter().map(|(k, _)| k.clone()).collect();
+    if let Some(bad) = names.iter().find(|s| !is_scope_token(s)) {
+        return Err(loaded.source.error(
+            Some(scopes.span()),
+            format!("apis.{name}.scopes: {bad:?} is not a valid scope (RFC 6749 §3.3)"),
+        ));
+    }
+    Ok((!names.is_empty()).then_some(names))
+}
+
+/// `strip_prefix` is a literal prefix of every route path, ending at a segment boundary.
+fn check_prefix(prefix: &str, routes: &[Spanned<RouteConfig>]) -> Result<String, String> {
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+        return Err(format!(
+            "{prefix:?} must start with '/' and not end with one, like \"/billing\""
+        ));
+    }
+    if prefix.contains(['{', '}', '%', '\\']) || prefix.split('/').any(|s| s == "." || s == "..") {
+        return Err(format!("{prefix:?} must be a literal, normalized path"));
+    }
+    for r in routes {
+        let path = r.get_ref().path.get_ref();
+        let fits = path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'));
+        if !fits {
+            return Err(format!(
+                "{prefix:?} is not a prefix of route path {path:?} at a segment boundary"
+            ));
+        }
+    }
+    Ok(prefix.to_string())
+}
+
+fn cors(c: &CorsConfig) -> Result<Cors, String> {
+    if c.origins.is_empty() {
+        return Err("`origins` is empty".into());
+    }
+    for o in &c.origins {
+        if o == "*" || !(o.starts_with("https://") || o.starts_with("http://")) || o.ends_with('/')
+        {
+            return Err(format!(
+                "origin {o:?} must be a scheme and host like \"https://app.example.com\" (no wildcard, no path)"
+            ));
+        }
+    }
+    let mut allow = vec!["authorization".to_string()];
+    allow.extend(
+        c.allow_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .filter(|h| h != "authorization"),
+    );
+    let mut expose = vec!["www-authenticate".to_string()];
+    expose.extend(
+        c.expose_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .filter(|h| h != "www-authenticate"),
+    );
+    let value =
+        |v: String| HeaderValue::from_str(&v).map_err(|_| format!("{v:?} is not a header value"));
+    Ok(Cors {
+        origins: c.origins.clone(),
+        allow_headers: value(allow.join(", "))?,
+        expose_headers: value(expose.join(", "))?,
+        max_age: value(c.max_age_seconds.to_string())?,
+        allow_credentials: c.allow_credentials,
+    })
+}
+
+/// Which set an API's host pattern falls in; `None` is the set of APIs without hosts.
+type SetKey = Option<HostPattern>;
+
+fn route_sets(
+    loaded: &LoadedConfig,
+    apis: &[Api],
+    routes: &[Route],
+) -> Result<(Vec<RouteSet>, HostTable), ConfigError> {
+    // Set keys in order of first appearance; each with its APIs in config order.
+    let mut keys: Vec<(SetKey, Vec<usize>)> = vec![(None, Vec::new())];
+    for (i, api) in apis.iter().enumerate() {
+        let api_keys: Vec<SetKey> = if api.hosts.is_empty() {
+            vec![None]
+        } else {
+            api.hosts.iter().cloned().map(Some).collect()
+        };
+        for key in api_keys {
+            match keys.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) if !members.contains(&i) => members.push(i),
+                Some(_) => {}
+                None => keys.push((key, vec![i])),
+            }
+        }
+    }
+    let mut hosts = HostTable::new(0);
+    let mut sets = Vec::with_capacity(keys.len());
+    for (key, members) in keys {
+        let router = router_for(loaded, &key, &members, routes)?;
+        if let Some(pattern) = &key {
+            hosts.insert(pattern, sets.len());
+        }
+        sets.push(RouteSet {
+            apis: members,
+            router,
+        });
+    }
+    Ok((sets, hosts))
+}
+
+/// One router over the routes of a set's APIs: the same method and path twice is an error.
+fn router_for(
+    loaded: &LoadedConfig,
+    key: &SetKey,
+    members: &[usize],
+    routes: &[Route],
+) -> Result<Router, ConfigError> {
+    let in_set: Vec<usize> = (0..routes.len())
+        .filter(|&r| members.contains(&routes[r].api))
+        .collect();
+    // GET also covers HEAD (RFC 9110 §9.3.2), unless HEAD has a route of its own.
+    let paths_with_head: HashSet<&str> = in_set
+        .iter()
+        .filter(|&&r| routes[r].methods.contains(&Method::HEAD))
+        .map(|&r| routes[r].path.as_str())
+        .collect();
+    let mut router = Router::default();
+    for &r in &in_set {
+        let route = &routes[r];
+        let mut methods = route.methods.clone();
+        if methods.contains(&Method::GET) && !paths_with_head.contains(route.path.as_str()) {
+            methods.push(Method::HEAD);
+        }
+        router.insert(&route.path, &methods, r).map_err(|e| {
+            let message = match e {
+                RouterError::Duplicate {
+                    method,
+                    path,
+                    other,
+                } => format!(
+                    "duplicate route{}: {method} {path} is already defined by `{}`",
+                    match key {
+                        Some(h) => format!(" for host {h}"),
+                        None => String::new(),
+                    },
+                    routes[other].label
+                ),
+                other => other.to_string(),
+            };
+            loaded.source.error(route_span(loaded, route, r), message)
+        })?;
+    }
+    Ok(router)
+}
+
+/// Where route `index` (in compile order: top-level first, then each API's) is in the file.
+fn route_span(loaded: &LoadedConfig, _route: &Route, index: usize) -> Span {
+    let cfg = &loaded.config;
+    let all = cfg.routes.iter().chain(
+        cfg.apis
+            .0
+            .iter()
+            .flat_map(|(_, a)| a.get_ref().routes.iter()),
+    );
+    all.clone().nth(index).map(|r| r.get_ref().path.span())
+}
