@@ -122,10 +122,16 @@ async fn serve_connection(mut stream: TcpStream, handler: Handler) -> std::io::R
             .iter()
             .map(|(n, v)| format!("{n}: {v}\r\n"))
             .collect();
+        // JSON unless the handler names its own type.
+        let own_type = resp
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}{}\r\n",
+            "HTTP/1.1 {} {}\r\n{}content-length: {}\r\n{extra}{}\r\n",
             resp.status,
             reason(resp.status),
+            if own_type { "" } else { "content-type: application/json\r\n" },
             resp.body.len(),
             if close { "connection: close\r\n" } else { "" }
         )
