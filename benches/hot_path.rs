@@ -47,6 +47,40 @@ fn snapshot(n: usize, jwks: &str, algorithm: &str, cache: usize) -> (Snapshot, t
     (build(&loaded, 1).unwrap(), dir)
 }
 
+/// `apis` APIs of `per_api` routes each, on hosts api{i}.bench (every fourth also `*.api{i}.bench`).
+fn many_apis(apis: usize, per_api: usize, jwks: &str) -> (Snapshot, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:1\"\n[[issuers]]\nissuer = \"{ISS}\"\njwks_file = \"jwks.json\"\n[upstreams.api]\nservers = [\"127.0.0.1:2\"]\n"
+    );
+    for a in 0..apis {
+        let wildcard = if a % 4 == 0 { format!(", \"*.api{a}.bench\"") } else { String::new() };
+        text.push_str(&format!(
+            "[apis.a{a}]\naudience = \"https://a{a}.bench\"\nhosts = [\"api{a}.bench\"{wildcard}]\n"
+        ));
+        for i in 0..per_api {
+            let (method, path) = match i % 3 {
+                0 => ("GET", format!("/svc{}/items", i / 3)),
+                1 => ("DELETE", format!("/svc{}/items/{{id}}", i / 3)),
+                _ => ("GET", format!("/svc{}/files/{{*rest}}", i / 3)),
+            };
+            text.push_str(&format!(
+                "[[apis.a{a}.routes]]\nmethods = [\"{method}\"]\npath = \"{path}\"\nscopes = [\"svc:read\"]\n"
+            ));
+        }
+    }
+    let loaded = parse(
+        Source {
+            name: "bench.toml".into(),
+            text,
+        },
+        PathBuf::from(dir.path()),
+    )
+    .unwrap();
+    (build(&loaded, 1).unwrap(), dir)
+}
+
 fn sign(pem: &str, kid: &str, scope: &str) -> String {
     let req = mint::TokenRequest {
         kid: Some(kid.into()),
@@ -77,6 +111,31 @@ fn routing(c: &mut Criterion) {
             b.iter(|| {
                 let p = path::normalize(black_box(t)).unwrap();
                 black_box(snap.route_set(None).router.lookup(&Method::DELETE, &p));
+            })
+        });
+    }
+    g.finish();
+
+    // Host selection on top: 20 APIs x 500 routes against one API of 1,000 routes.
+    let mut g = c.benchmark_group("host+normalize+lookup");
+    let (single, _d1) = snapshot(1_000, &jwks, "RS256", 0);
+    let target = "/svc80/items/12345";
+    g.bench_function("one_api_1000_routes", |b| {
+        b.iter(|| {
+            let set = single.route_set(Some(black_box("api.bench:443")));
+            let p = path::normalize(black_box(target)).unwrap();
+            black_box(set.router.lookup(&Method::DELETE, &p));
+        })
+    });
+    let (many, _d2) = many_apis(20, 500, &jwks);
+    for host in ["api13.bench:443", "x.api12.bench"] {
+        g.bench_with_input(BenchmarkId::new("20_apis_x_500_routes", host), host, |b, h| {
+            b.iter(|| {
+                let set = many.route_set(Some(black_box(h)));
+                let p = path::normalize(black_box(target)).unwrap();
+                let found = set.router.lookup(&Method::DELETE, &p);
+                assert!(matches!(found, scopegate::routing::Lookup::Found(_)));
+                black_box(found);
             })
         });
     }
