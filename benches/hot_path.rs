@@ -55,7 +55,11 @@ fn many_apis(apis: usize, per_api: usize, jwks: &str) -> (Snapshot, tempfile::Te
         "[server]\nlisten = \"127.0.0.1:1\"\n[[issuers]]\nissuer = \"{ISS}\"\njwks_file = \"jwks.json\"\n[upstreams.api]\nservers = [\"127.0.0.1:2\"]\n"
     );
     for a in 0..apis {
-        let wildcard = if a % 4 == 0 { format!(", \"*.api{a}.bench\"") } else { String::new() };
+        let wildcard = if a % 4 == 0 {
+            format!(", \"*.api{a}.bench\"")
+        } else {
+            String::new()
+        };
         text.push_str(&format!(
             "[apis.a{a}]\naudience = \"https://a{a}.bench\"\nhosts = [\"api{a}.bench\"{wildcard}]\n"
         ));
@@ -89,6 +93,7 @@ fn sign(pem: &str, kid: &str, scope: &str) -> String {
         aud: AUD.into(),
         sub: "bench".into(),
         ttl: std::time::Duration::from_secs(3600),
+        claims: Vec::new(),
     };
     mint::mint(pem.as_bytes(), &req, unix_now()).unwrap()
 }
@@ -129,15 +134,19 @@ fn routing(c: &mut Criterion) {
     });
     let (many, _d2) = many_apis(20, 500, &jwks);
     for host in ["api13.bench:443", "x.api12.bench"] {
-        g.bench_with_input(BenchmarkId::new("20_apis_x_500_routes", host), host, |b, h| {
-            b.iter(|| {
-                let set = many.route_set(Some(black_box(h)));
-                let p = path::normalize(black_box(target)).unwrap();
-                let found = set.router.lookup(&Method::DELETE, &p);
-                assert!(matches!(found, scopegate::routing::Lookup::Found(_)));
-                black_box(found);
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("20_apis_x_500_routes", host),
+            host,
+            |b, h| {
+                b.iter(|| {
+                    let set = many.route_set(Some(black_box(h)));
+                    let p = path::normalize(black_box(target)).unwrap();
+                    let found = set.router.lookup(&Method::DELETE, &p);
+                    assert!(matches!(found, scopegate::routing::Lookup::Found(_)));
+                    black_box(found);
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -263,6 +263,7 @@ fn main() {
             aud: AUD.into(),
             sub,
             ttl: Duration::from_secs(3 * 3600),
+            claims: Vec::new(),
         };
         mint::mint(pem.as_bytes(), &req, now).unwrap()
     };

@@ -29,6 +29,8 @@ pub struct Request<'r> {
     pub authority: Option<&'r str>,
     /// HTTP/1.1, which must name its host (RFC 9112 §3.2).
     pub host_required: bool,
+    /// Received over TLS (for the URLs scopegate puts in its answers).
+    pub https: bool,
 }
 
 impl<'r> Request<'r> {
@@ -40,6 +42,7 @@ impl<'r> Request<'r> {
             headers,
             authority: None,
             host_required: false,
+            https: false,
         }
     }
 
@@ -82,10 +85,11 @@ pub enum DecisionLabel {
     MethodNotAllowed,
     BadRequest,
     Preflight,
+    ReportOnly,
 }
 
 impl DecisionLabel {
-    pub const ALL: [DecisionLabel; 8] = [
+    pub const ALL: [DecisionLabel; 9] = [
         DecisionLabel::Allowed,
         DecisionLabel::Public,
         DecisionLabel::Unauthenticated,
@@ -94,6 +98,7 @@ impl DecisionLabel {
         DecisionLabel::MethodNotAllowed,
         DecisionLabel::BadRequest,
         DecisionLabel::Preflight,
+        DecisionLabel::ReportOnly,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +111,7 @@ impl DecisionLabel {
             DecisionLabel::MethodNotAllowed => "method_not_allowed",
             DecisionLabel::BadRequest => "bad_request",
             DecisionLabel::Preflight => "preflight",
+            DecisionLabel::ReportOnly => "report_only",
         }
     }
 
@@ -122,6 +128,16 @@ pub struct ForwardTo<'r> {
     upstream: usize,
     path: Cow<'r, str>,
     principal: Option<Arc<Principal>>,
+    /// Report-only: what would have been decided, had the route been enforced.
+    report: Option<Report>,
+}
+
+/// A 401 or 403 that a report-only route forwarded instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub would_be: DecisionLabel,
+    /// A token rejection reason, `insufficient_scope` or `access_denied`.
+    pub reason: &'static str,
 }
 
 impl<'r> ForwardTo<'r> {
@@ -142,9 +158,12 @@ impl<'r> ForwardTo<'r> {
             Cow::Borrowed(_) => None,
         }
     }
-    /// `None` on a public route.
+    /// `None` on a public route (and for an invalid token on a report-only one).
     pub fn principal(&self) -> Option<&Arc<Principal>> {
         self.principal.as_ref()
+    }
+    pub fn report(&self) -> Option<Report> {
+        self.report
     }
     pub fn into_parts(self) -> (usize, usize, Option<String>, Option<Arc<Principal>>) {
         let path = match self.path {
@@ -165,13 +184,17 @@ pub enum Refusal<'r> {
     Unauthenticated {
         rejection: Rejection,
         route: Option<usize>,
+        /// RFC 9728: where the API's protected resource metadata is, for the challenge.
+        resource_metadata: Option<String>,
     },
     /// 404 (after authentication).
     NotFound,
     /// 405 with `Allow` (after authentication).
     MethodNotAllowed { allow: Cow<'r, str> },
-    /// 403 for this route.
+    /// 403 for this route: a scope is missing.
     Forbidden { route: usize },
+    /// 403 for this route: the scopes are there, this claim condition does not hold.
+    AccessDenied { route: usize, condition: usize },
     /// 403 to a CORS preflight from an origin not allowed, or for a method without a route.
     CorsRejected { route: Option<usize> },
 }
@@ -183,6 +206,10 @@ pub enum Decision<'r> {
     Refuse(Refusal<'r>),
     /// 204 to a CORS preflight, answered here (it carries no token).
     Preflight(Preflight),
+    /// 200 with this API's RFC 9728 protected resource metadata (no token needed).
+    Metadata {
+        api: usize,
+    },
 }
 
 /// The answer to an allowed CORS preflight.
@@ -238,10 +265,12 @@ pub struct Verdict<'r> {
 impl Decision<'_> {
     pub fn label(&self) -> DecisionLabel {
         match self {
+            Decision::Forward(f) if f.report.is_some() => DecisionLabel::ReportOnly,
             Decision::Forward(f) if f.principal.is_none() => DecisionLabel::Public,
             Decision::Forward(_) => DecisionLabel::Allowed,
             Decision::Refuse(r) => r.label(),
             Decision::Preflight(_) => DecisionLabel::Preflight,
+            Decision::Metadata { .. } => DecisionLabel::Public,
         }
     }
 
@@ -251,6 +280,7 @@ impl Decision<'_> {
             Decision::Forward(f) => Some(f.route),
             Decision::Refuse(r) => r.route(),
             Decision::Preflight(p) => Some(p.route),
+            Decision::Metadata { .. } => None,
         }
     }
 }
@@ -262,13 +292,15 @@ impl Refusal<'_> {
             Refusal::Unauthenticated { .. } => DecisionLabel::Unauthenticated,
             Refusal::NotFound => DecisionLabel::NotFound,
             Refusal::MethodNotAllowed { .. } => DecisionLabel::MethodNotAllowed,
-            Refusal::Forbidden { .. } | Refusal::CorsRejected { .. } => DecisionLabel::Forbidden,
+            Refusal::Forbidden { .. }
+            | Refusal::AccessDenied { .. }
+            | Refusal::CorsRejected { .. } => DecisionLabel::Forbidden,
         }
     }
 
     pub fn route(&self) -> Option<usize> {
         match self {
-            Refusal::Forbidden { route } => Some(*route),
+            Refusal::Forbidden { route } | Refusal::AccessDenied { route, .. } => Some(*route),
             Refusal::CorsRejected { route } => *route,
             Refusal::Unauthenticated { route, .. } => *route,
             _ => None,
@@ -279,18 +311,31 @@ impl Refusal<'_> {
     pub fn response(&self, snapshot: &Snapshot) -> ErrorResponse {
         match self {
             Refusal::BadRequest { description } => {
-                ErrorResponse::new(400, "invalid_request", description)
+                ErrorResponse::new(400, "invalid_request", *description)
             }
-            Refusal::Unauthenticated { rejection, .. } => {
+            Refusal::Unauthenticated {
+                rejection,
+                resource_metadata,
+                ..
+            } => {
                 // RFC 6750 §3.1: no error code when the request had no token at all.
                 let error = match rejection {
                     Rejection::Missing => "unauthorized",
                     _ => "invalid_token",
                 };
-                ErrorResponse::new(401, error, rejection.description()).with(
-                    WWW_AUTHENTICATE,
-                    snapshot.challenges.for_rejection(rejection).clone(),
-                )
+                let base = snapshot.challenges.for_rejection(rejection);
+                // RFC 9728 §5.1: the challenge names the metadata of the resource.
+                let challenge = resource_metadata
+                    .as_ref()
+                    .and_then(|url| {
+                        let mut v = base.as_bytes().to_vec();
+                        v.extend_from_slice(b", resource_metadata=");
+                        v.extend_from_slice(crate::compile::quoted(url).as_bytes());
+                        HeaderValue::from_bytes(&v).ok()
+                    })
+                    .unwrap_or_else(|| base.clone());
+                ErrorResponse::new(401, error, rejection.description())
+                    .with(WWW_AUTHENTICATE, challenge)
             }
             Refusal::NotFound => ErrorResponse::new(404, "not_found", "no route for this path"),
             Refusal::MethodNotAllowed { allow } => {
@@ -314,6 +359,11 @@ impl Refusal<'_> {
                 WWW_AUTHENTICATE,
                 snapshot.routes[*route].insufficient_scope_challenge.clone(),
             ),
+            Refusal::AccessDenied { route, condition } => {
+                let (challenge, description) = &snapshot.routes[*route].access_denied[*condition];
+                ErrorResponse::new(403, "access_denied", description.clone())
+                    .with(WWW_AUTHENTICATE, challenge.clone())
+            }
             Refusal::CorsRejected { .. } => ErrorResponse::new(
                 403,
                 "cors_rejected",
@@ -329,16 +379,20 @@ pub struct ErrorResponse {
     pub status: u16,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub error: &'static str,
-    pub description: &'static str,
+    pub description: Cow<'static, str>,
 }
 
 impl ErrorResponse {
-    pub fn new(status: u16, error: &'static str, description: &'static str) -> ErrorResponse {
+    pub fn new(
+        status: u16,
+        error: &'static str,
+        description: impl Into<Cow<'static, str>>,
+    ) -> ErrorResponse {
         ErrorResponse {
             status,
             headers: Vec::new(),
             error,
-            description,
+            description: description.into(),
         }
     }
 
@@ -395,7 +449,8 @@ pub enum AuthError {
     Rejected(Rejection),
 }
 
-/// Steps 6-7: with an authenticated principal, the route lookup decides.
+/// Steps 6-7: with an authenticated principal, the route lookup decides: scopes first, then
+/// claim conditions.
 pub fn authorize<'r>(
     snapshot: &Snapshot,
     lookup: Lookup<'r>,
@@ -406,14 +461,18 @@ pub fn authorize<'r>(
         Lookup::NotFound => Decision::Refuse(Refusal::NotFound),
         Lookup::MethodNotAllowed(allow) => Decision::Refuse(Refusal::MethodNotAllowed { allow }),
         Lookup::Found(route) => {
-            if snapshot.routes[route]
-                .required
-                .satisfied_by(&principal.scopes)
-            {
-                Decision::Forward(forward_to(snapshot, route, path, Some(principal)))
-            } else {
-                Decision::Refuse(Refusal::Forbidden { route })
+            let r = &snapshot.routes[route];
+            if !r.required.satisfied_by(&principal.scopes) {
+                return Decision::Refuse(Refusal::Forbidden { route });
             }
+            if let Some(condition) = r
+                .conditions
+                .iter()
+                .position(|c| !c.holds(&principal.claims, &path))
+            {
+                return Decision::Refuse(Refusal::AccessDenied { route, condition });
+            }
+            Decision::Forward(forward_to(snapshot, route, path, Some(principal)))
         }
     }
 }
@@ -439,6 +498,7 @@ fn forward_to<'r>(
         upstream: r.upstream,
         path,
         principal,
+        report: None,
     }
 }
 
@@ -552,7 +612,7 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
             };
         }
     }
-    let decision = decide_route(snapshot, set, req, lookup, path, now);
+    let decision = decide_route(snapshot, set, req, host, lookup, path, now);
     Verdict { decision, cors }
 }
 
@@ -561,6 +621,7 @@ fn decide_route<'r>(
     snapshot: &'r Snapshot,
     set: &RouteSet,
     req: Request<'r>,
+    host: Option<&str>,
     lookup: Lookup<'r>,
     path: Cow<'r, str>,
     now: u64,
@@ -573,8 +634,16 @@ fn decide_route<'r>(
     if let Some(route) = matched.filter(|&r| snapshot.routes[r].public) {
         return Decision::Forward(forward_to(snapshot, route, path, None));
     }
+    let report_only = match matched {
+        Some(r) => snapshot.routes[r].report_only,
+        None => !set.apis.is_empty() && set.apis.iter().all(|&a| snapshot.apis[a].report_only),
+    };
+    // Report-only enforces 404 and 405 as usual, without asking for a token first.
+    if report_only && matched.is_none() {
+        return authorize_missing(lookup);
+    }
     // 5. Authenticate before revealing whether the path exists: for the route's API, or for
-    // any API of the host when no route matched.
+    // any API of the host when no route matched (the first one's reason when none fits).
     let route_api;
     let apis: &[usize] = match matched {
         Some(r) => {
@@ -583,15 +652,54 @@ fn decide_route<'r>(
         }
         None => &set.apis,
     };
-    match authenticate(snapshot, apis, req.headers, now) {
-        Ok(principal) => authorize(snapshot, lookup, path, principal),
-        Err(AuthError::Ambiguous) => Decision::Refuse(Refusal::BadRequest {
-            description: "more than one Authorization header",
-        }),
-        Err(AuthError::Rejected(rejection)) => Decision::Refuse(Refusal::Unauthenticated {
-            rejection,
-            route: matched,
-        }),
+    let (principal, decision) = match authenticate(snapshot, apis, req.headers, now) {
+        Ok(principal) => (
+            Some(principal.clone()),
+            authorize(snapshot, lookup, path.clone(), principal),
+        ),
+        Err(AuthError::Ambiguous) => {
+            return Decision::Refuse(Refusal::BadRequest {
+                description: "more than one Authorization header",
+            })
+        }
+        Err(AuthError::Rejected(rejection)) => {
+            let api = apis.first().map(|&a| &snapshot.apis[a]);
+            let resource_metadata = api.and_then(|a| a.metadata.as_ref()).map(|m| {
+                let scheme = if req.https { "https" } else { "http" };
+                format!("{scheme}://{}{}", host.unwrap_or(""), m.path)
+            });
+            let refusal = Refusal::Unauthenticated {
+                rejection,
+                route: matched,
+                resource_metadata,
+            };
+            (None, Decision::Refuse(refusal))
+        }
+    };
+    match (report_only, matched, decision) {
+        (true, Some(route), Decision::Refuse(refusal)) => {
+            let reason = match &refusal {
+                Refusal::Unauthenticated { rejection, .. } => rejection.reason().as_str(),
+                Refusal::Forbidden { .. } => "insufficient_scope",
+                Refusal::AccessDenied { .. } => "access_denied",
+                _ => return Decision::Refuse(refusal),
+            };
+            let mut to = forward_to(snapshot, route, path, principal);
+            to.report = Some(Report {
+                would_be: refusal.label(),
+                reason,
+            });
+            Decision::Forward(to)
+        }
+        (_, _, decision) => decision,
+    }
+}
+
+/// 404 or 405 for a path that matched no route.
+fn authorize_missing(lookup: Lookup<'_>) -> Decision<'_> {
+    match lookup {
+        Lookup::MethodNotAllowed(allow) => Decision::Refuse(Refusal::MethodNotAllowed { allow }),
+        _ => Decision::Refuse(Refusal::NotFound),
     }
 }
 

@@ -120,6 +120,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let path = config.unwrap_or_else(config::default_path);
             match compile::load(&path, 1) {
                 Ok(snap) => {
+                    for w in &snap.warnings {
+                        eprintln!("{w}");
+                    }
                     print!("{}", table::route_table(&snap));
                     println!(
                         "{}: ok ({} routes, {} issuers, {} upstreams)",

@@ -9,7 +9,7 @@ use http::header::HeaderValue;
 use http::Method;
 
 use crate::auth::{Principal, Rejection, Verifier};
-use crate::routing::{normalize_host, HostTable, RequiredScopes, Router};
+use crate::routing::{normalize_host, ClaimCondition, HostTable, RequiredScopes, Router};
 use crate::upstream::UpstreamPool;
 
 /// Settings that take effect only at process start: a reload that changes them is logged and
@@ -35,6 +35,14 @@ pub struct Route {
     pub upstream: usize,
     /// The API it belongs to (index into `Snapshot::apis`).
     pub api: usize,
+    /// Claim conditions, checked after the scopes.
+    pub conditions: Vec<ClaimCondition>,
+    /// `WWW-Authenticate` and description of the 403 for each failing condition, built once.
+    pub access_denied: Vec<(HeaderValue, String)>,
+    /// 401s and 403s are forwarded anyway, counted `report_only` (route or API setting).
+    pub report_only: bool,
+    /// `Upgrade: websocket` may be forwarded.
+    pub websocket: bool,
     /// `WWW-Authenticate` for a 403 on this route, built once.
     pub insufficient_scope_challenge: HeaderValue,
 }
@@ -101,6 +109,18 @@ pub struct Api {
     /// Removed from the normalized path before forwarding.
     pub strip_prefix: Option<String>,
     pub cors: Option<Cors>,
+    pub report_only: bool,
+    /// RFC 9728 protected resource metadata, when `resource_metadata = true`.
+    pub metadata: Option<ResourceMetadata>,
+}
+
+/// An API's RFC 9728 document and where it is served.
+#[derive(Debug)]
+pub struct ResourceMetadata {
+    /// `/.well-known/oauth-protected-resource` + the audience's path.
+    pub path: String,
+    /// The JSON document.
+    pub document: String,
 }
 
 impl Api {
@@ -158,6 +178,8 @@ pub struct Snapshot {
     pub challenges: Challenges,
     /// Certificate and key for HTTPS listeners (HTTP/2 by ALPN).
     pub tls: Option<ServerTls>,
+    /// What `check` warns about (`file:line:col: warning: ...`).
+    pub warnings: Vec<String>,
 }
 
 /// The server certificate, loaded with the snapshot so a reload picks up renewed files.

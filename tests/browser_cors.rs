@@ -59,7 +59,8 @@ fn page(api: &str, read: &str, write_only: &str) -> String {
     )
 }
 
-struct Browser(Child, tempfile::TempDir);
+/// The browser process and its throwaway profile (removed when dropped).
+struct Browser(Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Browser {
     fn drop(&mut self) {
@@ -72,7 +73,9 @@ fn chromium(url: &str) -> Browser {
     let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
-        .expect("Debian's chromium is needed for this test: apt-get install chromium (.ci/run does)");
+        .expect(
+            "Debian's chromium is needed for this test: apt-get install chromium (.ci/run does)",
+        );
     let profile = tempfile::tempdir().unwrap();
     let child = Command::new(bin)
         .args([
@@ -142,25 +145,48 @@ scopes = ["write:contacts"]
         )
     };
     // Allowed: the page on 127.0.0.1:P, the proxy allowing exactly that origin.
-    let (addr, report) = page_server(page(&format!("http://127.0.0.1:{port}"), &read, &write_only));
-    let p = Proxy::start(&api_for(&format!("http://127.0.0.1:{}", addr.port()), port), port);
+    let (addr, report) = page_server(page(
+        &format!("http://127.0.0.1:{port}"),
+        &read,
+        &write_only,
+    ));
+    let p = Proxy::start(
+        &api_for(&format!("http://127.0.0.1:{}", addr.port()), port),
+        port,
+    );
     {
         let _browser = chromium(&format!("http://127.0.0.1:{}/page", addr.port()));
-        assert!(eventually(60, || report.lock().unwrap().is_some()), "no report: {}", p.log());
+        assert!(
+            eventually(60, || report.lock().unwrap().is_some()),
+            "no report: {}",
+            p.log()
+        );
     }
     let seen = report.lock().unwrap().clone().unwrap();
     assert_eq!(seen["status"], 200, "{seen}");
-    assert_eq!(seen["body"]["method"], "GET", "the page read the upstream's JSON: {seen}");
+    assert_eq!(
+        seen["body"]["method"], "GET",
+        "the page read the upstream's JSON: {seen}"
+    );
     assert_eq!(seen["forbidden_status"], 403, "{seen}");
     assert_eq!(
         seen["forbidden_challenge"],
         json!("Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"write:contacts\""),
         "{seen}"
     );
-    assert!(p.log().contains("decision=\"preflight\""), "the browser sent a preflight: {}", p.log());
+    assert!(
+        p.log().contains("decision=\"preflight\""),
+        "the browser sent a preflight: {}",
+        p.log()
+    );
 
     // Blocked: the same page from http://localhost:Q, an origin the proxy does not allow.
-    let v = run_page(&format!("http://127.0.0.1:{port}"), "localhost", &read, &write_only);
+    let v = run_page(
+        &format!("http://127.0.0.1:{port}"),
+        "localhost",
+        &read,
+        &write_only,
+    );
     assert!(v.get("status").is_none() && v["blocked"].is_string(), "{v}");
     assert!(v["forbidden_blocked"].is_string(), "{v}");
 }

@@ -58,6 +58,7 @@ fn outcome(snap: &Snapshot, d: &Decision<'_>) -> (DecisionLabel, u16, Option<&'s
     match d {
         Decision::Forward(_) => (d.label(), 200, None),
         Decision::Preflight(_) => (d.label(), 204, None),
+        Decision::Metadata { .. } => (d.label(), 200, None),
         Decision::Refuse(r) => {
             let reason = match r {
                 Refusal::Unauthenticated { rejection, .. } => Some(rejection.reason().as_str()),
@@ -301,6 +302,7 @@ fn refusals_carry_their_challenges() {
     let expired = Refusal::Unauthenticated {
         rejection: Rejection::Expired,
         route: None,
+        resource_metadata: None,
     };
     assert_eq!(
         expired.response(&snap).headers[0].1,

@@ -40,6 +40,8 @@ pub struct Principal {
     pub exp: u64,
     /// The `aud` claim: one string or an array of them.
     pub audiences: Vec<Box<str>>,
+    /// The claims some route's conditions name (collected at load), and only those.
+    pub claims: Vec<(Box<str>, Value)>,
     /// The claim headers of `[forward] claims`, rendered once at verification (a header value
     /// that would be invalid, e.g. with CR or LF, is left out, never sent raw).
     pub forward_headers: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -179,11 +181,13 @@ fn check_times(claims: &Map<String, Value>, leeway: u64, now: u64) -> Result<u64
 }
 
 /// Validate a compact JWS against the trusted issuers at `now` (Unix seconds).
-/// `forward_claims` (claim -> header) says which claims to render as headers for the upstream.
+/// `forward_claims` (claim -> header) says which claims to render as headers for the upstream;
+/// `kept_claims` which to keep for claim conditions.
 pub fn verify(
     token: &[u8],
     issuers: &[Issuer],
     forward_claims: &[(String, http::HeaderName)],
+    kept_claims: &[String],
     now: u64,
 ) -> Result<Principal, Rejection> {
     let jws = split_compact(token)?;
@@ -226,6 +230,10 @@ pub fn verify(
         scopes: scopes_of(&claims, &issuer.scope_claims),
         exp,
         audiences,
+        claims: kept_claims
+            .iter()
+            .filter_map(|name| Some((Box::from(name.as_str()), claims.get(name)?.clone())))
+            .collect(),
         forward_headers: forward_claims
             .iter()
             .filter_map(|(claim, header)| {

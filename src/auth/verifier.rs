@@ -15,6 +15,8 @@ pub struct Verifier {
     pub issuers: Vec<Issuer>,
     /// claim name -> header set from it (`[forward] claims`), rendered at verification.
     forward_claims: Vec<(String, HeaderName)>,
+    /// Claims named by some route's conditions: a principal keeps these and no others.
+    kept_claims: Vec<String>,
     cache: TokenCache,
 }
 
@@ -22,11 +24,13 @@ impl Verifier {
     pub fn new(
         issuers: Vec<Issuer>,
         forward_claims: Vec<(String, HeaderName)>,
+        kept_claims: Vec<String>,
         cache_size: usize,
     ) -> Verifier {
         Verifier {
             issuers,
             forward_claims,
+            kept_claims,
             cache: TokenCache::new(cache_size),
         }
     }
@@ -45,6 +49,7 @@ impl Verifier {
             token,
             &self.issuers,
             &self.forward_claims,
+            &self.kept_claims,
             now,
         )?);
         self.cache

@@ -52,6 +52,7 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
             aud: mint::DEFAULT_AUDIENCE.into(),
             sub: "demo-user".into(),
             ttl: Duration::from_secs(3600),
+            claims: Vec::new(),
         };
         mint::mint(&pem, &req, now)
     };

@@ -21,14 +21,30 @@ pub enum Credentials<'a> {
 
 fn describe(snapshot: &Snapshot, d: &Decision<'_>) -> String {
     match d {
-        Decision::Forward(f) => format!(
-            "200 forward to upstream {:?} ({})",
-            snapshot.upstreams[f.upstream()].name,
-            if f.principal().is_some() {
-                "token carries the required scopes"
-            } else {
-                "public route"
-            }
+        Decision::Forward(f) => match f.report() {
+            Some(r) => format!(
+                "forward to upstream {:?} (report-only: would be {} {})",
+                snapshot.upstreams[f.upstream()].name,
+                r.would_be.as_str(),
+                r.reason
+            ),
+            None => format!(
+                "200 forward to upstream {:?} ({})",
+                snapshot.upstreams[f.upstream()].name,
+                if f.principal().is_some() {
+                    "token carries the required scopes and claims"
+                } else {
+                    "public route"
+                }
+            ),
+        },
+        Decision::Metadata { api } => format!(
+            "200 protected resource metadata of API {}",
+            snapshot.apis[*api].display_name()
+        ),
+        Decision::Refuse(Refusal::AccessDenied { route, condition }) => format!(
+            "403 access denied: {}",
+            snapshot.routes[*route].conditions[*condition].describe()
         ),
         Decision::Refuse(Refusal::BadRequest { description }) => {
             format!("400 bad request: {description}")
@@ -138,6 +154,7 @@ pub fn explain(
                     scopes: ScopeSet::from_words(scopes.split_whitespace()),
                     exp: 0,
                     audiences: Vec::new(),
+                    claims: Vec::new(),
                     forward_headers: Vec::new(),
                 };
                 authorize(snapshot, lookup, normalized.clone(), Arc::new(principal))

@@ -29,6 +29,22 @@ pub struct TokenRequest {
     pub sub: String,
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
+    /// Another claim, `k=v` (repeatable); `v` is read as JSON when it parses, else as a string.
+    #[arg(long = "claim", value_parser = parse_claim)]
+    pub claims: Vec<(String, serde_json::Value)>,
+}
+
+/// `k=v`: `v` as JSON when it parses (`true`, `3`, `["a","b"]`), else as a string.
+pub fn parse_claim(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not a claim like k=v"))?;
+    if k.is_empty() {
+        return Err(format!("{s:?} has no claim name"));
+    }
+    let value =
+        serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+    Ok((k.to_string(), value))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +66,7 @@ pub fn mint(key_pem: &[u8], req: &TokenRequest, now: u64) -> Result<String, Mint
     };
     let mut header = Header::new(alg);
     header.kid = req.kid.clone();
-    let claims = serde_json::json!({
+    let mut claims = serde_json::json!({
         "iss": req.iss,
         "aud": req.aud,
         "sub": req.sub,
@@ -59,6 +75,9 @@ pub fn mint(key_pem: &[u8], req: &TokenRequest, now: u64) -> Result<String, Mint
         "nbf": now,
         "exp": now + req.ttl.as_secs(),
     });
+    for (k, v) in &req.claims {
+        claims[k] = v.clone();
+    }
     Ok(jsonwebtoken::encode(&header, &claims, &key)?)
 }
 
@@ -133,6 +152,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claims_are_json_when_they_parse() {
+        assert_eq!(
+            parse_claim("a=true").unwrap(),
+            ("a".into(), serde_json::json!(true))
+        );
+        assert_eq!(
+            parse_claim("n=3").unwrap(),
+            ("n".into(), serde_json::json!(3))
+        );
+        assert_eq!(
+            parse_claim("org=acme").unwrap(),
+            ("org".into(), serde_json::json!("acme"))
+        );
+        assert_eq!(
+            parse_claim("l=[\"x\"]").unwrap(),
+            ("l".into(), serde_json::json!(["x"]))
+        );
+        assert_eq!(
+            parse_claim("e=").unwrap(),
+            ("e".into(), serde_json::json!(""))
+        );
+        assert!(parse_claim("novalue").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -10,7 +10,7 @@ use super::routes::{route, RouteContext};
 use crate::auth::Issuer;
 use crate::config::{ApiConfig, ConfigError, CorsConfig, LoadedConfig, RouteConfig};
 use crate::routing::{is_scope_token, HostPattern, HostTable, Router, RouterError};
-use crate::snapshot::{Accepts, Api, Challenges, Cors, Route, RouteSet};
+use crate::snapshot::{Accepts, Api, Challenges, Cors, ResourceMetadata, Route, RouteSet};
 use crate::upstream::UpstreamPool;
 
 type Span = Option<std::ops::Range<usize>>;
@@ -21,6 +21,8 @@ pub struct Compiled {
     pub routes: Vec<Route>,
     pub sets: Vec<RouteSet>,
     pub hosts: HostTable,
+    /// `file:line:col: warning` lines for `check`.
+    pub warnings: Vec<String>,
 }
 
 pub fn apis(
@@ -33,6 +35,7 @@ pub fn apis(
     let cfg = &loaded.config;
     let mut apis = Vec::new();
     let mut routes = Vec::new();
+    let mut warnings = Vec::new();
     let base = RouteContext {
         api: 0,
         api_name: None,
@@ -41,6 +44,7 @@ pub fn apis(
         upstreams,
         have_issuers: !issuers.is_empty(),
         challenges,
+        report_only: false,
     };
     if !cfg.routes.is_empty() {
         apis.push(Api {
@@ -49,6 +53,8 @@ pub fn apis(
             hosts: Vec::new(),
             strip_prefix: None,
             cors: None,
+            report_only: false,
+            metadata: None,
         });
         for r in &cfg.routes {
             routes.push(route(loaded, r.get_ref(), Some(r.span()), &base)?);
@@ -63,13 +69,14 @@ pub fn apis(
             api_name: Some(name),
             default_upstream: ac.upstream.as_ref(),
             declared: declared.as_deref(),
+            report_only: ac.report_only,
             ..base
         };
         let first = routes.len();
         for r in &ac.routes {
             routes.push(route(loaded, r.get_ref(), Some(r.span()), &cx)?);
         }
-        let api = api(
+        let mut api = api(
             loaded,
             name,
             ac,
@@ -78,6 +85,14 @@ pub fn apis(
             &ac.routes,
             &routes[first..],
         )?;
+        if ac.resource_metadata {
+            let (metadata, warning) =
+                resource_metadata(&api, issuers, declared.as_deref(), &routes[first..]);
+            api.metadata = Some(metadata);
+            if let Some(w) = warning {
+                warnings.push(loaded.source.error(Some(ac.audience.span()), w).to_string());
+            }
+        }
         apis.push(api);
     }
     let (sets, hosts) = route_sets(loaded, &apis, &routes)?;
@@ -86,6 +101,7 @@ pub fn apis(
         routes,
         sets,
         hosts,
+        warnings,
     })
 }
 
@@ -160,7 +176,72 @@ fn api(
         hosts,
         strip_prefix,
         cors,
+        report_only: ac.report_only,
+        metadata: None,
     })
+}
+
+/// RFC 9728: the document, served at `/.well-known/oauth-protected-resource` + the audience's
+/// path, and a warning when the audience is not this API's public URL (§3.3).
+fn resource_metadata(
+    api: &Api,
+    issuers: &[Issuer],
+    declared: Option<&[String]>,
+    routes: &[Route],
+) -> (ResourceMetadata, Option<String>) {
+    let Accepts::Audience {
+        audience,
+        issuers: idx,
+    } = &api.accepts
+    else {
+        unreachable!("only [apis.NAME] serve metadata");
+    };
+    let uri: Option<http::Uri> = audience.parse().ok();
+    let audience_path = uri
+        .as_ref()
+        .filter(|u| u.authority().is_some())
+        .map(|u| u.path().trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    let scopes: Vec<&str> = match declared {
+        Some(d) => d.iter().map(String::as_str).collect(),
+        None => {
+            let mut all: Vec<&str> = Vec::new();
+            for s in routes.iter().flat_map(|r| r.required.iter()) {
+                if !all.contains(&s) {
+                    all.push(s);
+                }
+            }
+            all
+        }
+    };
+    let document = serde_json::json!({
+        "resource": audience,
+        "authorization_servers": idx.iter().map(|&i| issuers[i].issuer.as_str()).collect::<Vec<_>>(),
+        "scopes_supported": scopes,
+        "bearer_methods_supported": ["header"],
+    })
+    .to_string();
+    let host = uri
+        .as_ref()
+        .and_then(|u| u.host())
+        .map(|h| h.to_ascii_lowercase());
+    let served_there = host.as_deref().is_some_and(|h| {
+        api.hosts.iter().any(|p| match p {
+            HostPattern::Exact(e) => e == h,
+            HostPattern::Suffix(s) => h.ends_with(&format!(".{s}")),
+        })
+    });
+    let warning = (!served_there).then(|| {
+        format!(
+            "warning: apis.{}: the audience's host is not among the API's hosts; RFC 9728 §3.3 wants `resource` to be the URL the metadata is fetched from",
+            api.display_name()
+        )
+    });
+    let metadata = ResourceMetadata {
+        path: format!("/.well-known/oauth-protected-resource{audience_path}"),
+        document,
+    };
+    (metadata, warning)
 }
 
 /// The API's declared scopes, each a valid scope token; `None` when it declares none.

@@ -44,6 +44,7 @@ pub fn build_with(
     let (issuers, audiences) = issuers::issuers(loaded, previous_keys)?;
     let compiled = apis::apis(loaded, &upstreams, &issuers, audiences, &challenges)?;
     let forward_claims = forward::claim_headers(loaded)?;
+    let kept = kept_claims(&compiled.routes);
     Ok(Snapshot {
         generation,
         process,
@@ -51,7 +52,8 @@ pub fn build_with(
         sets: compiled.sets,
         apis: compiled.apis,
         routes: compiled.routes,
-        verifier: Verifier::new(issuers, forward_claims, cfg.forward.token_cache_size),
+        verifier: Verifier::new(issuers, forward_claims, kept, cfg.forward.token_cache_size),
+        warnings: compiled.warnings,
         upstreams,
         forward: ForwardPlan {
             strip_token: cfg.forward.strip_token,
@@ -59,6 +61,17 @@ pub fn build_with(
         challenges,
         tls,
     })
+}
+
+/// Every claim a route's conditions name, once: verified principals keep these and no more.
+fn kept_claims(routes: &[crate::snapshot::Route]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for c in routes.iter().flat_map(|r| &r.conditions) {
+        if !names.contains(&c.claim) {
+            names.push(c.claim.clone());
+        }
+    }
+    names
 }
 
 /// Load and compile a config file into a snapshot.

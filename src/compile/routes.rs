@@ -6,7 +6,8 @@ use toml::Spanned;
 
 use super::quoted;
 use crate::config::{ConfigError, LoadedConfig, RouteConfig};
-use crate::routing::{is_scope_token, RequiredScopes};
+use crate::routing::claims::param_slot;
+use crate::routing::{is_scope_token, ClaimCondition, Expected, RequiredScopes};
 use crate::snapshot::{Challenges, Route};
 use crate::upstream::UpstreamPool;
 
@@ -92,6 +93,8 @@ pub struct RouteContext<'a> {
     pub upstreams: &'a [UpstreamPool],
     pub have_issuers: bool,
     pub challenges: &'a Challenges,
+    /// The API is report-only: so are its routes.
+    pub report_only: bool,
 }
 
 /// Compile one route of an API (or of the top-level routes).
@@ -137,6 +140,30 @@ pub fn route(
         all: rc.scopes.clone(),
         any: rc.any_scopes.clone(),
     };
+    let conditions = conditions(rc, &path).map_err(|m| err(format!("route {name}: {m}")))?;
+    if rc.public && !conditions.is_empty() {
+        return Err(err(format!(
+            "route {name}: a public route cannot have claim conditions"
+        )));
+    }
+    let access_denied = conditions
+        .iter()
+        .map(|c| {
+            let text = c.describe();
+            let challenge = format!(
+                "Bearer realm={}, error=\"insufficient_scope\", error_description={}",
+                quoted(&cx.challenges.realm),
+                quoted(&text)
+            );
+            HeaderValue::from_str(&challenge)
+                .map(|v| (v, text))
+                .map_err(|_| {
+                    err(format!(
+                        "route {name}: a claim condition does not fit in a header"
+                    ))
+                })
+        })
+        .collect::<Result<_, _>>()?;
     let insufficient_scope_challenge = HeaderValue::from_str(&format!(
         "Bearer realm={}, error=\"insufficient_scope\", scope={}",
         quoted(&cx.challenges.realm),
@@ -154,8 +181,49 @@ pub fn route(
         required,
         upstream,
         api: cx.api,
+        conditions,
+        access_denied,
+        report_only: rc.report_only || cx.report_only,
+        websocket: rc.websocket,
         insufficient_scope_challenge,
     })
+}
+
+/// `claims = { sub = "{id}", verified = true }`: literals, or a path parameter of the route.
+fn conditions(rc: &RouteConfig, path: &str) -> Result<Vec<ClaimCondition>, String> {
+    let Some(claims) = &rc.claims else {
+        return Ok(Vec::new());
+    };
+    claims
+        .get_ref()
+        .0
+        .iter()
+        .map(|(claim, value)| {
+            let expected = match value {
+                toml::Value::String(s) => match s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                    Some(param) => Expected::Param {
+                        name: param.to_string(),
+                        slot: param_slot(path, param).ok_or_else(|| {
+                            format!("claim {claim:?} names {{{param}}}, which the path {path:?} does not have")
+                        })?,
+                    },
+                    None => Expected::Literal(serde_json::Value::String(s.clone())),
+                },
+                toml::Value::Boolean(b) => Expected::Literal(serde_json::Value::Bool(*b)),
+                toml::Value::Integer(i) => Expected::Literal(serde_json::Value::from(*i)),
+                other => {
+                    return Err(format!(
+                        "claim {claim:?}: {} is not a string, boolean, integer or \"{{param}}\"",
+                        other.type_str()
+                    ))
+                }
+            };
+            Ok(ClaimCondition {
+                claim: claim.clone(),
+                expected,
+            })
+        })
+        .collect()
 }
 
 /// Every scope a route requires is one its API declares; a typo names the closest.

@@ -79,6 +79,12 @@ pub struct ApiConfig {
     /// The scopes it defines (name = description); when given, routes may require only these.
     pub scopes: Option<Spanned<InOrder<String>>>,
     pub cors: Option<Spanned<CorsConfig>>,
+    /// 401s and 403s on its routes are forwarded anyway, and counted and logged.
+    #[serde(default)]
+    pub report_only: bool,
+    /// Serve RFC 9728 protected resource metadata and point 401 challenges at it.
+    #[serde(default)]
+    pub resource_metadata: bool,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
 }
@@ -192,6 +198,14 @@ pub struct RouteConfig {
     #[serde(default)]
     pub public: bool,
     pub upstream: Option<Spanned<String>>,
+    /// Claim conditions: claim name -> a literal, or `"{param}"` naming a path parameter.
+    pub claims: Option<Spanned<InOrder<toml::Value>>>,
+    /// 401s and 403s on this route are forwarded anyway, and counted and logged.
+    #[serde(default)]
+    pub report_only: bool,
+    /// An `Upgrade: websocket` request may be forwarded (the 101 is checked).
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

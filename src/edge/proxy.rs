@@ -19,7 +19,7 @@ use super::metrics::Metrics;
 use super::{Live, LiveConfig};
 use crate::auth::jwks::JwksFetcher;
 use crate::auth::{Principal, Rejection, RejectionReason};
-use crate::decision::{decide, Decision, DecisionLabel, ErrorResponse, Refusal, Request};
+use crate::decision::{decide, Decision, DecisionLabel, ErrorResponse, Refusal, Report, Request};
 use crate::snapshot::unix_now;
 use crate::upstream::ResponseClass;
 
@@ -57,6 +57,8 @@ pub struct RequestCtx {
     cors_api: bool,
     /// CORS headers for an allowed origin, added to every answer.
     cors_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Report-only: what the decision would have been.
+    report: Option<Report>,
 }
 
 impl Drop for RequestCtx {
@@ -68,6 +70,8 @@ impl Drop for RequestCtx {
 /// What `request_filter` does next.
 enum Outcome {
     Forward,
+    /// 200 with a JSON document (protected resource metadata).
+    Document(String),
     Reply(ErrorResponse),
     /// A 401 for an unknown `kid` of this issuer: refetch its keys, then decide again.
     RefreshKeys(usize, ErrorResponse),
@@ -126,6 +130,7 @@ impl ScopeGate {
             headers: &req.headers,
             authority: req.uri.authority().map(|a| a.as_str()),
             host_required: req.version == http::Version::HTTP_11,
+            https: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
         };
         let verdict = decide(&live.snapshot, request, unix_now());
         let decision = verdict.decision;
@@ -138,8 +143,16 @@ impl ScopeGate {
             .unwrap_or_default();
         ctx.forward = None;
         ctx.rejection = None;
+        ctx.report = None;
         let refusal = match decision {
             Decision::Forward(to) => {
+                ctx.report = to.report();
+                if let Some(r) = ctx.report {
+                    ctx.rejection = RejectionReason::ALL
+                        .iter()
+                        .copied()
+                        .find(|x| x.as_str() == r.reason);
+                }
                 let (_, upstream, rewritten_path, principal) = to.into_parts();
                 ctx.forward = Some(Forwarding {
                     upstream,
@@ -152,6 +165,13 @@ impl ScopeGate {
                 let mut resp = ErrorResponse::new(204, "", "");
                 resp.headers = p.headers;
                 return Outcome::Reply(resp);
+            }
+            Decision::Metadata { api } => {
+                let doc = live.snapshot.apis[api]
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.document.clone());
+                return Outcome::Document(doc.unwrap_or_default());
             }
             Decision::Refuse(refusal) => refusal,
         };
@@ -191,6 +211,7 @@ impl ProxyHttp for ScopeGate {
             rejection: None,
             cors_api: false,
             cors_headers: Vec::new(),
+            report: None,
         }
     }
 
@@ -218,6 +239,25 @@ impl ProxyHttp for ScopeGate {
         ctx.live = Some(live);
         match outcome {
             Outcome::Forward => Ok(false),
+            Outcome::Document(doc) => {
+                let mut header = ResponseHeader::build(200, Some(3))?;
+                header.insert_header(CONTENT_TYPE, "application/json")?;
+                header.insert_header(CONTENT_LENGTH, doc.len())?;
+                header.insert_header(CACHE_CONTROL, "max-age=300")?;
+                for (name, value) in &ctx.cors_headers {
+                    header.append_header(name.clone(), value.clone())?;
+                }
+                let head_only = session.req_header().method == http::Method::HEAD;
+                session
+                    .write_response_header(Box::new(header), head_only)
+                    .await?;
+                if !head_only {
+                    session
+                        .write_response_body(Some(Bytes::from(doc)), true)
+                        .await?;
+                }
+                Ok(true)
+            }
             Outcome::Reply(resp) | Outcome::RefreshKeys(_, resp) => {
                 send_error(session, &resp).await?;
                 Ok(true)
@@ -433,6 +473,8 @@ impl ProxyHttp for ScopeGate {
             method = %session.req_header().method,
             route = route_label,
             decision = ctx.decision.as_str(),
+            would_be = ctx.report.map(|r| r.would_be.as_str()).unwrap_or("-"),
+            reason = ctx.report.map(|r| r.reason).unwrap_or("-"),
             status,
             upstream = upstream.map(|u| live.snapshot.upstreams[u].name.as_str()).unwrap_or("-"),
             latency_us = elapsed.as_micros() as u64,

@@ -131,7 +131,11 @@ async fn serve_connection(mut stream: TcpStream, handler: Handler) -> std::io::R
             "HTTP/1.1 {} {}\r\n{}content-length: {}\r\n{extra}{}\r\n",
             resp.status,
             reason(resp.status),
-            if own_type { "" } else { "content-type: application/json\r\n" },
+            if own_type {
+                ""
+            } else {
+                "content-type: application/json\r\n"
+            },
             resp.body.len(),
             if close { "connection: close\r\n" } else { "" }
         )
