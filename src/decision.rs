@@ -612,6 +612,19 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
             };
         }
     }
+    // RFC 9728 metadata of the host's APIs, served without a token.
+    if matches!(*req.method, Method::GET | Method::HEAD) {
+        let serves = |&&a: &&usize| {
+            let metadata = snapshot.apis[a].metadata.as_ref();
+            metadata.is_some_and(|m| m.path == path)
+        };
+        if let Some(&api) = set.apis.iter().find(serves) {
+            return Verdict {
+                decision: Decision::Metadata { api },
+                cors,
+            };
+        }
+    }
     let decision = decide_route(snapshot, set, req, host, lookup, path, now);
     Verdict { decision, cors }
 }
