@@ -148,7 +148,9 @@ scopes = ["read:contacts"]
     );
     let host = format!("127.0.0.1:{port}");
     let call = |token: Option<&str>| {
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         p.send(&format!(
             "POST /mcp HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
         ))
@@ -162,27 +164,53 @@ scopes = ["read:contacts"]
         .nth(1)
         .and_then(|rest| rest.split('"').next())
         .unwrap_or_else(|| panic!("no resource_metadata in {challenge}"));
-    assert_eq!(url, format!("http://{host}/.well-known/oauth-protected-resource/mcp"));
+    assert_eq!(
+        url,
+        format!("http://{host}/.well-known/oauth-protected-resource/mcp")
+    );
     // 2. The metadata, without a token.
     let path = url.strip_prefix(&format!("http://{host}")).unwrap();
     let meta = p.send(&format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"));
     assert_eq!(meta.status, 200);
     let meta = meta.json();
     assert_eq!(meta["resource"], audience);
-    assert_eq!(meta["bearer_methods_supported"], serde_json::json!(["header"]));
-    assert_eq!(meta["scopes_supported"], serde_json::json!(["read:contacts", "write:contacts"]));
-    let auth_server = meta["authorization_servers"][0].as_str().unwrap().to_string();
+    assert_eq!(
+        meta["bearer_methods_supported"],
+        serde_json::json!(["header"])
+    );
+    assert_eq!(
+        meta["scopes_supported"],
+        serde_json::json!(["read:contacts", "write:contacts"])
+    );
+    let auth_server = meta["authorization_servers"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(auth_server, issuer);
     // 3. The authorization server's own discovery document.
     let op: std::net::SocketAddr = format!("127.0.0.1:{op_port}").parse().unwrap();
     let disco = http_get(op, "/.well-known/openid-configuration").json();
     assert_eq!(disco["issuer"], auth_server.as_str());
-    assert!(disco["token_endpoint"].as_str().unwrap().ends_with("/token"), "{disco}");
+    assert!(
+        disco["token_endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("/token"),
+        "{disco}"
+    );
     // 4. A token for the resource, and the call goes through.
     let token = access_token(op_port, "read:contacts");
     let r = call(Some(&token));
     let payload = token.split('.').nth(1).unwrap();
-    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
-    assert_eq!(r.status, 200, "{} {}", String::from_utf8_lossy(&r.body), String::from_utf8_lossy(&claims));
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "{} {}",
+        String::from_utf8_lossy(&r.body),
+        String::from_utf8_lossy(&claims)
+    );
     assert_eq!(r.json()["upstream"], "mcp");
 }
