@@ -166,6 +166,7 @@ fn tokens(c: &mut Criterion) {
                     black_box(rsa_token.as_bytes()),
                     &rsa_snap.verifier.issuers,
                     &[],
+                    &[],
                     now,
                 )
                 .unwrap(),
@@ -180,6 +181,7 @@ fn tokens(c: &mut Criterion) {
                 auth::jwt::verify(
                     black_box(ec_token.as_bytes()),
                     &ec_snap.verifier.issuers,
+                    &[],
                     &[],
                     now,
                 )
