@@ -10,6 +10,7 @@ pub mod compile;
 pub mod config;
 pub mod decision;
 pub mod edge;
+pub mod openapi;
 pub mod routing;
 pub mod snapshot;
 pub mod upstream;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use scopegate::cli::{demo, explain, mint, table};
+use scopegate::cli::{self, demo, explain, mint, table};
 use scopegate::{compile, config, edge, snapshot};
 
 // Pingora allocates per request (headers, buffers); glibc malloc was ~13% of the proxy's CPU
@@ -75,12 +75,88 @@ enum Command {
         #[arg(long)]
         jwks_out: PathBuf,
     },
+    /// Scope maps from OpenAPI 3.0/3.1 documents (JSON or YAML).
+    Openapi {
+        #[command(subcommand)]
+        command: OpenapiCommand,
+    },
     /// Self-contained demo: proxy on 127.0.0.1:8080 in front of a built-in contacts API.
     Demo {
         /// Address the demo proxy listens on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+}
+
+#[derive(Subcommand)]
+enum OpenapiCommand {
+    /// Print an [apis.NAME] section with one route per operation.
+    Import {
+        file: PathBuf,
+        /// The API's name (default: from the document's title).
+        #[arg(long)]
+        api: Option<String>,
+        /// The API's audience (default: https://NAME.example, to be replaced).
+        #[arg(long)]
+        audience: Option<String>,
+        /// The upstream of its routes.
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+    /// Compare the scope map with the document; print every gap; exit 1 when there is one.
+    Coverage {
+        #[arg(long)]
+        config: PathBuf,
+        file: PathBuf,
+        /// Which [apis.NAME] to compare (default: the only API).
+        #[arg(long)]
+        api: Option<String>,
+    },
+}
+
+fn openapi(command: OpenapiCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        OpenapiCommand::Import {
+            file,
+            api,
+            audience,
+            upstream,
+        } => {
+            let doc = cli::openapi::read(&file)?;
+            let name = api.unwrap_or_else(|| cli::openapi::api_name(&doc.title));
+            let audience = audience.unwrap_or_else(|| format!("https://{name}.example"));
+            let (toml, warnings) =
+                scopegate::openapi::import(&doc, &name, &audience, upstream.as_deref());
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{toml}");
+            Ok(ExitCode::SUCCESS)
+        }
+        OpenapiCommand::Coverage { config, file, api } => {
+            let snap = match compile::load(&config, 1) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let doc = cli::openapi::read(&file)?;
+            let routes = cli::openapi::mapped_routes(&snap, api.as_deref())?;
+            for n in scopegate::openapi::not_comparable(&doc) {
+                eprintln!("not compared (a scope map cannot express it): {n}");
+            }
+            let gaps = scopegate::openapi::coverage(&routes, &doc);
+            for g in &gaps {
+                println!("{g}");
+            }
+            Ok(if gaps.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }
 
 fn init_logging() {
@@ -184,6 +260,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {} and {}", key_out.display(), jwks_out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Openapi { command } => openapi(command),
         Command::Demo { listen } => {
             init_logging();
             demo::run(&listen)?;

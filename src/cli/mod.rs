@@ -4,4 +4,5 @@
 pub mod demo;
 pub mod explain;
 pub mod mint;
+pub mod openapi;
 pub mod table;

@@ -4,11 +4,15 @@
 
 use std::collections::HashMap;
 
+/// Host names are not secret and the table is built from the config, so a fast hash will do
+/// (no flooding risk: the request's host is only looked up, never inserted).
+type Map = HashMap<String, usize, ahash::RandomState>;
+
 #[derive(Debug, Default)]
 pub struct HostTable {
-    exact: HashMap<String, usize>,
+    exact: Map,
     /// `*.example.com` is stored as `example.com`.
-    wildcard: HashMap<String, usize>,
+    wildcard: Map,
     /// For hosts nothing names (and requests without a host).
     fallback: usize,
 }

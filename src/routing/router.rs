@@ -71,6 +71,19 @@ impl Default for Router {
     }
 }
 
+/// Parameters named by position (`{p2}`, `{*tail}`), so names never clash.
+fn canonical(path: &str) -> String {
+    path.split('/')
+        .enumerate()
+        .map(|(i, seg)| match seg.strip_prefix('{') {
+            Some(rest) if rest.starts_with('*') => "{*tail}".to_string(),
+            Some(_) => format!("{{p{i}}}"),
+            None => seg.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn rank_of(path: &str) -> Vec<u8> {
     path[1..]
         .split('/')
@@ -129,7 +142,10 @@ impl Router {
             path: path.to_string(),
             reason,
         })?;
-        let entry_idx = match self.paths.get(path) {
+        // Only the shape counts: `/pets/{id}` and `/pets/{petId}` are one template (and
+        // matchit would refuse two names at one position).
+        let canonical = canonical(path);
+        let entry_idx = match self.paths.get(&canonical) {
             Some(&i) => i,
             None => {
                 let i = self.entries.len();
@@ -139,16 +155,17 @@ impl Router {
                 } else {
                     &mut self.exact
                 };
-                tree.insert(path, i).map_err(|e| RouterError::BadTemplate {
-                    path: path.to_string(),
-                    reason: e.to_string(),
-                })?;
+                tree.insert(&canonical, i)
+                    .map_err(|e| RouterError::BadTemplate {
+                        path: path.to_string(),
+                        reason: e.to_string(),
+                    })?;
                 self.has_tails |= is_tail;
                 self.entries.push(PathEntry {
                     rank: rank_of(path),
                     ..PathEntry::default()
                 });
-                self.paths.insert(path.to_string(), i);
+                self.paths.insert(canonical, i);
                 i
             }
         };
@@ -343,8 +360,15 @@ mod tests {
         r.insert("/a/{x}", &[], 0).unwrap();
         r.insert("/a/{*rest}", &[], 1).unwrap();
         assert!(
-            r.insert("/a/{y}", &[], 1).is_err(),
-            "conflicting parameter names"
+            matches!(
+                r.insert("/a/{y}", &[], 2),
+                Err(RouterError::Duplicate { other: 0, .. })
+            ),
+            "only the shape counts"
         );
+        // Different names at one position are fine for different templates.
+        r.insert("/b/{x}/c", &[Method::GET], 3).unwrap();
+        r.insert("/b/{y}/d", &[Method::GET], 4).unwrap();
+        assert_eq!(r.lookup(&Method::GET, "/b/1/d"), Lookup::Found(4));
     }
 }
