@@ -22,6 +22,11 @@ pub struct ProcessSettings {
     pub shutdown_grace_seconds: u64,
     /// HTTPS listeners (the certificate itself reloads; turning TLS on or off does not).
     pub tls: bool,
+    pub max_connections: usize,
+    pub header_timeout_seconds: u64,
+    pub keepalive_timeout_seconds: u64,
+    pub access_log: crate::config::AccessLogFormat,
+    pub upgrade_socket: PathBuf,
 }
 
 #[derive(Debug)]

@@ -37,12 +37,26 @@ pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, Config
     if server.threads == 0 {
         return Err(src.error(None, "server.threads must be at least 1"));
     }
+    for (key, value) in [
+        ("max_connections", server.max_connections as u64),
+        ("header_timeout_seconds", server.header_timeout_seconds),
+        ("keepalive_timeout_seconds", server.keepalive_timeout_seconds),
+    ] {
+        if value == 0 {
+            return Err(src.error(None, format!("server.{key} must be at least 1")));
+        }
+    }
     Ok(ProcessSettings {
         listen,
         admin_listen: server.admin_listen.as_ref().map(|a| a.get_ref().clone()),
         threads: server.threads,
         shutdown_grace_seconds: server.shutdown_grace_seconds,
         tls: server.tls.is_some(),
+        max_connections: server.max_connections,
+        header_timeout_seconds: server.header_timeout_seconds,
+        keepalive_timeout_seconds: server.keepalive_timeout_seconds,
+        access_log: server.access_log,
+        upgrade_socket: loaded.resolve(&server.upgrade_socket),
     })
 }
 

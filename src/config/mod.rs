@@ -133,6 +133,31 @@ pub struct ServerConfig {
     /// Seconds that requests in flight get to finish after SIGTERM.
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
+    /// Open client connections; beyond it a new one is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// The whole request header must arrive within this.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_seconds: u64,
+    /// An idle keep-alive client connection is closed after this.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout_seconds: u64,
+    /// "text" | "json" | "off".
+    #[serde(default)]
+    pub access_log: AccessLogFormat,
+    /// Where the listening sockets are handed to a new process (`run --upgrade`).
+    #[serde(default = "default_upgrade_socket")]
+    pub upgrade_socket: PathBuf,
+}
+
+/// `[server] access_log`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    #[default]
+    Text,
+    Json,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +256,18 @@ impl Default for ForwardConfig {
     }
 }
 
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_keepalive_timeout() -> u64 {
+    60
+}
+fn default_upgrade_socket() -> PathBuf {
+    PathBuf::from("/tmp/scopegate-upgrade.sock")
+}
 fn default_max_age() -> u64 {
     600
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod demo_api;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -15,6 +15,7 @@ use pingora_core::services::listening::Service;
 
 use super::admin::Admin;
 use super::keys::KeyRefresher;
+use super::limits::{ConnLimits, Limited};
 use super::metrics::Metrics;
 use super::proxy::{ScopeGate, IN_FLIGHT};
 use super::reload::{ConfigWatcher, Reloader};
@@ -104,23 +105,37 @@ pub fn run_with(
     server.run_forever();
 }
 
+type ProxyService = Service<Limited<pingora_proxy::HttpProxy<ScopeGate>>>;
+
 fn proxy_service(
     server: &Server,
     live: &LiveConfig,
     metrics: &Arc<Metrics>,
     fetcher: &Arc<JwksFetcher>,
     config_path: &Path,
-) -> Result<Service<pingora_proxy::HttpProxy<ScopeGate>>, ConfigError> {
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        ScopeGate {
-            live: live.clone(),
-            metrics: metrics.clone(),
-            fetcher: fetcher.clone(),
-        },
-        "scopegate",
-    );
+) -> Result<ProxyService, ConfigError> {
+    let gate = ScopeGate {
+        live: live.clone(),
+        metrics: metrics.clone(),
+        fetcher: fetcher.clone(),
+    };
     let current = live.load();
+    let process = &current.snapshot.process;
+    let mut http = pingora_proxy::http_proxy(&server.configuration, gate);
+    let keepalive = Duration::from_secs(process.keepalive_timeout_seconds);
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(keepalive);
+    http.server_options = Some(options);
+    let limits = ConnLimits {
+        max_connections: connection_budget(process.max_connections),
+        header: Duration::from_secs(process.header_timeout_seconds),
+        keepalive,
+    };
+    let limited = Limited {
+        inner: Arc::new(http),
+        limits,
+    };
+    let mut proxy = Service::new("scopegate".to_string(), limited);
     let listen = &current.snapshot.process.listen;
     let Some(tls) = &current.snapshot.tls else {
         for addr in listen {
@@ -145,6 +160,46 @@ fn proxy_service(
         proxy.add_tls_with_settings(addr, None, settings);
     }
     Ok(proxy)
+}
+
+/// File descriptors kept for the admin listener, upstream connections, config and key files
+/// while clients hold `max_connections`.
+const FD_RESERVE: u64 = 256;
+
+/// Raise the open-file limit to its hard maximum, and keep `max_connections` within it less a
+/// reserve, so that a flood is turned away by scopegate rather than by EMFILE (which would
+/// also starve /healthz, /metrics and upstream connections).
+fn connection_budget(max_connections: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    let limit = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return max_connections;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    };
+    let fit = limit.saturating_sub(FD_RESERVE).max(1) as usize;
+    if fit < max_connections {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = limit,
+            "server.max_connections lowered to {fit} to keep file descriptors in reserve"
+        );
+        return fit;
+    }
+    max_connections
 }
 
 /// Serves the certificate of the snapshot in use.
