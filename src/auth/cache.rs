@@ -34,11 +34,17 @@ impl std::fmt::Debug for TokenCache {
     }
 }
 
+/// Bookkeeping of one entry besides the token and principal: the cache's node, the Arcs.
+const ENTRY_OVERHEAD: usize = 160;
+
 impl TokenCache {
-    /// A cache of at most `capacity` tokens; 0 disables caching.
-    pub fn new(capacity: usize) -> TokenCache {
+    /// A cache of at most `max_bytes` (token bytes and principals, estimated) and about
+    /// `max_entries` tokens; either 0 disables caching. Bounded in bytes, since tokens range
+    /// from 300 bytes to 8 KiB: a flood of large distinct tokens must not grow the heap.
+    pub fn new(max_entries: usize, max_bytes: usize) -> TokenCache {
+        let estimated = max_entries.min(max_bytes / 1024).max(16);
         TokenCache {
-            inner: (capacity > 0).then(|| TinyUfo::new(capacity, capacity)),
+            inner: (max_entries > 0 && max_bytes > 0).then(|| TinyUfo::new(max_bytes, estimated)),
             hasher: ahash::RandomState::new(),
         }
     }
@@ -69,11 +75,13 @@ impl TokenCache {
         if principal.exp <= now {
             return;
         }
+        let weight =
+            (token.len() + principal.approx_bytes() + ENTRY_OVERHEAD).min(u16::MAX as usize);
         let entry = Entry {
             token: Arc::from(token),
             principal,
             key_version,
         };
-        cache.put(self.hasher.hash_one(token), entry, 1);
+        cache.put(self.hasher.hash_one(token), entry, weight as u16);
     }
 }

@@ -48,6 +48,22 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Heap bytes it holds, roughly (for the token cache's byte bound).
+    pub fn approx_bytes(&self) -> usize {
+        let claims: usize = self
+            .claims
+            .iter()
+            .map(|(k, v)| k.len() + v.to_string().len() + 32)
+            .sum();
+        let headers: usize = self.forward_headers.iter().map(|(_, v)| v.len() + 48).sum();
+        std::mem::size_of::<Principal>()
+            + self.sub.as_ref().map_or(0, String::len)
+            + self.scopes.iter().map(|s| s.len() + 16).sum::<usize>()
+            + self.audiences.iter().map(|a| a.len() + 16).sum::<usize>()
+            + claims
+            + headers
+    }
+
     /// Whether `aud` names one of `accepted` (RFC 7519 §4.1.3).
     pub fn has_audience<S: AsRef<str>>(&self, accepted: &[S]) -> bool {
         self.audiences
@@ -64,11 +80,72 @@ struct JoseHeader {
     crit: Option<Value>,
 }
 
+/// A base64url JSON part of a JWS. A member name twice in one object makes it malformed: JSON
+/// parsers disagree on which one wins (RFC 8259 §4), so a backend re-reading the forwarded
+/// token could see another identity than the one checked here (RFC 7519 §4).
 fn b64_json<T: serde::de::DeserializeOwned>(part: &[u8], what: Malformed) -> Result<T, Rejection> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| Rejection::Malformed(what))?;
-    serde_json::from_slice(&bytes).map_err(|_| Rejection::Malformed(what))
+    let Strict(value) = serde_json::from_slice(&bytes).map_err(|_| Rejection::Malformed(what))?;
+    serde_json::from_value(value).map_err(|_| Rejection::Malformed(what))
+}
+
+/// JSON that refuses duplicate member names, at any depth.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.insert(key, v).is_some() {
+                return Err(serde::de::Error::custom("duplicate member name"));
+            }
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, Rejection> {
@@ -261,6 +338,29 @@ fn claim_text(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duplicate_member_names_are_malformed_at_any_depth() {
+        let enc = |s: &str| URL_SAFE_NO_PAD.encode(s);
+        for bad in [
+            r#"{"sub":"a","sub":"root"}"#,
+            r#"{"x":{"k":1,"k":2}}"#,
+            r#"[{"a":1,"a":1}]"#,
+        ] {
+            let r: Result<Value, _> = b64_json(enc(bad).as_bytes(), Malformed::Payload);
+            assert_eq!(
+                r.unwrap_err(),
+                Rejection::Malformed(Malformed::Payload),
+                "{bad}"
+            );
+        }
+        let ok: Value = b64_json(
+            enc(r#"{"a":[1,2.5,"x",null,true],"b":{"c":-1}}"#).as_bytes(),
+            Malformed::Payload,
+        )
+        .unwrap();
+        assert_eq!(ok["a"][1], 2.5);
+    }
 
     #[test]
     fn scopes_come_from_strings_and_arrays() {

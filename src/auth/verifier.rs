@@ -25,13 +25,13 @@ impl Verifier {
         issuers: Vec<Issuer>,
         forward_claims: Vec<(String, HeaderName)>,
         kept_claims: Vec<String>,
-        cache_size: usize,
+        cache_size: (usize, usize),
     ) -> Verifier {
         Verifier {
             issuers,
             forward_claims,
             kept_claims,
-            cache: TokenCache::new(cache_size),
+            cache: TokenCache::new(cache_size.0, cache_size.1),
         }
     }
 

@@ -195,7 +195,7 @@ fn algorithms(
 fn load_static_keys(source: &KeySource) -> Result<KeyStore, String> {
     match source {
         KeySource::File(path) => {
-            let bytes = std::fs::read(path)
+            let bytes = crate::config::read_regular(path)
                 .map_err(|e| format!("cannot read jwks_file {}: {e}", path.display()))?;
             let (set, skipped) = KeySet::from_jwks(&bytes)
                 .map_err(|e| format!("jwks_file {}: {e}", path.display()))?;

@@ -52,7 +52,12 @@ pub fn build_with(
         sets: compiled.sets,
         apis: compiled.apis,
         routes: compiled.routes,
-        verifier: Verifier::new(issuers, forward_claims, kept, cfg.forward.token_cache_size),
+        verifier: Verifier::new(
+            issuers,
+            forward_claims,
+            kept,
+            (cfg.forward.token_cache_size, cfg.forward.token_cache_bytes),
+        ),
         warnings: compiled.warnings,
         upstreams,
         forward: ForwardPlan {

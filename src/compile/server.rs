@@ -40,7 +40,10 @@ pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, Config
     for (key, value) in [
         ("max_connections", server.max_connections as u64),
         ("header_timeout_seconds", server.header_timeout_seconds),
-        ("keepalive_timeout_seconds", server.keepalive_timeout_seconds),
+        (
+            "keepalive_timeout_seconds",
+            server.keepalive_timeout_seconds,
+        ),
     ] {
         if value == 0 {
             return Err(src.error(None, format!("server.{key} must be at least 1")));

@@ -7,7 +7,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{ConfigError, LoadedConfig};
+use crate::config::{read_regular, ConfigError, LoadedConfig};
 use crate::snapshot::ServerTls;
 
 pub fn server_tls(loaded: &LoadedConfig) -> Result<Option<ServerTls>, ConfigError> {
@@ -43,16 +43,15 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     let (cert_s, key_s) = (cert.display(), key.display());
-    for p in [cert, key] {
-        std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
+    let read = |p: &Path| read_regular(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot load {cert_s}: {e}"))?;
     if chain.is_empty() {
         return Err(format!("{cert_s} holds no certificate (PEM expected)"));
     }
-    let private = PrivateKeyDer::from_pem_file(key)
+    let private = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| format!("{key_s} holds no usable private key (PEM expected): {e}"))?;
     let signing = crypto_provider()
         .key_provider
@@ -67,8 +66,8 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Stri
 
 /// CA certificates from a PEM file, each checked before use.
 pub fn load_ca(path: &Path) -> Result<Arc<[CertificateDer<'static>]>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+    let pem = read_regular(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
     if certs.is_empty() {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod source;
-pub use source::{default_path, load, parse, ConfigError, LoadedConfig, Source};
+pub use source::{default_path, load, parse, read_regular, ConfigError, LoadedConfig, Source};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +243,9 @@ pub struct ForwardConfig {
     /// Size of the verified-token cache (0 disables it).
     #[serde(default = "default_cache_size")]
     pub token_cache_size: usize,
+    /// Memory bound of the verified-token cache, in bytes (0 disables it).
+    #[serde(default = "default_cache_bytes")]
+    pub token_cache_bytes: usize,
 }
 
 impl Default for ForwardConfig {
@@ -252,6 +255,7 @@ impl Default for ForwardConfig {
             claims: None,
             strip_token: false,
             token_cache_size: default_cache_size(),
+            token_cache_bytes: default_cache_bytes(),
         }
     }
 }
@@ -300,6 +304,12 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_read_timeout() -> u64 {
     30_000
+}
+/// 32 MiB: about 25,000 typical tokens (1.3 KB each with what is kept of them), more than the
+/// clients one instance serves within their tokens' lifetime, and a hard bound on the heap
+/// a flood of distinct valid tokens can take.
+fn default_cache_bytes() -> usize {
+    32 * 1024 * 1024
 }
 fn default_cache_size() -> usize {
     100_000

@@ -67,16 +67,49 @@ impl LoadedConfig {
     }
 }
 
+/// Files read for a config (the config itself, jwks_files, certificates) are at most this big.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Read a regular file of at most `MAX_FILE_BYTES`. A FIFO, a device or a directory is refused
+/// without blocking: the file is opened non-blocking and checked on the open descriptor, so a
+/// swap between a check and the open cannot slip one in.
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other("grew past the size limit while read"));
+    }
+    Ok(bytes)
+}
+
 /// Read and parse a file. Validation that needs more than the syntax happens in `compile`,
 /// which reports through the same `Source`.
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let cannot = |e: String| ConfigError {
         file: name.clone(),
         line: 1,
         col: 1,
         message: format!("cannot read config file: {e}"),
-    })?;
+    };
+    let bytes = read_regular(path).map_err(|e| cannot(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| cannot("not UTF-8".into()))?;
     let base_dir = path
         .parent()
         .map(Path::to_path_buf)

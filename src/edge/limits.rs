@@ -53,10 +53,17 @@ impl Drop for Open {
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         if OPEN_CONNECTIONS.fetch_add(1, Ordering::Relaxed) >= self.limits.max_connections {
             OPEN_CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(max = self.limits.max_connections, "server.max_connections reached: connection closed");
+            tracing::warn!(
+                max = self.limits.max_connections,
+                "server.max_connections reached: connection closed"
+            );
             return None; // dropping the stream closes it
         }
         let _open = Open;
@@ -66,14 +73,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             if !first {
                 // Idle between keep-alive requests: at most `keepalive` until the next one starts.
                 let mut byte = [0u8; 1];
-                match tokio::time::timeout(self.limits.keepalive, stream.try_peek(&mut byte)).await {
+                match tokio::time::timeout(self.limits.keepalive, stream.try_peek(&mut byte)).await
+                {
                     Ok(Ok(_)) => {}
                     _ => return None,
                 }
             }
             first = false;
             let header_in = Arc::new(AtomicBool::new(false));
-            let request = HEADER_IN.scope(header_in.clone(), self.inner.process_new(stream, shutdown));
+            let request =
+                HEADER_IN.scope(header_in.clone(), self.inner.process_new(stream, shutdown));
             let deadline = async {
                 tokio::time::sleep(self.limits.header).await;
                 if header_in.load(Ordering::Relaxed) {

@@ -36,6 +36,8 @@ pub static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomic
 /// What an allowed decision hands on to the forwarding callbacks. Only made from a `ForwardTo`.
 struct Forwarding {
     upstream: usize,
+    /// The route allows `Upgrade: websocket`.
+    websocket: bool,
     /// The normalized path when it differs from the one received.
     rewritten_path: Option<String>,
     principal: Option<Arc<Principal>>,
@@ -112,6 +114,19 @@ async fn send_error(session: &mut Session, resp: &ErrorResponse) -> pingora_core
     Ok(())
 }
 
+/// RFC 6455 §4.2.2: the accept value is base64(SHA-1(key + the protocol's GUID)).
+fn websocket_accept_matches(key: Option<&HeaderValue>, accept: Option<&HeaderValue>) -> bool {
+    use base64::Engine;
+    let (Some(key), Some(accept)) = (key, accept) else {
+        return false;
+    };
+    let mut input = key.as_bytes().to_vec();
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    let expected = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+    accept.as_bytes() == expected.as_bytes()
+}
+
 fn client_ip(session: &Session) -> Option<String> {
     match session.client_addr()? {
         PingoraAddr::Inet(a) => Some(a.ip().to_string()),
@@ -153,9 +168,10 @@ impl ScopeGate {
                         .copied()
                         .find(|x| x.as_str() == r.reason);
                 }
-                let (_, upstream, rewritten_path, principal) = to.into_parts();
+                let (route, upstream, rewritten_path, principal) = to.into_parts();
                 ctx.forward = Some(Forwarding {
                     upstream,
+                    websocket: live.snapshot.routes[route].websocket,
                     rewritten_path,
                     principal,
                 });
@@ -187,6 +203,22 @@ impl ScopeGate {
             }
             _ => Outcome::Reply(response),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_websocket_accept_value_is_checked() {
+        // The example of RFC 6455 §1.3.
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let good = HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let bad = HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOX=");
+        assert!(websocket_accept_matches(Some(&key), Some(&good)));
+        assert!(!websocket_accept_matches(Some(&key), Some(&bad)));
+        assert!(!websocket_accept_matches(None, Some(&good)));
     }
 }
 
@@ -355,15 +387,42 @@ impl ProxyHttp for ScopeGate {
             }
         }
         upstream.remove_header("forwarded");
+        // CGI and WSGI backends read `X_Auth_Subject` as `X-Auth-Subject` (nginx drops such
+        // names by default, for the same reason).
+        let underscored: Vec<HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|n| n.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for name in underscored {
+            upstream.remove_header(&name);
+        }
+        // A tunnel is never checked again: only routes that say so may switch protocols.
+        if !forward.websocket {
+            upstream.remove_header(&http::header::UPGRADE);
+        }
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora_core::Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            let websocket = ctx.forward.as_ref().is_some_and(|f| f.websocket);
+            let key = session.req_header().headers.get("sec-websocket-key");
+            let accept = upstream_response.headers.get("sec-websocket-accept");
+            if !websocket || !websocket_accept_matches(key, accept) {
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "101 without a websocket route or with a wrong Sec-WebSocket-Accept",
+                )
+                .into_up());
+            }
+        }
         if ctx.cors_api {
             // For an API with `cors`, only scopegate speaks CORS: an origin not in its list
             // gets no Access-Control-* header, whatever the upstream says.

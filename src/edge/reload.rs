@@ -34,10 +34,15 @@ pub struct Reloader {
 /// The config text and every file it points to, hashed.
 fn fingerprint(path: &Path, snapshot: Option<&Snapshot>) -> u64 {
     let mut h = DefaultHasher::new();
-    std::fs::read(path).unwrap_or_default().hash(&mut h);
+    // Never `open` what is not a regular file: a FIFO would block the watcher for good.
+    let read = |p: &Path| match config::read_regular(p) {
+        Ok(bytes) => bytes,
+        Err(e) => e.to_string().into_bytes(),
+    };
+    read(path).hash(&mut h);
     if let Some(s) = snapshot {
         for f in s.source_files() {
-            std::fs::read(&f).unwrap_or_default().hash(&mut h);
+            read(&f).hash(&mut h);
         }
     }
     h.finish()

@@ -69,6 +69,13 @@ fn is_normal(path: &[u8]) -> bool {
     true
 }
 
+/// Where a segment's `;params` start: at `;` or an encoded `%3B` (escapes are upper case here).
+fn param_start(seg: &[u8]) -> usize {
+    (0..seg.len())
+        .find(|&i| seg[i] == b';' || seg[i..].starts_with(b"%3B"))
+        .unwrap_or(seg.len())
+}
+
 /// Normalize the path part of a request target (without the query).
 ///
 /// - percent-encoded unreserved characters are decoded, other escapes kept with upper-case hex;
@@ -135,8 +142,8 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     let mut out: Vec<&[u8]> = Vec::new();
     for seg in partly.split(|&c| c == b'/') {
         // Servlet containers strip `;params` before resolving dot segments, so `..;x` would
-        // climb on the upstream while looking like a plain name here.
-        let bare = seg.split(|&c| c == b';').next().unwrap_or(seg);
+        // climb on the upstream while looking like a plain name here; some decode `%3B` first.
+        let bare = &seg[..param_start(seg)];
         match seg {
             b"" | b"." => {}
             b".." => {
@@ -181,6 +188,19 @@ mod tests {
         ] {
             assert!(matches!(normalize(p), Ok(Cow::Borrowed(_))), "{p}");
         }
+    }
+
+    #[test]
+    fn dot_segments_behind_encoded_semicolons_are_refused() {
+        for p in [
+            "/a/..%3B/b",
+            "/a/..%3b/b",
+            "/a/.%3bx/b",
+            "/a/..%3Bjsessionid=1/admin",
+        ] {
+            bad(p, PathError::DotSegmentWithParameters);
+        }
+        ok("/a/b%3Bc", "/a/b%3Bc");
     }
 
     #[test]
