@@ -3,20 +3,24 @@
 //! may sit idle. Slow-header and idle-connection floods then cost bounded memory and file
 //! descriptors.
 //!
-//! `Limited` wraps the proxy's `ServerApp`: it counts connections, closes one over the limit at
-//! once, waits for each keep-alive request's first byte at most `keepalive`, and from then
-//! gives the whole header `header` to arrive. The proxy tells it the header is in
-//! (`header_received`, from `early_request_filter`) through a task-local clock, since Pingora
-//! reads the header inside the app's own future.
+//! `Limited` drives the proxy's HTTP/1 connections itself (HTTP/2 it hands on whole): it counts
+//! connections and closes one over the limit at once; it waits for each request's first byte
+//! at most `keepalive` (after the first request) and then gives the whole header `header` to
+//! arrive, reading it into a small buffer of its own before Pingora's per-request state (tens
+//! of kilobytes) exists, and handing the bytes back to the stream (`rewind`).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
-use pingora_core::protocols::Stream;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as TcpStream;
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+use tokio::time::{timeout_at, Instant};
 
 /// The `[server]` limits, in force from process start.
 #[derive(Debug, Clone, Copy)]
@@ -26,17 +30,11 @@ pub struct ConnLimits {
     pub keepalive: Duration,
 }
 
-tokio::task_local! {
-    static HEADER_IN: Arc<AtomicBool>;
-}
-
-/// The request header has been read in full (called by the proxy before deciding).
-pub fn header_received() {
-    let _ = HEADER_IN.try_with(|h| h.store(true, Ordering::Relaxed));
-}
-
-/// Client connections open now, across listeners (for tests and metrics).
+/// Client connections open now, across listeners.
 pub static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Headers larger than this are left to Pingora to read (and refuse past its own limit).
+const PREREAD_MAX: usize = 64 * 1024;
 
 pub struct Limited<A> {
     pub inner: Arc<A>,
@@ -51,8 +49,91 @@ impl Drop for Open {
     }
 }
 
+/// Why the header wait ended without a request.
+enum NoRequest {
+    Closed,
+    Late,
+}
+
+/// Read until the request header is complete (`\r\n\r\n`), then hand the bytes back to the
+/// stream. The first byte may take until `first_by`; the whole header, `header` from then on.
+async fn preread_header(
+    stream: &mut TcpStream,
+    first_by: Instant,
+    header: Duration,
+) -> Result<(), NoRequest> {
+    // Nothing is allocated until the first byte is there: an idle connection costs no buffer.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut deadline = first_by;
+    let mut started = false;
+    loop {
+        let scan_from = buf.len().saturating_sub(3);
+        if buf.capacity() == buf.len() {
+            buf.reserve(if buf.is_empty() { 1024 } else { buf.len() });
+        }
+        match timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) => return Err(NoRequest::Late),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(NoRequest::Closed),
+            Ok(Ok(_)) => {}
+        };
+        if !started {
+            started = true;
+            deadline = Instant::now() + header;
+        }
+        if buf[scan_from..].windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= PREREAD_MAX {
+            stream.rewind(&buf);
+            return Ok(());
+        }
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
+    /// HTTP/1 requests on one connection, each header under the deadlines.
+    async fn serve_http1(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut stream = stream;
+        let mut persistent = None;
+        let mut first_by = Instant::now() + self.limits.header;
+        loop {
+            // Only a plain TCP stream can be read ahead and rewound; TLS ones get Pingora's
+            // per-read timeouts.
+            if stream.as_any().is::<TcpStream>() {
+                let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else {
+                    return;
+                };
+                match preread_header(&mut tcp, first_by, self.limits.header).await {
+                    Ok(()) => stream = tcp,
+                    Err(NoRequest::Closed) => return,
+                    Err(NoRequest::Late) => {
+                        tracing::debug!("no complete request header in time: connection closed");
+                        return;
+                    }
+                }
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                session.set_keepalive(Some(self.limits.keepalive.as_secs().max(1)));
+            }
+            if let Some(settings) = persistent.take() {
+                pingora_core::apps::HttpPersistentSettings::apply_to_session(
+                    settings,
+                    &mut session,
+                );
+            }
+            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (next, settings) = reused.consume();
+            stream = next;
+            persistent = settings;
+            first_by = Instant::now() + self.limits.keepalive;
+        }
+    }
+}
+
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -67,40 +148,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             return None; // dropping the stream closes it
         }
         let _open = Open;
-        let mut stream = stream;
-        let mut first = true;
-        loop {
-            if !first {
-                // Idle between keep-alive requests: at most `keepalive` until the next one starts.
-                let mut byte = [0u8; 1];
-                match tokio::time::timeout(self.limits.keepalive, stream.try_peek(&mut byte)).await
-                {
-                    Ok(Ok(_)) => {}
-                    _ => return None,
-                }
-            }
-            first = false;
-            let header_in = Arc::new(AtomicBool::new(false));
-            let request =
-                HEADER_IN.scope(header_in.clone(), self.inner.process_new(stream, shutdown));
-            let deadline = async {
-                tokio::time::sleep(self.limits.header).await;
-                if header_in.load(Ordering::Relaxed) {
-                    std::future::pending::<()>().await;
-                }
-            };
-            let next = tokio::select! {
-                next = request => next,
-                () = deadline => {
-                    tracing::debug!("request header not complete within server.header_timeout_seconds: connection closed");
-                    return None;
-                }
-            };
-            stream = next?;
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 multiplexes: Pingora's own loop, with `h2_idle_timeout` set to keepalive.
+            return self.inner.process_new(stream, shutdown).await;
         }
+        self.serve_http1(stream, shutdown).await;
+        None
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await
+        self.inner.http_cleanup().await
     }
 }

@@ -247,15 +247,6 @@ impl ProxyHttp for ScopeGate {
         }
     }
 
-    async fn early_request_filter(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> pingora_core::Result<()> {
-        super::limits::header_received();
-        Ok(())
-    }
-
     async fn request_filter(
         &self,
         session: &mut Session,

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{ExecutionPhase, Server};
 use pingora_core::services::background::background_service;
@@ -139,7 +141,7 @@ fn proxy_service(
     let listen = &current.snapshot.process.listen;
     let Some(tls) = &current.snapshot.tls else {
         for addr in listen {
-            proxy.add_tcp(addr);
+            proxy.add_listener(ListenerConfig::tcp(addr).l4_buffer(l4_buffer()));
         }
         return Ok(proxy);
     };
@@ -157,9 +159,23 @@ fn proxy_service(
         // The certificate comes from the live snapshot, so a reload serves renewed files.
         settings.set_cert_resolver(Arc::new(LiveCertificate(live.clone())));
         settings.enable_h2();
-        proxy.add_tls_with_settings(addr, None, settings);
+        proxy.add_listener(
+            ListenerConfig::tcp(addr)
+                .tls(settings)
+                .l4_buffer(l4_buffer()),
+        );
     }
     Ok(proxy)
+}
+
+/// No read buffer below the HTTP parser, which reads into a growing buffer of its own (and
+/// scopegate reads a header ahead into one that exists only once bytes arrive). Pingora's
+/// default, 64 KiB per connection allocated at accept, held 320 MB for 5,000 slow clients.
+fn l4_buffer() -> L4BufferSettings {
+    L4BufferSettings::new(
+        0,
+        pingora_core::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
+    )
 }
 
 /// File descriptors kept for the admin listener, upstream connections, config and key files

@@ -388,6 +388,22 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client on a connection already made (and maybe already written to).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The connection back, e.g. to see when the server closes it.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).unwrap();
         stream
