@@ -32,6 +32,10 @@ enum Command {
         /// Config file (default: $SCOPEGATE_CONFIG, else config/scopegate.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Take over the listening sockets of a running scopegate (send it SIGQUIT once this
+        /// one has started): a restart that drops no connection.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Parse and validate the config, then print the route table.
     Check {
@@ -183,10 +187,15 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             init_logging();
             let path = config.unwrap_or_else(config::default_path);
-            if let Err(e) = edge::server::run(&path) {
+            let start = if upgrade {
+                edge::server::Start::Upgrade
+            } else {
+                edge::server::Start::Fresh
+            };
+            if let Err(e) = edge::server::run(&path, start) {
                 eprintln!("{e}");
                 return Ok(ExitCode::FAILURE);
             }

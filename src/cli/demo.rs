@@ -87,6 +87,10 @@ config, key and JWKS in {dir}
         key = dir.join("signing-key.pem").display(),
     )?;
     drop(out);
-    crate::edge::server::run_with(&dir.join("scopegate.toml"), Some(api))
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    crate::edge::server::run_with(
+        &dir.join("scopegate.toml"),
+        Some(api),
+        crate::edge::server::Start::Fresh,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }

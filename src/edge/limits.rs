@@ -33,6 +33,9 @@ pub struct ConnLimits {
 /// Client connections open now, across listeners.
 pub static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
+/// How long an idle keep-alive connection still waits for a request once shutdown has begun.
+const SHUTDOWN_IDLE: Duration = Duration::from_secs(1);
+
 /// Headers larger than this are left to Pingora to read (and refuse past its own limit).
 const PREREAD_MAX: usize = 64 * 1024;
 
@@ -61,17 +64,33 @@ async fn preread_header(
     stream: &mut TcpStream,
     first_by: Instant,
     header: Duration,
+    shutdown: &ShutdownWatch,
 ) -> Result<(), NoRequest> {
     // Nothing is allocated until the first byte is there: an idle connection costs no buffer.
     let mut buf: Vec<u8> = Vec::new();
-    let mut deadline = first_by;
+    // Once the server is shutting down, an idle connection waits a moment for a request
+    // already on its way, then closes.
+    let mut deadline = if *shutdown.borrow() {
+        first_by.min(Instant::now() + SHUTDOWN_IDLE)
+    } else {
+        first_by
+    };
     let mut started = false;
+    let mut stopping = shutdown.clone();
     loop {
         let scan_from = buf.len().saturating_sub(3);
         if buf.capacity() == buf.len() {
             buf.reserve(if buf.is_empty() { 1024 } else { buf.len() });
         }
-        match timeout_at(deadline, stream.read_buf(&mut buf)).await {
+        let read = tokio::select! {
+            read = timeout_at(deadline, stream.read_buf(&mut buf)) => read,
+            // Shutdown began while idle: shorten the wait, then read on.
+            _ = stopping.changed(), if !started && !*stopping.borrow() => {
+                deadline = deadline.min(Instant::now() + SHUTDOWN_IDLE);
+                continue;
+            }
+        };
+        match read {
             Err(_) => return Err(NoRequest::Late),
             Ok(Ok(0)) | Ok(Err(_)) => return Err(NoRequest::Closed),
             Ok(Ok(_)) => {}
@@ -100,7 +119,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                 let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else {
                     return;
                 };
-                match preread_header(&mut tcp, first_by, self.limits.header).await {
+                match preread_header(&mut tcp, first_by, self.limits.header, shutdown).await {
                     Ok(()) => stream = tcp,
                     Err(NoRequest::Closed) => return,
                     Err(NoRequest::Late) => {

@@ -17,7 +17,7 @@ use pingora_core::services::listening::Service;
 
 use super::admin::Admin;
 use super::keys::KeyRefresher;
-use super::limits::{ConnLimits, Limited};
+use super::limits::{ConnLimits, Limited, OPEN_CONNECTIONS};
 use super::metrics::Metrics;
 use super::proxy::{ScopeGate, IN_FLIGHT};
 use super::reload::{ConfigWatcher, Reloader};
@@ -26,15 +26,26 @@ use crate::auth::jwks::JwksFetcher;
 use crate::compile;
 use crate::config::ConfigError;
 
+/// How the process gets its listening sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Bind them.
+    Fresh,
+    /// Receive them from the running process through `[server] upgrade_socket`; it sends them
+    /// on SIGQUIT, then finishes its requests in flight and exits (Pingora's graceful upgrade).
+    Upgrade,
+}
+
 /// Run the proxy until SIGTERM (graceful) or SIGINT. Never returns on success.
-pub fn run(config_path: &Path) -> Result<(), ConfigError> {
-    run_with(config_path, None)
+pub fn run(config_path: &Path, start: Start) -> Result<(), ConfigError> {
+    run_with(config_path, None, start)
 }
 
 /// `run`, plus the demo contacts API on `demo_api` (for `scopegate demo`).
 pub fn run_with(
     config_path: &Path,
     demo_api: Option<std::net::TcpListener>,
+    start: Start,
 ) -> Result<(), ConfigError> {
     let first = compile::load(config_path, 1)?;
     release_freed_memory();
@@ -58,9 +69,17 @@ pub fn run_with(
         // One current-thread runtime per worker: no cross-thread wakeups on the request path
         // (measured with bench/load.sh).
         work_stealing: false,
+        upgrade_sock: process.upgrade_socket.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade: start == Start::Upgrade,
+        ..Default::default()
+    };
+    if start == Start::Upgrade {
+        tracing::info!(socket = %process.upgrade_socket.display(), "waiting for the listening sockets of the running process (send it SIGQUIT)");
+    }
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     let observer = metrics.clone();
     let fetcher = Arc::new(JwksFetcher::new(Box::new(move |issuer, ok| {
@@ -247,8 +266,14 @@ fn drain_then_exit(mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
     std::thread::spawn(move || loop {
         match phases.blocking_recv() {
             Ok(ExecutionPhase::ShutdownGracePeriod) => {
+                // Connections finish their request in flight and the next one (answered with
+                // `Connection: close`), so clients of a graceful upgrade see no reset.
                 let deadline = Instant::now() + grace;
-                while IN_FLIGHT.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+                let busy = || {
+                    IN_FLIGHT.load(Ordering::Relaxed) > 0
+                        || OPEN_CONNECTIONS.load(Ordering::Relaxed) > 0
+                };
+                while busy() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 tracing::info!(
