@@ -260,6 +260,21 @@ impl CorsScope<'_> {
 pub struct Verdict<'r> {
     pub decision: Decision<'r>,
     pub cors: Option<CorsScope<'r>>,
+    /// Who the request's valid token names, also when it was refused (for the access log).
+    pub principal: Option<Arc<Principal>>,
+}
+
+impl Refusal<'_> {
+    /// The access log's `reason`: a token rejection reason, or why a valid token was refused.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Refusal::Unauthenticated { rejection, .. } => Some(rejection.reason().as_str()),
+            Refusal::Forbidden { .. } => Some("insufficient_scope"),
+            Refusal::AccessDenied { .. } => Some("access_denied"),
+            Refusal::CorsRejected { .. } => Some("cors_rejected"),
+            _ => None,
+        }
+    }
 }
 
 impl Decision<'_> {
@@ -586,6 +601,7 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
     let bad = |description| Verdict {
         decision: Decision::Refuse(Refusal::BadRequest { description }),
         cors: None,
+        principal: None,
     };
     // 1-2. A target we cannot normalize safely, or whose host is unclear, is refused first.
     let path = match normalize(req.path) {
@@ -609,6 +625,7 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
             return Verdict {
                 decision,
                 cors: None,
+                principal: None,
             };
         }
     }
@@ -622,11 +639,16 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
             return Verdict {
                 decision: Decision::Metadata { api },
                 cors,
+                principal: None,
             };
         }
     }
-    let decision = decide_route(snapshot, set, req, host, lookup, path, now);
-    Verdict { decision, cors }
+    let (decision, principal) = decide_route(snapshot, set, req, host, lookup, path, now);
+    Verdict {
+        decision,
+        cors,
+        principal,
+    }
 }
 
 /// Steps 4-7 for a request whose host selected `set`.
@@ -638,14 +660,17 @@ fn decide_route<'r>(
     lookup: Lookup<'r>,
     path: Cow<'r, str>,
     now: u64,
-) -> Decision<'r> {
+) -> (Decision<'r>, Option<Arc<Principal>>) {
     let matched = match &lookup {
         Lookup::Found(r) => Some(*r),
         _ => None,
     };
     // 4. Public routes need no token.
     if let Some(route) = matched.filter(|&r| snapshot.routes[r].public) {
-        return Decision::Forward(forward_to(snapshot, route, path, None));
+        return (
+            Decision::Forward(forward_to(snapshot, route, path, None)),
+            None,
+        );
     }
     let report_only = match matched {
         Some(r) => snapshot.routes[r].report_only,
@@ -653,7 +678,7 @@ fn decide_route<'r>(
     };
     // Report-only enforces 404 and 405 as usual, without asking for a token first.
     if report_only && matched.is_none() {
-        return authorize_missing(lookup);
+        return (authorize_missing(lookup), None);
     }
     // 5. Authenticate before revealing whether the path exists: for the route's API, or for
     // any API of the host when no route matched (the first one's reason when none fits).
@@ -671,9 +696,10 @@ fn decide_route<'r>(
             authorize(snapshot, lookup, path.clone(), principal),
         ),
         Err(AuthError::Ambiguous) => {
-            return Decision::Refuse(Refusal::BadRequest {
+            let refusal = Refusal::BadRequest {
                 description: "more than one Authorization header",
-            })
+            };
+            return (Decision::Refuse(refusal), None);
         }
         Err(AuthError::Rejected(rejection)) => {
             let api = apis.first().map(|&a| &snapshot.apis[a]);
@@ -692,19 +718,19 @@ fn decide_route<'r>(
     match (report_only, matched, decision) {
         (true, Some(route), Decision::Refuse(refusal)) => {
             let reason = match &refusal {
-                Refusal::Unauthenticated { rejection, .. } => rejection.reason().as_str(),
-                Refusal::Forbidden { .. } => "insufficient_scope",
-                Refusal::AccessDenied { .. } => "access_denied",
-                _ => return Decision::Refuse(refusal),
+                Refusal::Unauthenticated { .. }
+                | Refusal::Forbidden { .. }
+                | Refusal::AccessDenied { .. } => refusal.reason().unwrap_or(""),
+                _ => return (Decision::Refuse(refusal), principal),
             };
-            let mut to = forward_to(snapshot, route, path, principal);
+            let mut to = forward_to(snapshot, route, path, principal.clone());
             to.report = Some(Report {
                 would_be: refusal.label(),
                 reason,
             });
-            Decision::Forward(to)
+            (Decision::Forward(to), principal)
         }
-        (_, _, decision) => decision,
+        (_, _, decision) => (decision, principal),
     }
 }
 

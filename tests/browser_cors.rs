@@ -175,7 +175,7 @@ scopes = ["write:contacts"]
         "{seen}"
     );
     assert!(
-        p.log().contains("decision=\"preflight\""),
+        eventually(10, || p.log().contains("decision=\"preflight\"")),
         "the browser sent a preflight: {}",
         p.log()
     );

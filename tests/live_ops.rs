@@ -341,11 +341,13 @@ fn metrics_count_exactly_and_stay_bounded() {
     );
 
     // One access-log line per request, with route and decision, never the token.
-    let log = p.log();
+    // Written by the access-log thread: wait for the line, not for time.
     assert!(
-        log.contains("decision=\"forbidden\"") || log.contains("decision=forbidden"),
-        "{log}"
+        eventually(10, || p.log().contains("decision=\"forbidden\"")),
+        "{}",
+        p.log()
     );
+    let log = p.log();
     assert!(!log.contains(&reader) && !log.contains(&writer));
 }
 
@@ -454,4 +456,80 @@ fn upstream_failures_are_counted_as_errors_of_allowed_requests() {
             ) == 3.0
     };
     assert!(eventually(5, counted), "{}", metrics_text(admin));
+}
+
+#[test]
+fn the_access_log_is_json_text_or_off() {
+    let upstream = start_echo("a");
+    for (format, port) in [("json", free_port()), ("off", free_port())] {
+        let text = config(port, &[upstream], "").replacen(
+            "threads = 1\n",
+            &format!("threads = 1\naccess_log = \"{format}\"\n"),
+            1,
+        );
+        let p = Proxy::start(&text, port);
+        let reader = token("read:contacts");
+        assert_eq!(p.get("/contacts/7?secret=1", Some(&reader)).status, 200);
+        assert_eq!(p.get("/contacts", None).status, 401);
+        assert_eq!(
+            p.request("DELETE", "/contacts/7", Some(&reader), "").status,
+            403
+        );
+        if format == "off" {
+            // Nothing to wait for: a JSON or text line would show the route.
+            assert_eq!(p.get("/health", None).status, 200);
+            assert!(!p.log().contains("/contacts"), "{}", p.log());
+            continue;
+        }
+        let json_lines = || -> Vec<serde_json::Value> {
+            p.log()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v.get("decision").is_some())
+                .collect()
+        };
+        assert!(eventually(10, || json_lines().len() >= 3), "{}", p.log());
+        let lines = json_lines();
+        let allowed = &lines[0];
+        let keys: Vec<&str> = allowed
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "ts",
+                "method",
+                "host",
+                "path",
+                "route",
+                "decision",
+                "status",
+                "upstream",
+                "latency_us",
+                "sub"
+            ]
+        );
+        assert_eq!(allowed["path"], "/contacts/7", "normalized, no query");
+        assert_eq!(allowed["route"], "GET /contacts/{id}");
+        assert_eq!(allowed["upstream"], "contacts");
+        assert_eq!(allowed["sub"], "user-1");
+        assert!(allowed["ts"].as_str().unwrap().ends_with('Z'));
+        let missing = &lines[1];
+        assert_eq!(
+            (missing["status"].as_u64(), missing["reason"].as_str()),
+            (Some(401), Some("missing"))
+        );
+        assert_eq!(missing["sub"], serde_json::Value::Null);
+        assert_eq!(missing["upstream"], serde_json::Value::Null);
+        let forbidden = &lines[2];
+        assert_eq!(forbidden["reason"], "insufficient_scope");
+        assert_eq!(
+            forbidden["sub"], "user-1",
+            "a valid token that lacks a scope still names its subject"
+        );
+        assert!(!p.log().contains(&reader));
+    }
 }

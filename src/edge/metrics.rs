@@ -49,6 +49,8 @@ pub struct Metrics {
     jwks_refreshes: IntCounterVec,
     config_reloads: IntCounterVec,
     config_generation: IntGauge,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
 }
 
 /// From 100 µs to 10 s: an edge proxy's own work is sub-millisecond, its upstreams take longer.
@@ -114,6 +116,14 @@ impl Metrics {
             "Generation of the config in use (1 at start).",
         )
         .unwrap();
+        let access_log_dropped = IntCounter::new(
+            "scopegate_access_log_dropped_total",
+            "Access-log lines dropped because the writer could not keep up.",
+        )
+        .unwrap();
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .unwrap();
         for c in [
             &requests,
             &token_rejections,
@@ -143,6 +153,7 @@ impl Metrics {
             jwks_refreshes,
             config_reloads,
             config_generation,
+            access_log_dropped,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The Pingora layer, the only code that imports Pingora: the `ProxyHttp` that carries out
 //! decisions, the admin listener, metrics, hot reload, key refresh, and server assembly.
 
+pub mod access_log;
 pub mod admin;
 pub mod demo_api;
 pub mod keys;

@@ -15,18 +15,22 @@ use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use super::access_log::{AccessLog, Entry};
 use super::metrics::Metrics;
 use super::{Live, LiveConfig};
 use crate::auth::jwks::JwksFetcher;
 use crate::auth::{Principal, Rejection, RejectionReason};
 use crate::decision::{decide, Decision, DecisionLabel, ErrorResponse, Refusal, Report, Request};
+use crate::routing::normalize;
 use crate::snapshot::unix_now;
 use crate::upstream::ResponseClass;
+use std::borrow::Cow;
 
 pub struct ScopeGate {
     pub live: LiveConfig,
     pub metrics: Arc<Metrics>,
     pub fetcher: Arc<JwksFetcher>,
+    pub access_log: AccessLog,
 }
 
 /// Requests between their header being read and their context being dropped; the shutdown
@@ -61,6 +65,10 @@ pub struct RequestCtx {
     cors_headers: Vec<(HeaderName, HeaderValue)>,
     /// Report-only: what the decision would have been.
     report: Option<Report>,
+    /// The access log's `reason`.
+    reason: Option<&'static str>,
+    /// Who a valid token named (also on a refusal), for the access log.
+    principal: Option<Arc<Principal>>,
 }
 
 impl Drop for RequestCtx {
@@ -149,6 +157,8 @@ impl ScopeGate {
         };
         let verdict = decide(&live.snapshot, request, unix_now());
         let decision = verdict.decision;
+        ctx.principal = verdict.principal;
+        ctx.reason = None;
         ctx.decision = decision.label();
         ctx.route = decision.route();
         ctx.cors_api = verdict.cors.is_some();
@@ -162,6 +172,7 @@ impl ScopeGate {
         let refusal = match decision {
             Decision::Forward(to) => {
                 ctx.report = to.report();
+                ctx.reason = ctx.report.map(|r| r.reason);
                 if let Some(r) = ctx.report {
                     ctx.rejection = RejectionReason::ALL
                         .iter()
@@ -191,6 +202,7 @@ impl ScopeGate {
             }
             Decision::Refuse(refusal) => refusal,
         };
+        ctx.reason = refusal.reason();
         let mut response = refusal.response(&live.snapshot);
         response.headers.extend(ctx.cors_headers.iter().cloned());
         match refusal {
@@ -244,6 +256,8 @@ impl ProxyHttp for ScopeGate {
             cors_api: false,
             cors_headers: Vec::new(),
             report: None,
+            reason: None,
+            principal: None,
         }
     }
 
@@ -527,18 +541,26 @@ impl ProxyHttp for ScopeGate {
             self.metrics.upstream_response(&live.labels, u, name, class);
         }
         // One line per request; the token itself is never logged, only who it names.
-        tracing::info!(
-            target: "scopegate::access",
-            method = %session.req_header().method,
-            route = route_label,
-            decision = ctx.decision.as_str(),
-            would_be = ctx.report.map(|r| r.would_be.as_str()).unwrap_or("-"),
-            reason = ctx.report.map(|r| r.reason).unwrap_or("-"),
+        let req = session.req_header();
+        let path = normalize(req.uri.path()).unwrap_or(Cow::Borrowed(req.uri.path()));
+        let host = req
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        self.access_log.record(&Entry {
+            method: req.method.as_str(),
+            host,
+            path: &path,
+            route: route_label,
+            decision: ctx.decision.as_str(),
+            would_be: ctx.report.map(|r| r.would_be.as_str()),
+            reason: ctx.reason,
             status,
-            upstream = upstream.map(|u| live.snapshot.upstreams[u].name.as_str()).unwrap_or("-"),
-            latency_us = elapsed.as_micros() as u64,
-            sub = ctx.forward.as_ref().and_then(|f| f.principal.as_ref()).and_then(|p| p.sub.as_deref()).unwrap_or("-"),
-            error = e.map(|e| e.etype().as_str()).unwrap_or("-"),
-        );
+            upstream: upstream.map(|u| live.snapshot.upstreams[u].name.as_str()),
+            latency_us: elapsed.as_micros() as u64,
+            sub: ctx.principal.as_ref().and_then(|p| p.sub.as_deref()),
+        });
     }
 }

@@ -15,6 +15,7 @@ use pingora_core::server::{ExecutionPhase, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
+use super::access_log::AccessLog;
 use super::admin::Admin;
 use super::keys::KeyRefresher;
 use super::limits::{ConnLimits, Limited, OPEN_CONNECTIONS};
@@ -135,13 +136,14 @@ fn proxy_service(
     fetcher: &Arc<JwksFetcher>,
     config_path: &Path,
 ) -> Result<ProxyService, ConfigError> {
+    let current = live.load();
+    let process = &current.snapshot.process;
     let gate = ScopeGate {
         live: live.clone(),
         metrics: metrics.clone(),
         fetcher: fetcher.clone(),
+        access_log: AccessLog::start(process.access_log, metrics.access_log_dropped.clone()),
     };
-    let current = live.load();
-    let process = &current.snapshot.process;
     let mut http = pingora_proxy::http_proxy(&server.configuration, gate);
     let keepalive = Duration::from_secs(process.keepalive_timeout_seconds);
     let mut options = pingora_core::apps::HttpServerOptions::default();

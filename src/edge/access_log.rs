@@ -1,0 +1,253 @@
+//! The access log: one line per request on stderr, `text` or `json`, written off the request
+//! path. A request formats its line and hands it to a bounded queue (`try_send`, never
+//! waiting); one writer thread drains it into a buffered stderr, flushing whenever the queue
+//! runs dry. Under a burst that outruns stderr, lines are dropped and counted
+//! (`scopegate_access_log_dropped_total`), never queued without bound. A queue to a thread,
+//! rather than a non-blocking writer on each worker, keeps lines whole and in order whatever
+//! the number of workers, and a slow terminal or pipe never stalls a worker.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::IntCounter;
+
+use crate::config::AccessLogFormat;
+
+/// Lines that may wait for the writer; beyond this they are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// What one line says.
+pub struct Entry<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    /// Normalized, without the query.
+    pub path: &'a str,
+    pub route: &'a str,
+    pub decision: &'a str,
+    /// Report-only: the decision it would have had.
+    pub would_be: Option<&'a str>,
+    /// A token rejection reason, `insufficient_scope`, `access_denied` or `cors_rejected`.
+    pub reason: Option<&'a str>,
+    pub status: u16,
+    pub upstream: Option<&'a str>,
+    pub latency_us: u64,
+    /// The `sub` of a valid token.
+    pub sub: Option<&'a str>,
+}
+
+pub struct AccessLog {
+    format: AccessLogFormat,
+    queue: Option<SyncSender<String>>,
+    dropped: IntCounter,
+}
+
+impl AccessLog {
+    /// Starts the writer thread unless the format is `off`.
+    pub fn start(format: AccessLogFormat, dropped: IntCounter) -> AccessLog {
+        let queue = (format != AccessLogFormat::Off).then(|| {
+            let (tx, rx) = sync_channel::<String>(QUEUE);
+            std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(move || write_lines(rx))
+                .expect("access log thread");
+            tx
+        });
+        AccessLog {
+            format,
+            queue,
+            dropped,
+        }
+    }
+
+    pub fn record(&self, e: &Entry<'_>) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        let line = match self.format {
+            AccessLogFormat::Json => json_line(e),
+            _ => text_line(e),
+        };
+        if let Err(TrySendError::Full(_)) = queue.try_send(line) {
+            self.dropped.inc();
+        }
+    }
+}
+
+fn write_lines(rx: Receiver<String>) {
+    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    while let Ok(line) = rx.recv() {
+        batch.extend_from_slice(line.as_bytes());
+        while batch.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(more.as_bytes()),
+                Err(_) => break,
+            }
+        }
+        // Locked only while this batch is written, so other writers' lines stay whole too.
+        let _ = std::io::stderr().lock().write_all(&batch);
+        batch.clear();
+    }
+}
+
+/// `ts access method="GET" host="api.example" path="/contacts" route="GET /contacts"
+/// decision="allowed" status=200 upstream="contacts" latency_us=812 sub="user-1"`; strings are
+/// quoted and escaped, so a request cannot forge a line.
+pub fn text_line(e: &Entry<'_>) -> String {
+    let mut s = String::with_capacity(192 + e.path.len());
+    let _ = write!(
+        s,
+        "{} access method={:?} host={:?} path={:?} route={:?} decision={:?}",
+        rfc3339(SystemTime::now()),
+        e.method,
+        e.host,
+        e.path,
+        e.route,
+        e.decision
+    );
+    if let Some(w) = e.would_be {
+        let _ = write!(s, " would_be={w:?}");
+    }
+    if let Some(r) = e.reason {
+        let _ = write!(s, " reason={r:?}");
+    }
+    let _ = write!(s, " status={}", e.status);
+    match e.upstream {
+        Some(u) => {
+            let _ = write!(s, " upstream={u:?}");
+        }
+        None => s.push_str(" upstream=-"),
+    }
+    let _ = write!(s, " latency_us={}", e.latency_us);
+    match e.sub {
+        Some(sub) => {
+            let _ = write!(s, " sub={sub:?}");
+        }
+        None => s.push_str(" sub=-"),
+    }
+    s.push('\n');
+    s
+}
+
+/// One JSON object with exactly SPEC's keys.
+pub fn json_line(e: &Entry<'_>) -> String {
+    let mut v = serde_json::json!({
+        "ts": rfc3339(SystemTime::now()),
+        "method": e.method,
+        "host": e.host,
+        "path": e.path,
+        "route": e.route,
+        "decision": e.decision,
+        "status": e.status,
+        "upstream": e.upstream,
+        "latency_us": e.latency_us,
+        "sub": e.sub,
+    });
+    if let Some(w) = e.would_be {
+        v["would_be"] = w.into();
+    }
+    if let Some(r) = e.reason {
+        v["reason"] = r.into();
+    }
+    let mut s = v.to_string();
+    s.push('\n');
+    s
+}
+
+/// `2026-11-23T22:25:35.123456Z` (RFC 3339, UTC).
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            method: "GET",
+            host: "api.test",
+            path: "/contacts",
+            route: "GET /contacts",
+            decision: "report_only",
+            would_be: Some("forbidden"),
+            reason: Some("insufficient_scope"),
+            status: 200,
+            upstream: None,
+            latency_us: 42,
+            sub: None,
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_476_335) + Duration::from_micros(7);
+        assert_eq!(rfc3339(t), "2026-11-23T23:25:35.000007Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn json_lines_have_exactly_the_spec_keys() {
+        let v: serde_json::Value = serde_json::from_str(&json_line(&entry())).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "ts",
+                "method",
+                "host",
+                "path",
+                "route",
+                "decision",
+                "status",
+                "upstream",
+                "latency_us",
+                "sub",
+                "would_be",
+                "reason"
+            ]
+        );
+        assert_eq!(v["upstream"], serde_json::Value::Null);
+        let mut plain = entry();
+        plain.would_be = None;
+        plain.reason = None;
+        let v: serde_json::Value = serde_json::from_str(&json_line(&plain)).unwrap();
+        assert!(v.get("would_be").is_none() && v.get("reason").is_none());
+    }
+
+    #[test]
+    fn text_lines_quote_what_a_client_sent() {
+        let mut e = entry();
+        e.host = "evil\n2026-01-01T00:00:00Z access forged";
+        let line = text_line(&e);
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(line.contains(
+            "decision=\"report_only\" would_be=\"forbidden\" reason=\"insufficient_scope\""
+        ));
+    }
+}
