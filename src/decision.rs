@@ -750,7 +750,7 @@ fn path_error_text(e: PathError) -> &'static str {
         PathError::Backslash => "backslash in the path",
         PathError::ControlCharacter => "NUL or control character in the path",
         PathError::NotUtf8 => "the path is not valid UTF-8 after decoding",
-        PathError::DotSegmentWithParameters => "dot segment with parameters in the path",
+        PathError::DotSegmentWithParameters => "dot or empty segment with parameters in the path",
     }
 }
 

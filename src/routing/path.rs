@@ -20,7 +20,7 @@ pub enum PathError {
     ControlCharacter,
     #[error("the path is not valid UTF-8 after decoding")]
     NotUtf8,
-    #[error("dot segment with parameters in the path")]
+    #[error("dot or empty segment with parameters in the path")]
     DotSegmentWithParameters,
 }
 
@@ -149,7 +149,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             b".." => {
                 out.pop();
             }
-            _ if bare == b"." || bare == b".." => return Err(PathError::DotSegmentWithParameters),
+            // `;x` alone would vanish on the upstream just the same (`/a/;x/b` -> `/a/b`).
+            _ if bare.is_empty() || bare == b"." || bare == b".." => {
+                return Err(PathError::DotSegmentWithParameters)
+            }
             _ => out.push(seg),
         }
     }
@@ -201,6 +204,9 @@ mod tests {
             bad(p, PathError::DotSegmentWithParameters);
         }
         ok("/a/b%3Bc", "/a/b%3Bc");
+        ok("/a/b;jsessionid=1", "/a/b;jsessionid=1");
+        bad("/a/;x/b", PathError::DotSegmentWithParameters);
+        bad("/%3B", PathError::DotSegmentWithParameters);
     }
 
     #[test]
