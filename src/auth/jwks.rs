@@ -40,7 +40,9 @@ pub fn max_age(cache_control: &str) -> Option<Duration> {
 pub type FetchObserver = Box<dyn Fn(&str, bool) + Send + Sync>;
 
 pub struct JwksFetcher {
-    http: reqwest::Client,
+    /// Why there is none: e.g. no CA certificates on the system (every fetch then fails with
+    /// that reason, and keys from files keep working).
+    http: Result<reqwest::Client, String>,
     observe: FetchObserver,
 }
 
@@ -52,13 +54,21 @@ impl JwksFetcher {
             .connect_timeout(Duration::from_secs(3))
             .user_agent(concat!("scopegate/", env!("CARGO_PKG_VERSION")))
             .build()
-            .expect("HTTP client");
+            .map_err(|e| {
+                let why = format!(
+                    "no HTTP client for JWKS fetching: {e} (install the system's CA certificates)"
+                );
+                tracing::error!("{why}");
+                why
+            });
         JwksFetcher { http, observe }
     }
 
     async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), String> {
         let resp = self
             .http
+            .as_ref()
+            .map_err(Clone::clone)?
             .get(url)
             .send()
             .await
