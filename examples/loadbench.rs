@@ -1,23 +1,19 @@
-//! The end-to-end load bench: a fast upstream, scopegate, and wrk, all on 127.0.0.1, measured
-//! in one run, interleaved:
-//!   (a) every route public (the zero-auth limit of our own stack)
-//!   (b) one valid RS256 token reused by every request
-//!   (c) a pool of 10,000 distinct valid tokens (cache warmed first)
-//!   (d) a token with an invalid signature
-//! The proxy is pinned to core 0 with one worker thread; wrk and the upstream to core 1.
+//! The end-to-end load bench: what users run against what they would pick instead, measured
+//! side by side in one run, interleaved round by round:
+//!   scopegate with its shipped defaults (access log on), for one token, 10,000 tokens and a
+//!   bad signature; the same with `access_log = "off"`; a bare Pingora `ProxyHttp` pass-through
+//!   (examples/bare_pingora.rs: the framework ceiling); HAProxy pass-through; and HAProxy with
+//!   `jwt_verify` RS256 + iss/aud/exp + a whole-word scope ACL (the auth-enforcing peer).
+//! Every proxy is pinned to core 0; wrk (-t1 -c50) and the nginx upstream share core 1.
 //!
-//! Run it with `bench/load.sh` (installs wrk if needed, builds in release mode).
+//! Run it with `bench/load.sh` (installs wrk, haproxy and nginx if needed, builds in release).
 
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "../tests/common/echo.rs"]
-mod echo;
-use echo::{EchoRequest, EchoResponse, Handler};
 use scopegate::cli::mint;
 
 const ISS: &str = "https://issuer.bench/";
@@ -47,17 +43,14 @@ impl Drop for Kill {
     }
 }
 
-fn config(listen: u16, admin: u16, upstream: u16, public: bool, threads: usize) -> String {
-    let rule = if public {
-        "public = true".to_string()
-    } else {
-        "scopes = [\"read:contacts\"]".to_string()
-    };
+/// scopegate's config for the bench: everything left at its default but the addresses.
+fn scopegate_config(listen: u16, admin: u16, upstream: u16, access_log: &str) -> String {
     format!(
         r#"[server]
 listen = "127.0.0.1:{listen}"
 admin_listen = "127.0.0.1:{admin}"
-threads = {threads}
+upgrade_socket = "/tmp/scopegate-bench-{listen}.sock"
+{access_log}
 
 [[issuers]]
 issuer = "{ISS}"
@@ -70,14 +63,35 @@ servers = ["127.0.0.1:{upstream}"]
 [[routes]]
 methods = ["GET"]
 path = "/contacts"
-{rule}
-
-[[routes]]
-methods = ["GET"]
-path = "/contacts/{{id}}"
-{rule}
+scopes = ["read:contacts"]
 "#
     )
+}
+
+/// Microseconds of CPU the process has used (user + system).
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks * 1_000_000 / 100
+}
+
+/// VmHWM (peak RSS) in kB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 struct Run {
@@ -146,50 +160,19 @@ fn wrk(url: &str, script: Option<&Path>, header: Option<&str>, secs: u64, conns:
     run
 }
 
-fn admin_get(port: u16, path: &str) -> String {
-    use std::io::Read;
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
 
-fn upstream_main(port: u16) {
-    // Answers every request with a small 200; the cheapest upstream we can write.
-    let handler: Handler = Arc::new(|_req: &EchoRequest| EchoResponse {
-        status: 200,
-        body: b"{\"ok\":true}".to_vec(),
-        headers: Vec::new(),
-        delay: None,
-    });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        echo::serve(listener, handler).await;
-    });
+struct Row {
+    name: &'static str,
+    runs: Vec<Run>,
+    cpu: Vec<f64>,
+    peak_kb: u64,
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("upstream") {
-        upstream_main(args[2].parse().unwrap());
-        return;
-    }
     let secs: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -200,59 +183,140 @@ fn main() {
         .unwrap_or(3);
     let conns: u32 = 50;
     let bin = std::env::var("SCOPEGATE_BIN").unwrap_or_else(|_| "target/release/scopegate".into());
-    let log = std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into());
-
+    let bare =
+        std::env::var("BARE_BIN").unwrap_or_else(|_| "target/release/examples/bare_pingora".into());
     let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
     let (pem, jwks) = mint::generate_rsa_key("bench");
-    std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
+    std::fs::write(d.join("jwks.json"), jwks).unwrap();
+    std::fs::write(d.join("key.pem"), &pem).unwrap();
+    let public = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(d.join("key.pem"))
+        .output()
+        .expect("openssl");
+    std::fs::write(d.join("pub.pem"), &public.stdout).unwrap();
 
-    let up_port = free_port();
-    let exe = std::env::current_exe().unwrap();
-    let _upstream = Kill(
+    // The upstream: nginx answering a small JSON body, on core 1 with wrk.
+    let up = free_port();
+    std::fs::write(
+        d.join("nginx.conf"),
+        format!("daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{up};\n    location / {{ default_type application/json; return 200 '{{\"ok\":true}}'; }}\n  }}\n}}\n", dir = d.display()),
+    )
+    .unwrap();
+    let _nginx = Kill(
         Command::new("taskset")
-            .args(["-c", "1"])
-            .arg(&exe)
-            .args(["upstream", &up_port.to_string()])
+            .args(["-c", "1", "nginx", "-c"])
+            .arg(d.join("nginx.conf"))
+            .stderr(Stdio::null())
             .spawn()
-            .unwrap(),
+            .expect("nginx"),
     );
-    wait_port(up_port);
+    wait_port(up);
 
-    // One proxy process for every scenario: (a) and (b)-(d) differ only in the config, which is
-    // swapped by hot reload between runs, so nothing but enforcement differs between them.
-    let (port, admin) = (free_port(), free_port());
-    let public_cfg = config(port, admin, up_port, true, 1);
-    let auth_cfg = config(port, admin, up_port, false, 1);
-    let cfg_path = dir.path().join("scopegate.toml");
-    std::fs::write(&cfg_path, &public_cfg).unwrap();
-    let proxy = Kill(
+    // scopegate, shipped defaults (access log on, written to a file as a log collector would).
+    let (sg, sg_admin) = (free_port(), free_port());
+    std::fs::write(
+        d.join("defaults.toml"),
+        scopegate_config(sg, sg_admin, up, ""),
+    )
+    .unwrap();
+    let sg_log = std::fs::File::create(d.join("scopegate.log")).unwrap();
+    let scopegate = Kill(
         Command::new("taskset")
             .args(["-c", "0", &bin, "run", "--config"])
-            .arg(&cfg_path)
-            .env("RUST_LOG", &log)
+            .arg(d.join("defaults.toml"))
             .stdout(Stdio::null())
+            .stderr(sg_log)
             .spawn()
             .unwrap(),
     );
-    wait_port(port);
-    wait_port(admin);
-    let pid = proxy.0.id();
-    let mut generation = 1;
-    let mut switch = |text: &str| {
-        let tmp = dir.path().join("next.toml");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &cfg_path).unwrap();
-        generation += 1;
-        let want = format!("scopegate_config_generation {generation}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !admin_get(admin, "/metrics").contains(&want) {
-            assert!(
-                Instant::now() < deadline,
-                "reload to generation {generation} not seen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    // The same with the access log off (an A/B of its cost).
+    let (off, off_admin) = (free_port(), free_port());
+    std::fs::write(
+        d.join("off.toml"),
+        scopegate_config(off, off_admin, up, "access_log = \"off\""),
+    )
+    .unwrap();
+    let scopegate_off = Kill(
+        Command::new("taskset")
+            .args(["-c", "0", &bin, "run", "--config"])
+            .arg(d.join("off.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Bare Pingora, one worker like scopegate's default on one core.
+    let bp = free_port();
+    let bare_pingora = Kill(
+        Command::new("taskset")
+            .args([
+                "-c",
+                "0",
+                &bare,
+                &format!("127.0.0.1:{bp}"),
+                &format!("127.0.0.1:{up}"),
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bare_pingora"),
+    );
+    // HAProxy: pass-through, and verifying the token as scopegate does.
+    let (hp, hj) = (free_port(), free_port());
+    std::fs::write(
+        d.join("haproxy.cfg"),
+        format!(
+            r#"global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend pass
+  bind 127.0.0.1:{hp}
+  default_backend b
+frontend jwt
+  bind 127.0.0.1:{hj}
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
+  http-request set-var(txn.iss) var(txn.bearer),jwt_payload_query('$.iss')
+  http-request set-var(txn.aud) var(txn.bearer),jwt_payload_query('$.aud')
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
+  http-request set-var(txn.scope) var(txn.bearer),jwt_payload_query('$.scope')
+  http-request set-var(txn.now) date()
+  http-request deny deny_status 401 unless {{ var(txn.alg) -m str RS256 }}
+  http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_verify(txn.alg,"{pubkey}") -m int 1 }}
+  http-request deny deny_status 401 unless {{ var(txn.iss) -m str {ISS} }}
+  http-request deny deny_status 401 unless {{ var(txn.aud) -m str {AUD} }}
+  http-request deny deny_status 401 if {{ var(txn.exp),sub(txn.now) -m int lt 0 }}
+  http-request deny deny_status 403 unless {{ var(txn.scope) -m reg (^|\ )read:contacts(\ |$) }}
+  default_backend b
+backend b
+  http-reuse always
+  server s1 127.0.0.1:{up}
+"#,
+            pubkey = d.join("pub.pem").display()
+        ),
+    )
+    .unwrap();
+    let haproxy = Kill(
+        Command::new("taskset")
+            .args(["-c", "0", "haproxy", "-db", "-f"])
+            .arg(d.join("haproxy.cfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy"),
+    );
+    for p in [sg, sg_admin, off, bp, hp, hj] {
+        wait_port(p);
+    }
 
     let now = scopegate::snapshot::unix_now();
     let sign = |sub: String| {
@@ -273,116 +337,168 @@ fn main() {
     let n = bad.len();
     bad[n - 10] = if bad[n - 10] == b'A' { b'B' } else { b'A' };
     let bad = String::from_utf8(bad).unwrap();
-
-    let tokens_path = dir.path().join("tokens.txt");
-    std::fs::write(&tokens_path, pool.join("\n") + "\n").unwrap();
-    let script = dir.path().join("pool.lua");
+    std::fs::write(d.join("tokens.txt"), pool.join("\n") + "\n").unwrap();
+    let script = d.join("pool.lua");
     let mut f = std::fs::File::create(&script).unwrap();
     write!(
         f,
-        r#"local tokens = {{}}
-for line in io.lines("{}") do tokens[#tokens + 1] = line end
-local i = 0
-request = function()
-  i = i % #tokens + 1
-  return wrk.format("GET", "/contacts", {{ ["Authorization"] = "Bearer " .. tokens[i] }})
-end
-"#,
-        tokens_path.display()
+        "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\nlocal i = 0\nrequest = function()\n  i = i % #tokens + 1\n  return wrk.format(\"GET\", \"/contacts\", {{ [\"Authorization\"] = \"Bearer \" .. tokens[i] }})\nend\n",
+        d.join("tokens.txt").display()
     )
     .unwrap();
     drop(f);
-
-    let url = format!("http://127.0.0.1:{port}/contacts");
     let one_h = format!("Authorization: Bearer {one}");
     let bad_h = format!("Authorization: Bearer {bad}");
+    let url = |port: u16| format!("http://127.0.0.1:{port}/contacts");
 
-    // For reference in the same run: HAProxy forwarding the same requests without any check,
-    // on the same core with one thread (when haproxy is installed).
-    let haproxy_port = free_port();
-    let haproxy_cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(
-        &haproxy_cfg,
-        format!(
-            "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode http\n  option http-keep-alive\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\nfrontend f\n  bind 127.0.0.1:{haproxy_port}\n  default_backend b\nbackend b\n  http-reuse always\n  server s1 127.0.0.1:{up_port}\n"
+    // (name, port, pid, token kind) in the order they run each round.
+    enum Load {
+        One,
+        Pool,
+        Bad,
+    }
+    let plan: Vec<(&'static str, u16, u32, Load)> = vec![
+        (
+            "scopegate defaults, one token",
+            sg,
+            scopegate.0.id(),
+            Load::One,
         ),
-    )
-    .unwrap();
-    let haproxy = Command::new("taskset")
-        .args(["-c", "0", "haproxy", "-db", "-f"])
-        .arg(&haproxy_cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
-        .map(Kill);
-    let haproxy_url = format!("http://127.0.0.1:{haproxy_port}/contacts");
-    let haproxy_up = haproxy.is_some() && {
-        std::thread::sleep(Duration::from_millis(300));
-        std::net::TcpStream::connect(("127.0.0.1", haproxy_port)).is_ok()
-    };
-
-    // Warm up connections and the upstream pool.
-    wrk(&url, None, Some(&one_h), 2, conns);
-
-    // (a) sends the very requests of (b), token included, to the all-public proxy: the ratio
-    // then measures enforcement alone. (a0) is the same without any Authorization header.
-    let names = [
-        "(a) all routes public",
-        "(b) one valid RS256 token",
-        "(c) 10,000 distinct tokens",
-        "(d) invalid signature",
-        "(a0) public, no token header",
-        "(h) HAProxy pass-through",
+        (
+            "scopegate defaults, 10,000 tokens",
+            sg,
+            scopegate.0.id(),
+            Load::Pool,
+        ),
+        (
+            "scopegate defaults, bad signature",
+            sg,
+            scopegate.0.id(),
+            Load::Bad,
+        ),
+        (
+            "scopegate access_log=off, one token",
+            off,
+            scopegate_off.0.id(),
+            Load::One,
+        ),
+        (
+            "bare Pingora pass-through",
+            bp,
+            bare_pingora.0.id(),
+            Load::One,
+        ),
+        ("HAProxy pass-through", hp, haproxy.0.id(), Load::One),
+        (
+            "HAProxy jwt_verify, one token",
+            hj,
+            haproxy.0.id(),
+            Load::One,
+        ),
+        (
+            "HAProxy jwt_verify, 10,000 tokens",
+            hj,
+            haproxy.0.id(),
+            Load::Pool,
+        ),
+        (
+            "HAProxy jwt_verify, bad signature",
+            hj,
+            haproxy.0.id(),
+            Load::Bad,
+        ),
     ];
-    let mut results: Vec<Vec<Run>> = (0..names.len()).map(|_| Vec::new()).collect();
+    let mut rows: Vec<Row> = plan
+        .iter()
+        .map(|(name, ..)| Row {
+            name,
+            runs: Vec::new(),
+            cpu: Vec::new(),
+            peak_kb: 0,
+        })
+        .collect();
+    // Warm up: connections, upstream pools, and every token of the pool in scopegate's cache.
+    for port in [sg, off, bp, hp, hj] {
+        wrk(&url(port), None, Some(&one_h), 2, conns);
+    }
+    wrk(&url(sg), Some(&script), None, 3, conns);
     for round in 0..rounds {
         eprintln!("round {}/{rounds} ...", round + 1);
-        results[0].push(wrk(&url, None, Some(&one_h), secs, conns));
-        results[4].push(wrk(&url, None, None, secs, conns));
-        if haproxy_up {
-            results[5].push(wrk(&haproxy_url, None, Some(&one_h), secs, conns));
+        for (i, (_, port, pid, load)) in plan.iter().enumerate() {
+            let cpu0 = cpu_us(*pid);
+            let started = Instant::now();
+            let run = match load {
+                Load::One => wrk(&url(*port), None, Some(&one_h), secs, conns),
+                Load::Pool => wrk(&url(*port), Some(&script), None, secs, conns),
+                Load::Bad => wrk(&url(*port), None, Some(&bad_h), secs, conns),
+            };
+            let cpu = (cpu_us(*pid) - cpu0) as f64 / started.elapsed().as_micros() as f64;
+            rows[i].runs.push(run);
+            rows[i].cpu.push(cpu);
+            rows[i].peak_kb = peak_rss_kb(*pid);
         }
-        switch(&auth_cfg);
-        // A reload starts an empty cache: warm every token of the pool first.
-        wrk(&url, Some(&script), None, 2, conns);
-        results[1].push(wrk(&url, None, Some(&one_h), secs, conns));
-        results[2].push(wrk(&url, Some(&script), None, secs, conns));
-        results[3].push(wrk(&url, None, Some(&bad_h), secs, conns));
-        switch(&public_cfg);
     }
-    let rss = |pid: u32| -> String {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .map(|l| l[6..].trim().to_string())
-            })
-            .unwrap_or_default()
-    };
-
+    let idle_note = std::fs::read_to_string(d.join("scopegate.log"))
+        .map(|l| l.lines().count())
+        .unwrap_or(0);
     println!(
-        "\nscopegate load bench: {rounds} interleaved rounds of {secs}s, {conns} keep-alive connections, wrk -t1; one proxy process (config swapped by hot reload), 1 worker pinned to core 0; wrk + upstream on core 1; RUST_LOG={log}"
+        "\nload bench: {rounds} interleaved rounds of {secs}s each, wrk -t1 -c{conns} keep-alive, nginx upstream; every proxy on core 0, wrk + nginx on core 1; medians"
     );
     println!(
-        "{:<30} {:>10} {:>9} {:>9} {:>8} {:>10}",
-        "scenario", "req/s", "p50 ms", "p99 ms", "vs (a)", "non-2xx"
+        "{:<38} {:>9} {:>8} {:>8} {:>6} {:>9} {:>8}",
+        "system", "req/s", "p50 ms", "p99 ms", "CPU", "peak RSS", "non-2xx"
     );
-    let base = median(results[0].iter().map(|r| r.rps).collect());
-    for (i, name) in names.iter().enumerate() {
-        if results[i].is_empty() {
-            println!("{name:<30} (not run: haproxy is not installed or did not start)");
-            continue;
-        }
-        let rps = median(results[i].iter().map(|r| r.rps).collect());
-        let p50 = median(results[i].iter().map(|r| r.p50_ms).collect());
-        let p99 = median(results[i].iter().map(|r| r.p99_ms).collect());
-        let non2xx: u64 = results[i].iter().map(|r| r.non_2xx).sum();
+    let med = |r: &Row, f: &dyn Fn(&Run) -> f64| median(r.runs.iter().map(f).collect());
+    for r in &rows {
         println!(
-            "{name:<30} {rps:>10.0} {p50:>9.3} {p99:>9.3} {:>8.3} {non2xx:>10}",
-            rps / base
+            "{:<38} {:>9.0} {:>8.3} {:>8.3} {:>5.0}% {:>6} MB {:>8}",
+            r.name,
+            med(r, &|x| x.rps),
+            med(r, &|x| x.p50_ms),
+            med(r, &|x| x.p99_ms),
+            median(r.cpu.clone()) * 100.0,
+            r.peak_kb / 1024,
+            r.runs.iter().map(|x| x.non_2xx).sum::<u64>()
         );
     }
-    println!("RSS of the proxy after the run: {}", rss(pid));
+    let rps = |i: usize| med(&rows[i], &|x| x.rps);
+    let p99 = |i: usize| med(&rows[i], &|x| x.p99_ms);
+    println!("\nratios (targets in brackets):");
+    println!(
+        "  defaults one token / access_log off        {:.3} [>= 0.95]",
+        rps(0) / rps(3)
+    );
+    println!(
+        "  defaults one token / bare Pingora          {:.3} [>= 0.95]",
+        rps(0) / rps(4)
+    );
+    println!(
+        "  defaults 10,000 tokens / bare Pingora      {:.3} [>= 0.90]",
+        rps(1) / rps(4)
+    );
+    println!(
+        "  defaults one token / HAProxy jwt_verify    {:.3} [>= 2]",
+        rps(0) / rps(6)
+    );
+    println!(
+        "  defaults 10,000 / HAProxy jwt_verify       {:.3} [>= 2]",
+        rps(1) / rps(7)
+    );
+    println!(
+        "  bad signature / HAProxy's                  {:.3} [>= 1.5]",
+        rps(2) / rps(8)
+    );
+    println!(
+        "  p99 defaults one token / HAProxy jwt's     {:.3} [<= 1]",
+        p99(0) / p99(6)
+    );
+    println!(
+        "  defaults one token / HAProxy pass-through  {:.3} [>= 0.75, the moonshot]",
+        rps(0) / rps(5)
+    );
+    println!(
+        "  bare Pingora / HAProxy pass-through        {:.3}",
+        rps(4) / rps(5)
+    );
+    println!("access-log lines written by scopegate: {idle_note}");
 }

@@ -275,8 +275,9 @@ fn default_upgrade_socket() -> PathBuf {
 fn default_max_age() -> u64 {
     600
 }
+/// One worker per core the process may run on (as nginx's `worker_processes auto`).
 fn default_threads() -> usize {
-    2
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 fn default_realm() -> Spanned<String> {
     Spanned::new(0..0, "api".to_string())

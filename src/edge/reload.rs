@@ -33,13 +33,22 @@ pub struct Reloader {
 
 /// The config text and every file it points to, hashed.
 fn fingerprint(path: &Path, snapshot: Option<&Snapshot>) -> u64 {
-    let mut h = DefaultHasher::new();
-    // Never `open` what is not a regular file: a FIFO would block the watcher for good.
-    let read = |p: &Path| match config::read_regular(p) {
+    fingerprint_of(&read_for_fingerprint(path), snapshot)
+}
+
+/// Never `open` what is not a regular file: a FIFO would block the watcher for good.
+fn read_for_fingerprint(p: &Path) -> Vec<u8> {
+    match config::read_regular(p) {
         Ok(bytes) => bytes,
         Err(e) => e.to_string().into_bytes(),
-    };
-    read(path).hash(&mut h);
+    }
+}
+
+/// The fingerprint of a config text and the key files its snapshot read.
+pub fn fingerprint_of(config_text: &[u8], snapshot: Option<&Snapshot>) -> u64 {
+    let mut h = DefaultHasher::new();
+    let read = read_for_fingerprint;
+    config_text.hash(&mut h);
     if let Some(s) = snapshot {
         for f in s.source_files() {
             read(&f).hash(&mut h);
@@ -49,8 +58,9 @@ fn fingerprint(path: &Path, snapshot: Option<&Snapshot>) -> u64 {
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, live: LiveConfig, metrics: Arc<Metrics>) -> Reloader {
-        let fp = fingerprint(&path, Some(&live.load().snapshot));
+    /// `fp`: the fingerprint of what the running snapshot was built from (`fingerprint_of`
+    /// the text it was compiled from), so an edit made before the watcher starts is seen.
+    pub fn new(path: PathBuf, live: LiveConfig, metrics: Arc<Metrics>, fp: u64) -> Reloader {
         Reloader {
             path,
             live,
@@ -222,6 +232,10 @@ impl BackgroundService for ConfigWatcher {
             }
         };
         watch_all(&mut watcher, &mut watched);
+        // An edit between the first load and the watch above raised no event: look once.
+        if let Ok(true) = reloader.reload(false).await {
+            watch_all(&mut watcher, &mut watched);
+        }
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(s) => Some(s),

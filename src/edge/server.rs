@@ -48,7 +48,11 @@ pub fn run_with(
     demo_api: Option<std::net::TcpListener>,
     start: Start,
 ) -> Result<(), ConfigError> {
-    let first = compile::load(config_path, 1)?;
+    let loaded = crate::config::load(config_path)?;
+    let first = compile::build(&loaded, 1)?;
+    let first_fingerprint =
+        super::reload::fingerprint_of(loaded.source.text.as_bytes(), Some(&first));
+    drop(loaded);
     release_freed_memory();
     let metrics = Arc::new(Metrics::new());
     metrics.set_generation(1);
@@ -99,6 +103,7 @@ pub fn run_with(
         config_path.to_path_buf(),
         live.clone(),
         metrics.clone(),
+        first_fingerprint,
     ));
     server.add_service(background_service(
         "config watcher",
