@@ -345,7 +345,7 @@ impl Refusal<'_> {
                     .and_then(|url| {
                         let mut v = base.as_bytes().to_vec();
                         v.extend_from_slice(b", resource_metadata=");
-                        v.extend_from_slice(crate::compile::quoted(url).as_bytes());
+                        v.extend_from_slice(crate::snapshot::quoted(url).as_bytes());
                         HeaderValue::from_bytes(&v).ok()
                     })
                     .unwrap_or_else(|| base.clone());

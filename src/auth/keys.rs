@@ -258,10 +258,13 @@ impl KeyStore {
 mod tests {
     use super::*;
 
+    /// The development key's JWKS shipped in config/ (an RSA key with `alg: RS256`).
+    const DEV_JWKS: &str = include_str!("../../config/jwks.json");
+
     #[test]
     fn unusable_keys_are_skipped_not_fatal() {
-        let (_, good) = crate::cli::mint::generate_rsa_key("good");
-        let good: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let mut good: serde_json::Value = serde_json::from_str(DEV_JWKS).unwrap();
+        good["keys"][0]["kid"] = "good".into();
         let mut enc = good["keys"][0].clone();
         enc["kid"] = "enc".into();
         enc["use"] = "enc".into();
@@ -285,8 +288,9 @@ mod tests {
 
     #[test]
     fn kid_and_algorithm_select_keys() {
-        let (_, jwks) = crate::cli::mint::generate_rsa_key("a");
-        let (set, _) = KeySet::from_jwks(jwks.as_bytes()).unwrap();
+        let mut jwks: serde_json::Value = serde_json::from_str(DEV_JWKS).unwrap();
+        jwks["keys"][0]["kid"] = "a".into();
+        let (set, _) = KeySet::from_jwks(jwks.to_string().as_bytes()).unwrap();
         assert!(matches!(set.find(Some("a"), Algorithm::RS256), KeyMatch::Keys(k) if k.len() == 1));
         assert!(matches!(
             set.find(Some("b"), Algorithm::RS256),

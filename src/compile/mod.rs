@@ -17,8 +17,8 @@ use crate::auth::Verifier;
 use crate::config::{ConfigError, LoadedConfig};
 use crate::snapshot::{ForwardPlan, Snapshot};
 
+pub use crate::snapshot::quoted;
 pub use routes::method_list;
-pub use server::quoted;
 
 /// Key stores of a running snapshot by (issuer, source), to carry into the next one.
 pub type PreviousKeys = HashMap<(String, KeySource), Arc<KeyStore>>;

@@ -6,7 +6,7 @@ use http::HeaderValue;
 
 use crate::auth::Rejection;
 use crate::config::{ConfigError, LoadedConfig};
-use crate::snapshot::{Challenges, ProcessSettings};
+use crate::snapshot::{quoted, Challenges, ProcessSettings};
 
 pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, ConfigError> {
     let (server, src) = (&loaded.config.server, &loaded.source);
@@ -61,20 +61,6 @@ pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, Config
         access_log: server.access_log,
         upgrade_socket: loaded.resolve(&server.upgrade_socket),
     })
-}
-
-/// Quote a string for a `WWW-Authenticate` parameter (RFC 9110 §5.6.4).
-pub fn quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
 }
 
 /// Every 401 challenge, one per rejection.
