@@ -717,21 +717,32 @@ fn decide_route<'r>(
     };
     match (report_only, matched, decision) {
         (true, Some(route), Decision::Refuse(refusal)) => {
-            let reason = match &refusal {
-                Refusal::Unauthenticated { .. }
-                | Refusal::Forbidden { .. }
-                | Refusal::AccessDenied { .. } => refusal.reason().unwrap_or(""),
-                _ => return (Decision::Refuse(refusal), principal),
-            };
-            let mut to = forward_to(snapshot, route, path, principal.clone());
-            to.report = Some(Report {
-                would_be: refusal.label(),
-                reason,
-            });
-            (Decision::Forward(to), principal)
+            report_instead(snapshot, route, path, principal, refusal)
         }
         (_, _, decision) => (decision, principal),
     }
+}
+
+/// Report-only: a 401 or 403 becomes a forward that says what it would have been.
+fn report_instead<'r>(
+    snapshot: &Snapshot,
+    route: usize,
+    path: Cow<'r, str>,
+    principal: Option<Arc<Principal>>,
+    refusal: Refusal<'r>,
+) -> (Decision<'r>, Option<Arc<Principal>>) {
+    let reason = match &refusal {
+        Refusal::Unauthenticated { .. }
+        | Refusal::Forbidden { .. }
+        | Refusal::AccessDenied { .. } => refusal.reason().unwrap_or(""),
+        _ => return (Decision::Refuse(refusal), principal),
+    };
+    let mut to = forward_to(snapshot, route, path, principal.clone());
+    to.report = Some(Report {
+        would_be: refusal.label(),
+        reason,
+    });
+    (Decision::Forward(to), principal)
 }
 
 /// 404 or 405 for a path that matched no route.

@@ -183,6 +183,30 @@ fn openapi(command: OpenapiCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `scopegate check`: warnings on stderr, the route table and a summary on stdout.
+fn check(path: &std::path::Path) -> ExitCode {
+    match compile::load(path, 1) {
+        Ok(snap) => {
+            for w in &snap.warnings {
+                eprintln!("{w}");
+            }
+            print!("{}", table::route_table(&snap));
+            println!(
+                "{}: ok ({} routes, {} issuers, {} upstreams)",
+                path.display(),
+                snap.routes.len(),
+                snap.verifier.issuers.len(),
+                snap.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -222,29 +246,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
-            let path = config.unwrap_or_else(config::default_path);
-            match compile::load(&path, 1) {
-                Ok(snap) => {
-                    for w in &snap.warnings {
-                        eprintln!("{w}");
-                    }
-                    print!("{}", table::route_table(&snap));
-                    println!(
-                        "{}: ok ({} routes, {} issuers, {} upstreams)",
-                        path.display(),
-                        snap.routes.len(),
-                        snap.verifier.issuers.len(),
-                        snap.upstreams.len()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        Command::Check { config } => Ok(check(&config.unwrap_or_else(config::default_path))),
         Command::Explain {
             config,
             method,
@@ -266,10 +268,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(s)) => explain::Credentials::Scopes(s),
                 (None, None) => explain::Credentials::None,
             };
-            print!(
-                "{}",
-                explain::explain(&snap, &method, &target, host.as_deref(), creds)
-            );
+            let text = explain::explain(&snap, &method, &target, host.as_deref(), creds);
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { key, request } => {

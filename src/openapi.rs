@@ -407,28 +407,33 @@ pub fn import(
             warnings.push(format!("{} {}: {why}", op.method, op.path));
             out.push_str(&format!("# {why}\n"));
         }
-        out.push_str(&format!(
-            "[[apis.{name}.routes]]\nmethods = [{}]\npath = {}\n",
-            quote(&op.method),
-            quote(&op.path)
-        ));
-        match &expressed(&op.requirement) {
-            Requirement::Public => out.push_str("public = true\n"),
-            Requirement::Scopes { all, any } => {
-                if all.is_empty() && any.is_empty() {
-                    out.push_str("# no security in the document: any valid token\n");
-                }
-                if !all.is_empty() {
-                    out.push_str(&format!("scopes = {}\n", list(all)));
-                }
-                if !any.is_empty() {
-                    out.push_str(&format!("any_scopes = {}\n", list(any)));
-                }
-            }
-            Requirement::Unexpressible(_) | Requirement::Partial { .. } => {}
-        }
+        route_toml(&mut out, name, op, &expressed(&op.requirement));
     }
     (out, warnings)
+}
+
+/// One `[[apis.NAME.routes]]` entry.
+fn route_toml(out: &mut String, name: &str, op: &Operation, requirement: &Requirement) {
+    out.push_str(&format!(
+        "[[apis.{name}.routes]]\nmethods = [{}]\npath = {}\n",
+        quote(&op.method),
+        quote(&op.path)
+    ));
+    match requirement {
+        Requirement::Public => out.push_str("public = true\n"),
+        Requirement::Scopes { all, any } => {
+            if all.is_empty() && any.is_empty() {
+                out.push_str("# no security in the document: any valid token\n");
+            }
+            if !all.is_empty() {
+                out.push_str(&format!("scopes = {}\n", list(all)));
+            }
+            if !any.is_empty() {
+                out.push_str(&format!("any_scopes = {}\n", list(any)));
+            }
+        }
+        Requirement::Unexpressible(_) | Requirement::Partial { .. } => {}
+    }
 }
 
 /// A route of the scope map, as coverage compares it.

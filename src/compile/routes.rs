@@ -108,22 +108,7 @@ pub fn route(
     let methods = methods(loaded, rc)?;
     let name = format!("{} {path}", method_list(&methods));
     let err = |m: String| loaded.source.error(span.clone(), m);
-    if rc.public && (!rc.scopes.is_empty() || !rc.any_scopes.is_empty()) {
-        return Err(err(format!(
-            "route {name}: a public route cannot require scopes"
-        )));
-    }
-    if let Some(s) = rc
-        .scopes
-        .iter()
-        .chain(&rc.any_scopes)
-        .find(|s| !is_scope_token(s))
-    {
-        return Err(err(format!("route {name}: {s:?} is not a valid scope (RFC 6749 §3.3: no spaces, quotes or backslashes)")));
-    }
-    if let Some(declared) = cx.declared {
-        check_declared(rc, declared).map_err(|m| err(format!("route {name}: {m}")))?;
-    }
+    check_scopes(rc, cx.declared).map_err(|m| err(format!("route {name}: {m}")))?;
     let upstream = upstream_of(
         loaded,
         rc.upstream.as_ref().or(cx.default_upstream),
@@ -146,24 +131,9 @@ pub fn route(
             "route {name}: a public route cannot have claim conditions"
         )));
     }
-    let access_denied = conditions
-        .iter()
-        .map(|c| {
-            let text = c.describe();
-            let challenge = format!(
-                "Bearer realm={}, error=\"insufficient_scope\", error_description={}",
-                quoted(&cx.challenges.realm),
-                quoted(&text)
-            );
-            HeaderValue::from_str(&challenge)
-                .map(|v| (v, text))
-                .map_err(|_| {
-                    err(format!(
-                        "route {name}: a claim condition does not fit in a header"
-                    ))
-                })
-        })
-        .collect::<Result<_, _>>()?;
+    let realm = &cx.challenges.realm;
+    let access_denied = access_denied_challenges(&conditions, realm)
+        .map_err(|m| err(format!("route {name}: {m}")))?;
     let insufficient_scope_challenge = HeaderValue::from_str(&format!(
         "Bearer realm={}, error=\"insufficient_scope\", scope={}",
         quoted(&cx.challenges.realm),
@@ -187,6 +157,48 @@ pub fn route(
         websocket: rc.websocket,
         insufficient_scope_challenge,
     })
+}
+
+/// A public route requires nothing; every scope is a scope token, and one its API declares.
+fn check_scopes(rc: &RouteConfig, declared: Option<&[String]>) -> Result<(), String> {
+    if rc.public && (!rc.scopes.is_empty() || !rc.any_scopes.is_empty()) {
+        return Err("a public route cannot require scopes".into());
+    }
+    if let Some(s) = rc
+        .scopes
+        .iter()
+        .chain(&rc.any_scopes)
+        .find(|s| !is_scope_token(s))
+    {
+        return Err(format!(
+            "{s:?} is not a valid scope (RFC 6749 §3.3: no spaces, quotes or backslashes)"
+        ));
+    }
+    match declared {
+        Some(declared) => check_declared(rc, declared),
+        None => Ok(()),
+    }
+}
+
+/// The 403 `access_denied` challenge and description of each claim condition.
+fn access_denied_challenges(
+    conditions: &[ClaimCondition],
+    realm: &str,
+) -> Result<Vec<(HeaderValue, String)>, String> {
+    conditions
+        .iter()
+        .map(|c| {
+            let text = c.describe();
+            let challenge = format!(
+                "Bearer realm={}, error=\"insufficient_scope\", error_description={}",
+                quoted(realm),
+                quoted(&text)
+            );
+            HeaderValue::from_str(&challenge)
+                .map(|v| (v, text))
+                .map_err(|_| "a claim condition does not fit in a header".to_string())
+        })
+        .collect()
 }
 
 /// `claims = { sub = "{id}", verified = true }`: literals, or a path parameter of the route.

@@ -62,14 +62,38 @@ const BUCKETS: [f64; 16] = [
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "scopegate_requests_total",
-                "Requests by route pattern and decision.",
-            ),
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let requests = counters(
+            "scopegate_requests_total",
+            "Requests by route pattern and decision.",
             &["route", "decision"],
-        )
-        .unwrap();
+        );
+        let token_rejections = counters(
+            "scopegate_token_rejections_total",
+            "Bearer tokens refused, by reason.",
+            &["reason"],
+        );
+        let upstream_responses = counters(
+            "scopegate_upstream_responses_total",
+            "Upstream responses by status class.",
+            &["upstream", "class"],
+        );
+        let jwks_refreshes = counters(
+            "scopegate_jwks_refreshes_total",
+            "JWKS fetches by issuer and result.",
+            &["issuer", "result"],
+        );
+        let config_reloads = counters(
+            "scopegate_config_reloads_total",
+            "Config reloads by result.",
+            &["result"],
+        );
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "scopegate_request_duration_seconds",
@@ -78,65 +102,25 @@ impl Metrics {
             .buckets(BUCKETS.to_vec()),
             &["route"],
         )
-        .unwrap();
-        let token_rejections = IntCounterVec::new(
-            Opts::new(
-                "scopegate_token_rejections_total",
-                "Bearer tokens refused, by reason.",
-            ),
-            &["reason"],
-        )
-        .unwrap();
-        let upstream_responses = IntCounterVec::new(
-            Opts::new(
-                "scopegate_upstream_responses_total",
-                "Upstream responses by status class.",
-            ),
-            &["upstream", "class"],
-        )
-        .unwrap();
-        let jwks_refreshes = IntCounterVec::new(
-            Opts::new(
-                "scopegate_jwks_refreshes_total",
-                "JWKS fetches by issuer and result.",
-            ),
-            &["issuer", "result"],
-        )
-        .unwrap();
-        let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "scopegate_config_reloads_total",
-                "Config reloads by result.",
-            ),
-            &["result"],
-        )
-        .unwrap();
+        .expect("metric definition");
         let config_generation = IntGauge::new(
             "scopegate_config_generation",
             "Generation of the config in use (1 at start).",
         )
-        .unwrap();
+        .expect("metric definition");
         let access_log_dropped = IntCounter::new(
             "scopegate_access_log_dropped_total",
             "Access-log lines dropped because the writer could not keep up.",
         )
-        .unwrap();
-        registry
-            .register(Box::new(access_log_dropped.clone()))
-            .unwrap();
-        for c in [
-            &requests,
-            &token_rejections,
-            &upstream_responses,
-            &jwks_refreshes,
-            &config_reloads,
+        .expect("metric definition");
+        for m in [
+            Box::new(duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_generation.clone()),
+            Box::new(access_log_dropped.clone()),
         ] {
-            registry.register(Box::new(c.clone())).unwrap();
+            registry.register(m).expect("unique metric");
         }
-        registry.register(Box::new(duration.clone())).unwrap();
-        registry
-            .register(Box::new(config_generation.clone()))
-            .unwrap();
+        // Series that exist from the start, at 0.
         let rejection_counters = RejectionReason::ALL
             .iter()
             .map(|reason| token_rejections.with_label_values(&[reason.as_str()]))

@@ -26,6 +26,7 @@ use super::{Live, LiveConfig};
 use crate::auth::jwks::JwksFetcher;
 use crate::compile;
 use crate::config::ConfigError;
+use crate::snapshot::ProcessSettings;
 
 /// How the process gets its listening sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,26 +66,7 @@ pub fn run_with(
     );
     let live: LiveConfig = Arc::new(ArcSwap::from_pointee(Live::new(first)));
 
-    let conf = ServerConf {
-        threads: process.threads,
-        // After SIGTERM the listeners close at once and requests in flight get the grace
-        // period; `drain_then_exit` ends it early once none are left.
-        grace_period_seconds: Some(process.shutdown_grace_seconds),
-        graceful_shutdown_timeout_seconds: Some(1),
-        // One current-thread runtime per worker: no cross-thread wakeups on the request path
-        // (measured with bench/load.sh).
-        work_stealing: false,
-        upgrade_sock: process.upgrade_socket.display().to_string(),
-        ..ServerConf::default()
-    };
-    let opt = pingora_core::server::configuration::Opt {
-        upgrade: start == Start::Upgrade,
-        ..Default::default()
-    };
-    if start == Start::Upgrade {
-        tracing::info!(socket = %process.upgrade_socket.display(), "waiting for the listening sockets of the running process (send it SIGQUIT)");
-    }
-    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    let mut server = pingora_server(&process, start);
     server.bootstrap();
     let observer = metrics.clone();
     let fetcher = Arc::new(JwksFetcher::new(Box::new(move |issuer, ok| {
@@ -110,16 +92,7 @@ pub fn run_with(
         ConfigWatcher(reloader),
     ));
     if let Some(addr) = &process.admin_listen {
-        let mut admin = Service::new(
-            "admin".to_string(),
-            Admin {
-                live: live.clone(),
-                metrics: metrics.clone(),
-            },
-        );
-        admin.add_tcp(addr);
-        admin.threads = Some(1);
-        server.add_service(admin);
+        server.add_service(admin_service(addr, &live, &metrics));
     }
     if let Some(listener) = demo_api {
         let api = super::demo_api::DemoApiService(std::sync::Mutex::new(Some(listener)));
@@ -130,6 +103,44 @@ pub fn run_with(
         Duration::from_secs(process.shutdown_grace_seconds),
     );
     server.run_forever();
+}
+
+/// Pingora's server with scopegate's process settings.
+fn pingora_server(process: &ProcessSettings, start: Start) -> Server {
+    let conf = ServerConf {
+        threads: process.threads,
+        // After SIGTERM the listeners close at once and requests in flight get the grace
+        // period; `drain_then_exit` ends it early once none are left.
+        grace_period_seconds: Some(process.shutdown_grace_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // One current-thread runtime per worker: no cross-thread wakeups on the request path
+        // (measured with bench/load.sh).
+        work_stealing: false,
+        upgrade_sock: process.upgrade_socket.display().to_string(),
+        ..ServerConf::default()
+    };
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade: start == Start::Upgrade,
+        ..Default::default()
+    };
+    if start == Start::Upgrade {
+        tracing::info!(socket = %process.upgrade_socket.display(), "waiting for the listening sockets of the running process (send it SIGQUIT)");
+    }
+    Server::new_with_opt_and_conf(Some(opt), conf)
+}
+
+/// `/healthz`, `/readyz`, `/metrics` on their own listener and thread.
+fn admin_service(addr: &str, live: &LiveConfig, metrics: &Arc<Metrics>) -> Service<Admin> {
+    let mut admin = Service::new(
+        "admin".to_string(),
+        Admin {
+            live: live.clone(),
+            metrics: metrics.clone(),
+        },
+    );
+    admin.add_tcp(addr);
+    admin.threads = Some(1);
+    admin
 }
 
 type ProxyService = Service<Limited<pingora_proxy::HttpProxy<ScopeGate>>>;

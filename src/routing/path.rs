@@ -76,23 +76,10 @@ fn param_start(seg: &[u8]) -> usize {
         .unwrap_or(seg.len())
 }
 
-/// Normalize the path part of a request target (without the query).
-///
-/// - percent-encoded unreserved characters are decoded, other escapes kept with upper-case hex;
-/// - an encoded `/` or `\`, any NUL or control character, a raw `\`, bad escapes, or bytes that
-///   are not UTF-8 once decoded are refused;
-/// - dot segments are removed (RFC 3986 §5.2.4) and repeated slashes merged.
-pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
-    let bytes = path.as_bytes();
-    if is_normal(bytes) {
-        return Ok(Cow::Borrowed(path));
-    }
-    if bytes.first() != Some(&b'/') {
-        return Err(PathError::NotAbsolute);
-    }
-
-    // Pass 1: validate escapes, decode the unreserved ones, and check that the fully decoded
-    // form is UTF-8 (an upstream decodes everything, so we judge what it will see).
+/// Pass 1 of `normalize`: validate escapes, decode the unreserved ones (upper-case hex for the
+/// rest), and check that the fully decoded form is UTF-8 (an upstream decodes everything, so we
+/// judge what it will see).
+fn decode_unreserved(bytes: &[u8]) -> Result<Vec<u8>, PathError> {
     let mut decoded_all: Vec<u8> = Vec::with_capacity(bytes.len());
     let mut partly: Vec<u8> = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -135,6 +122,25 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if std::str::from_utf8(&decoded_all).is_err() {
         return Err(PathError::NotUtf8);
     }
+    Ok(partly)
+}
+
+/// Normalize the path part of a request target (without the query).
+///
+/// - percent-encoded unreserved characters are decoded, other escapes kept with upper-case hex;
+/// - an encoded `/` or `\`, any NUL or control character, a raw `\`, bad escapes, or bytes that
+///   are not UTF-8 once decoded are refused;
+/// - dot segments are removed (RFC 3986 §5.2.4) and repeated slashes merged.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if is_normal(bytes) {
+        return Ok(Cow::Borrowed(path));
+    }
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+
+    let partly = decode_unreserved(bytes)?;
 
     // Pass 2: segments. Empty segments (repeated slashes) are merged, "." dropped, ".." pops.
     let ends_with_slash =
