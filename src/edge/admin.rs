@@ -39,7 +39,9 @@ impl ServeHttp for Admin {
             "/readyz" => {
                 let live = self.live.load();
                 let snapshot = &live.snapshot;
-                if snapshot.verifier.keys_ready() {
+                if !super::reload::WATCHING.load(std::sync::atomic::Ordering::Acquire) {
+                    reply(503, "text/plain", "not ready: starting\n")
+                } else if snapshot.verifier.keys_ready() {
                     reply(
                         200,
                         "text/plain",

@@ -20,6 +20,9 @@ use super::{Live, LiveConfig};
 use crate::config::{self, ConfigError};
 use crate::snapshot::{ProcessSettings, Snapshot};
 
+/// Set once the config watcher and the SIGHUP handler are in place (part of `/readyz`).
+pub static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Changes often come as several events (write, rename, chmod): wait for them to settle.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
@@ -232,10 +235,6 @@ impl BackgroundService for ConfigWatcher {
             }
         };
         watch_all(&mut watcher, &mut watched);
-        // An edit between the first load and the watch above raised no event: look once.
-        if let Ok(true) = reloader.reload(false).await {
-            watch_all(&mut watcher, &mut watched);
-        }
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(s) => Some(s),
@@ -244,6 +243,12 @@ impl BackgroundService for ConfigWatcher {
                 None
             }
         };
+        // An edit between the first load and the watch above raised no event: look once.
+        if let Ok(true) = reloader.reload(false).await {
+            watch_all(&mut watcher, &mut watched);
+        }
+        // From here an edit or a SIGHUP is seen: /readyz may say so.
+        WATCHING.store(true, std::sync::atomic::Ordering::Release);
         loop {
             let force = tokio::select! {
                 Some(()) = rx.recv() => {

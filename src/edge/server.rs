@@ -49,6 +49,10 @@ pub fn run_with(
     demo_api: Option<std::net::TcpListener>,
     start: Start,
 ) -> Result<(), ConfigError> {
+    // A SIGHUP before the config watcher listens for it must not end the process (the default
+    // action); /readyz says 200 only once it listens.
+    // SAFETY: sets the disposition of one signal; the watcher's handler replaces it.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let loaded = crate::config::load(config_path)?;
     let first = compile::build(&loaded, 1)?;
     let first_fingerprint =
