@@ -151,13 +151,6 @@ impl<'r> ForwardTo<'r> {
     pub fn path(&self) -> &str {
         &self.path
     }
-    /// The normalized path when it differs from the one received.
-    pub fn rewritten_path(self) -> Option<String> {
-        match self.path {
-            Cow::Owned(p) => Some(p),
-            Cow::Borrowed(_) => None,
-        }
-    }
     /// `None` on a public route (and for an invalid token on a report-only one).
     pub fn principal(&self) -> Option<&Arc<Principal>> {
         self.principal.as_ref()
@@ -631,11 +624,7 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
     }
     // RFC 9728 metadata of the host's APIs, served without a token.
     if matches!(*req.method, Method::GET | Method::HEAD) {
-        let serves = |&&a: &&usize| {
-            let metadata = snapshot.apis[a].metadata.as_ref();
-            metadata.is_some_and(|m| m.path == path)
-        };
-        if let Some(&api) = set.apis.iter().find(serves) {
+        if let Some(&(_, api)) = set.metadata.iter().find(|(p, _)| *p == path) {
             return Verdict {
                 decision: Decision::Metadata { api },
                 cors,
@@ -674,7 +663,7 @@ fn decide_route<'r>(
     }
     let report_only = match matched {
         Some(r) => snapshot.routes[r].report_only,
-        None => !set.apis.is_empty() && set.apis.iter().all(|&a| snapshot.apis[a].report_only),
+        None => set.all_report_only,
     };
     // Report-only enforces 404 and 405 as usual, without asking for a token first.
     if report_only && matched.is_none() {

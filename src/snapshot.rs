@@ -160,6 +160,10 @@ impl Api {
 pub struct RouteSet {
     pub apis: Vec<usize>,
     pub router: Router,
+    /// (path, API) of the RFC 9728 documents served on these hosts.
+    pub metadata: Vec<(String, usize)>,
+    /// Every API of the set is report-only: a path without a route is a 404 without a token.
+    pub all_report_only: bool,
 }
 
 /// What is added to, or removed from, requests forwarded upstream (claim headers live in the

@@ -62,7 +62,6 @@ pub fn apis(
     }
     for (name, spanned) in &cfg.apis.0 {
         let ac = spanned.get_ref();
-        let span = Some(spanned.span());
         let declared = declared_scopes(loaded, name, ac)?;
         let cx = RouteContext {
             api: apis.len(),
@@ -76,15 +75,7 @@ pub fn apis(
         for r in &ac.routes {
             routes.push(route(loaded, r.get_ref(), Some(r.span()), &cx)?);
         }
-        let mut api = api(
-            loaded,
-            name,
-            ac,
-            span,
-            issuers,
-            &ac.routes,
-            &routes[first..],
-        )?;
+        let mut api = api(loaded, name, ac, issuers, &ac.routes, &routes[first..])?;
         if ac.resource_metadata {
             let (metadata, warning) =
                 resource_metadata(&api, issuers, declared.as_deref(), &routes[first..]);
@@ -109,7 +100,6 @@ fn api(
     loaded: &LoadedConfig,
     name: &str,
     ac: &ApiConfig,
-    span: Span,
     issuers: &[Issuer],
     route_configs: &[Spanned<RouteConfig>],
     routes: &[Route],
@@ -166,7 +156,6 @@ fn api(
     if routes.is_empty() {
         tracing::warn!(api = name, "API has no routes");
     }
-    let _ = span;
     Ok(Api {
         name: Some(name.to_string()),
         accepts: Accepts::Audience {
@@ -356,9 +345,16 @@ fn route_sets(
         if let Some(pattern) = &key {
             hosts.insert(pattern, sets.len());
         }
+        let metadata = members
+            .iter()
+            .filter_map(|&a| apis[a].metadata.as_ref().map(|m| (m.path.clone(), a)))
+            .collect();
+        let all_report_only = !members.is_empty() && members.iter().all(|&a| apis[a].report_only);
         sets.push(RouteSet {
             apis: members,
             router,
+            metadata,
+            all_report_only,
         });
     }
     Ok((sets, hosts))
@@ -403,14 +399,14 @@ fn router_for(
                 ),
                 other => other.to_string(),
             };
-            loaded.source.error(route_span(loaded, route, r), message)
+            loaded.source.error(route_span(loaded, r), message)
         })?;
     }
     Ok(router)
 }
 
 /// Where route `index` (in compile order: top-level first, then each API's) is in the file.
-fn route_span(loaded: &LoadedConfig, _route: &Route, index: usize) -> Span {
+fn route_span(loaded: &LoadedConfig, index: usize) -> Span {
     let cfg = &loaded.config;
     let all = cfg.routes.iter().chain(
         cfg.apis
