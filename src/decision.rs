@@ -14,7 +14,7 @@ use http::header::{
 };
 use http::{HeaderMap, Method};
 
-use crate::auth::{bearer, BearerError, Principal, Rejection};
+use crate::auth::{bearer, BearerError, Principal, Rejection, RejectionReason};
 use crate::routing::{normalize, Lookup, PathError};
 use crate::snapshot::{Cors, RouteSet, Snapshot};
 
@@ -138,6 +138,8 @@ pub struct Report {
     pub would_be: DecisionLabel,
     /// A token rejection reason, `insufficient_scope` or `access_denied`.
     pub reason: &'static str,
+    /// For a would-be 401: why the token was refused (for `scopegate_token_rejections_total`).
+    pub rejection: Option<RejectionReason>,
 }
 
 impl<'r> ForwardTo<'r> {
@@ -258,6 +260,14 @@ pub struct Verdict<'r> {
 }
 
 impl Refusal<'_> {
+    /// Why the token was refused, for a 401.
+    pub fn rejection(&self) -> Option<RejectionReason> {
+        match self {
+            Refusal::Unauthenticated { rejection, .. } => Some(rejection.reason()),
+            _ => None,
+        }
+    }
+
     /// The access log's `reason`: a token rejection reason, or why a valid token was refused.
     pub fn reason(&self) -> Option<&'static str> {
         match self {
@@ -730,6 +740,7 @@ fn report_instead<'r>(
     to.report = Some(Report {
         would_be: refusal.label(),
         reason,
+        rejection: refusal.rejection(),
     });
     (Decision::Forward(to), principal)
 }

@@ -173,12 +173,7 @@ impl ScopeGate {
             Decision::Forward(to) => {
                 ctx.report = to.report();
                 ctx.reason = ctx.report.map(|r| r.reason);
-                if let Some(r) = ctx.report {
-                    ctx.rejection = RejectionReason::ALL
-                        .iter()
-                        .copied()
-                        .find(|x| x.as_str() == r.reason);
-                }
+                ctx.rejection = ctx.report.and_then(|r| r.rejection);
                 let (route, upstream, rewritten_path, principal) = to.into_parts();
                 ctx.forward = Some(Forwarding {
                     upstream,
@@ -203,16 +198,14 @@ impl ScopeGate {
             Decision::Refuse(refusal) => refusal,
         };
         ctx.reason = refusal.reason();
+        ctx.rejection = refusal.rejection();
         let mut response = refusal.response(&live.snapshot);
         response.headers.extend(ctx.cors_headers.iter().cloned());
         match refusal {
-            Refusal::Unauthenticated { rejection, .. } => {
-                ctx.rejection = Some(rejection.reason());
-                match rejection {
-                    Rejection::UnknownKey(i) => Outcome::RefreshKeys(i, response),
-                    _ => Outcome::Reply(response),
-                }
-            }
+            Refusal::Unauthenticated {
+                rejection: Rejection::UnknownKey(i),
+                ..
+            } => Outcome::RefreshKeys(i, response),
             _ => Outcome::Reply(response),
         }
     }
