@@ -326,10 +326,10 @@ impl Refusal<'_> {
     }
 
     /// The answer: status, headers (built at load where they can be) and JSON error code.
-    pub fn response(&self, snapshot: &Snapshot) -> ErrorResponse {
+    pub fn response(&self, snapshot: &Snapshot) -> Answer {
         match self {
             Refusal::BadRequest { description } => {
-                ErrorResponse::new(400, "invalid_request", *description)
+                Answer::error(400, "invalid_request", *description)
             }
             Refusal::Unauthenticated {
                 rejection,
@@ -352,12 +352,11 @@ impl Refusal<'_> {
                         HeaderValue::from_bytes(&v).ok()
                     })
                     .unwrap_or_else(|| base.clone());
-                ErrorResponse::new(401, error, rejection.description())
-                    .with(WWW_AUTHENTICATE, challenge)
+                Answer::error(401, error, rejection.description()).with(WWW_AUTHENTICATE, challenge)
             }
-            Refusal::NotFound => ErrorResponse::new(404, "not_found", "no route for this path"),
+            Refusal::NotFound => Answer::error(404, "not_found", "no route for this path"),
             Refusal::MethodNotAllowed { allow } => {
-                let r = ErrorResponse::new(
+                let r = Answer::error(
                     405,
                     "method_not_allowed",
                     "the path has no route for this method",
@@ -368,7 +367,7 @@ impl Refusal<'_> {
                     Err(_) => r,
                 }
             }
-            Refusal::Forbidden { route } => ErrorResponse::new(
+            Refusal::Forbidden { route } => Answer::error(
                 403,
                 "insufficient_scope",
                 "the token lacks a scope this route requires",
@@ -379,10 +378,10 @@ impl Refusal<'_> {
             ),
             Refusal::AccessDenied { route, condition } => {
                 let (challenge, description) = &snapshot.routes[*route].access_denied[*condition];
-                ErrorResponse::new(403, "access_denied", description.clone())
+                Answer::error(403, "access_denied", description.clone())
                     .with(WWW_AUTHENTICATE, challenge.clone())
             }
-            Refusal::CorsRejected { .. } => ErrorResponse::new(
+            Refusal::CorsRejected { .. } => Answer::error(
                 403,
                 "cors_rejected",
                 "the origin or the requested method is not allowed",
@@ -391,38 +390,93 @@ impl Refusal<'_> {
     }
 }
 
-/// An answer given by the proxy itself: status, headers, and `{"error", "error_description"}`.
+/// An answer scopegate gives itself: a refusal with its JSON error body, an answered CORS
+/// preflight (no body), or a protected resource metadata document.
 #[derive(Debug, Clone)]
-pub struct ErrorResponse {
+pub struct Answer {
     pub status: u16,
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub error: &'static str,
-    pub description: Cow<'static, str>,
+    pub body: AnswerBody,
 }
 
-impl ErrorResponse {
-    pub fn new(
+#[derive(Debug, Clone)]
+pub enum AnswerBody {
+    /// `{"error": ..., "error_description": ...}`, never cached.
+    Error {
+        error: &'static str,
+        description: Cow<'static, str>,
+    },
+    /// A JSON document that clients may cache for a while.
+    Document(String),
+    Empty,
+}
+
+impl Answer {
+    pub fn error(
         status: u16,
         error: &'static str,
         description: impl Into<Cow<'static, str>>,
-    ) -> ErrorResponse {
-        ErrorResponse {
-            status,
-            headers: Vec::new(),
+    ) -> Answer {
+        let body = AnswerBody::Error {
             error,
             description: description.into(),
+        };
+        Answer {
+            status,
+            headers: Vec::new(),
+            body,
         }
     }
 
-    pub fn with(mut self, name: HeaderName, value: HeaderValue) -> ErrorResponse {
+    pub fn with(mut self, name: HeaderName, value: HeaderValue) -> Answer {
         self.headers.push((name, value));
         self
     }
 
-    /// The JSON body.
-    pub fn body(&self) -> String {
-        serde_json::json!({ "error": self.error, "error_description": self.description })
-            .to_string()
+    /// The body's bytes, or `None` for no body.
+    pub fn body_text(&self) -> Option<String> {
+        match &self.body {
+            AnswerBody::Error { error, description } => Some(
+                serde_json::json!({ "error": error, "error_description": description }).to_string(),
+            ),
+            AnswerBody::Document(doc) => Some(doc.clone()),
+            AnswerBody::Empty => None,
+        }
+    }
+
+    /// `Cache-Control`: refusals and preflight answers are per request; documents are stable.
+    pub fn cache_control(&self) -> &'static str {
+        match self.body {
+            AnswerBody::Document(_) => "max-age=300",
+            _ => "no-store",
+        }
+    }
+}
+
+impl Decision<'_> {
+    /// What scopegate answers itself; `None` when the request is forwarded.
+    pub fn answer(&self, snapshot: &Snapshot) -> Option<Answer> {
+        match self {
+            Decision::Forward(_) => None,
+            Decision::Refuse(r) => Some(r.response(snapshot)),
+            // RFC 9110 §15.3.5: a 204 has no body.
+            Decision::Preflight(p) => Some(Answer {
+                status: 204,
+                headers: p.headers.clone(),
+                body: AnswerBody::Empty,
+            }),
+            Decision::Metadata { api } => {
+                let doc = snapshot.apis[*api]
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.document.clone());
+                Some(Answer {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: AnswerBody::Document(doc.unwrap_or_default()),
+                })
+            }
+        }
     }
 }
 

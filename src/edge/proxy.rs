@@ -20,7 +20,7 @@ use super::metrics::Metrics;
 use super::{Live, LiveConfig};
 use crate::auth::jwks::JwksFetcher;
 use crate::auth::{Principal, Rejection, RejectionReason};
-use crate::decision::{decide, Decision, DecisionLabel, ErrorResponse, Refusal, Report, Request};
+use crate::decision::{decide, Answer, Decision, DecisionLabel, Refusal, Report, Request};
 use crate::routing::normalize;
 use crate::snapshot::unix_now;
 use crate::upstream::ResponseClass;
@@ -81,42 +81,37 @@ impl Drop for RequestCtx {
 enum Outcome {
     Forward,
     /// 200 with a JSON document (protected resource metadata).
-    Document(String),
-    Reply(ErrorResponse),
+    Reply(Answer),
     /// A 401 for an unknown `kid` of this issuer: refetch its keys, then decide again.
-    RefreshKeys(usize, ErrorResponse),
+    RefreshKeys(usize, Answer),
 }
 
-fn response_header(resp: &ErrorResponse, body_len: usize) -> pingora_core::Result<ResponseHeader> {
+fn response_header(resp: &Answer, body: Option<&Bytes>) -> pingora_core::Result<ResponseHeader> {
     let mut header = ResponseHeader::build(resp.status, Some(4 + resp.headers.len()))?;
-    if resp.status != 204 {
+    if let Some(body) = body {
         header.insert_header(CONTENT_TYPE, "application/json")?;
-        header.insert_header(CONTENT_LENGTH, body_len)?;
+        header.insert_header(CONTENT_LENGTH, body.len())?;
     }
-    header.insert_header(CACHE_CONTROL, "no-store")?;
+    header.insert_header(CACHE_CONTROL, resp.cache_control())?;
     for (name, value) in &resp.headers {
         header.append_header(name.clone(), value.clone())?;
     }
     Ok(header)
 }
 
-async fn send_error(session: &mut Session, resp: &ErrorResponse) -> pingora_core::Result<()> {
-    // A 204 (an answered preflight) has no body (RFC 9110 §15.3.5).
-    let body = if resp.status == 204 {
-        Bytes::new()
-    } else {
-        Bytes::from(resp.body())
-    };
-    let header = response_header(resp, body.len())?;
+async fn send_answer(session: &mut Session, resp: &Answer) -> pingora_core::Result<()> {
+    let body = resp.body_text().map(Bytes::from);
+    let header = response_header(resp, body.as_ref())?;
     // A request body we did not read would be taken for the next request on this connection.
     if !session.is_body_empty() {
         session.set_keepalive(None);
     }
-    let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
+    let head_only = session.req_header().method == http::Method::HEAD;
+    let body = body.filter(|_| !head_only);
     session
-        .write_response_header(Box::new(header), head_only)
+        .write_response_header(Box::new(header), body.is_none())
         .await?;
-    if !head_only {
+    if let Some(body) = body {
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
@@ -183,19 +178,15 @@ impl ScopeGate {
                 });
                 return Outcome::Forward;
             }
-            Decision::Preflight(p) => {
-                let mut resp = ErrorResponse::new(204, "", "");
-                resp.headers = p.headers;
-                return Outcome::Reply(resp);
-            }
-            Decision::Metadata { api } => {
-                let doc = live.snapshot.apis[api]
-                    .metadata
-                    .as_ref()
-                    .map(|m| m.document.clone());
-                return Outcome::Document(doc.unwrap_or_default());
-            }
             Decision::Refuse(refusal) => refusal,
+            // A preflight's answer carries its own CORS headers (and `cors_headers` is empty).
+            answered => {
+                let Some(mut answer) = answered.answer(&live.snapshot) else {
+                    return Outcome::Forward;
+                };
+                answer.headers.extend(ctx.cors_headers.iter().cloned());
+                return Outcome::Reply(answer);
+            }
         };
         ctx.reason = refusal.reason();
         ctx.rejection = refusal.rejection();
@@ -278,27 +269,8 @@ impl ProxyHttp for ScopeGate {
         ctx.live = Some(live);
         match outcome {
             Outcome::Forward => Ok(false),
-            Outcome::Document(doc) => {
-                let mut header = ResponseHeader::build(200, Some(3))?;
-                header.insert_header(CONTENT_TYPE, "application/json")?;
-                header.insert_header(CONTENT_LENGTH, doc.len())?;
-                header.insert_header(CACHE_CONTROL, "max-age=300")?;
-                for (name, value) in &ctx.cors_headers {
-                    header.append_header(name.clone(), value.clone())?;
-                }
-                let head_only = session.req_header().method == http::Method::HEAD;
-                session
-                    .write_response_header(Box::new(header), head_only)
-                    .await?;
-                if !head_only {
-                    session
-                        .write_response_body(Some(Bytes::from(doc)), true)
-                        .await?;
-                }
-                Ok(true)
-            }
             Outcome::Reply(resp) | Outcome::RefreshKeys(_, resp) => {
-                send_error(session, &resp).await?;
+                send_answer(session, &resp).await?;
                 Ok(true)
             }
         }
@@ -483,21 +455,19 @@ impl ProxyHttp for ScopeGate {
         };
         if code > 0 {
             let resp = match code {
-                502 => ErrorResponse::new(502, "bad_gateway", "the upstream could not be reached"),
-                504 => ErrorResponse::new(
+                502 => Answer::error(502, "bad_gateway", "the upstream could not be reached"),
+                504 => Answer::error(
                     504,
                     "gateway_timeout",
                     "the upstream did not answer in time",
                 ),
-                400 => ErrorResponse::new(400, "invalid_request", "the request could not be read"),
-                _ => {
-                    ErrorResponse::new(code, "internal_error", "the request could not be completed")
-                }
+                400 => Answer::error(400, "invalid_request", "the request could not be read"),
+                _ => Answer::error(code, "internal_error", "the request could not be completed"),
             };
             let mut resp = resp;
             resp.headers.extend(ctx.cors_headers.iter().cloned());
-            let body = Bytes::from(resp.body());
-            if let Ok(header) = response_header(&resp, body.len()) {
+            let body = Bytes::from(resp.body_text().unwrap_or_default());
+            if let Ok(header) = response_header(&resp, Some(&body)) {
                 let _ = session
                     .downstream_session
                     .write_error_response(header, body)
