@@ -118,7 +118,7 @@ pub fn text_line(e: &Entry<'_>) -> String {
     let _ = write!(
         s,
         "{} access method={:?} host={:?} path={:?} route={:?} decision={:?}",
-        rfc3339(SystemTime::now()),
+        Rfc3339(SystemTime::now()),
         e.method,
         e.host,
         e.path,
@@ -149,53 +149,84 @@ pub fn text_line(e: &Entry<'_>) -> String {
     s
 }
 
-/// One JSON object with exactly SPEC's keys.
+/// One JSON object with exactly SPEC's keys, written straight into the line.
 pub fn json_line(e: &Entry<'_>) -> String {
-    let mut v = serde_json::json!({
-        "ts": rfc3339(SystemTime::now()),
-        "method": e.method,
-        "host": e.host,
-        "path": e.path,
-        "route": e.route,
-        "decision": e.decision,
-        "status": e.status,
-        "upstream": e.upstream,
-        "latency_us": e.latency_us,
-        "sub": e.sub,
-    });
-    if let Some(w) = e.would_be {
-        v["would_be"] = w.into();
+    let mut s = String::with_capacity(224 + e.path.len());
+    let _ = write!(s, "{{\"ts\":\"{}\"", Rfc3339(SystemTime::now()));
+    for (key, value) in [
+        ("method", e.method),
+        ("host", e.host),
+        ("path", e.path),
+        ("route", e.route),
+        ("decision", e.decision),
+    ] {
+        let _ = write!(s, ",\"{key}\":");
+        push_json_str(&mut s, value);
     }
-    if let Some(r) = e.reason {
-        v["reason"] = r.into();
+    let _ = write!(s, ",\"status\":{},\"upstream\":", e.status);
+    push_json_opt(&mut s, e.upstream);
+    let _ = write!(s, ",\"latency_us\":{},\"sub\":", e.latency_us);
+    push_json_opt(&mut s, e.sub);
+    for (key, value) in [("would_be", e.would_be), ("reason", e.reason)] {
+        if let Some(v) = value {
+            let _ = write!(s, ",\"{key}\":");
+            push_json_str(&mut s, v);
+        }
     }
-    let mut s = v.to_string();
-    s.push('\n');
+    s.push_str("}\n");
     s
 }
 
-/// `2026-11-23T22:25:35.123456Z` (RFC 3339, UTC).
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    )
+fn push_json_opt(out: &mut String, value: Option<&str>) {
+    match value {
+        Some(v) => push_json_str(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+/// A JSON string (RFC 8259 §7): quotes, backslashes and control characters escaped.
+fn push_json_str(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2026-11-23T22:25:35.123456Z` (RFC 3339, UTC), written where it is displayed.
+pub struct Rfc3339(pub SystemTime);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            d.subsec_micros()
+        )
+    }
 }
 
 #[cfg(test)]
@@ -221,11 +252,14 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_476_335) + Duration::from_micros(7);
-        assert_eq!(rfc3339(t), "2026-11-23T23:25:35.000007Z");
         assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            Rfc3339(UNIX_EPOCH).to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_476_335) + Duration::from_micros(7);
+        assert_eq!(Rfc3339(t).to_string(), "2026-11-23T23:25:35.000007Z");
+        assert_eq!(
+            Rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)).to_string(),
             "2000-02-29T00:00:00.000000Z"
         );
     }
@@ -257,6 +291,14 @@ mod tests {
         plain.reason = None;
         let v: serde_json::Value = serde_json::from_str(&json_line(&plain)).unwrap();
         assert!(v.get("would_be").is_none() && v.get("reason").is_none());
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut e = entry();
+        e.path = "/a\"b\\c\u{1}é";
+        let v: serde_json::Value = serde_json::from_str(&json_line(&e)).unwrap();
+        assert_eq!(v["path"], "/a\"b\\c\u{1}é");
     }
 
     #[test]
