@@ -251,3 +251,23 @@ fn keys_are_refetched_every_max_age_within_the_configured_bounds() {
         "{n} refetches in 3.5 s with a 2 s bound"
     );
 }
+
+#[test]
+fn an_issuer_added_by_a_reload_is_fetched_without_any_request() {
+    let (p, admin) = proxy_for_issuers(&file_issuer());
+    assert!(eventually(10, || ready(admin)), "{}", p.log());
+    let other = fresh_key("other-kid");
+    let jwks = JwksServer::start(&other.jwks, 300);
+    let text = std::fs::read_to_string(p.config_path()).unwrap();
+    let added = text.replacen(
+        "[[issuers]]",
+        &format!("[[issuers]]\nissuer = \"https://second.test/\"\naudiences = [\"{AUD}\"]\njwks_url = \"{}\"\n\n[[issuers]]", jwks.url()),
+        1,
+    );
+    let tmp = p.config_path().with_extension("tmp");
+    std::fs::write(&tmp, added).unwrap();
+    std::fs::rename(&tmp, p.config_path()).unwrap();
+    // The refresher is woken by the reload: the new issuer's keys arrive with no token sent.
+    assert!(eventually(10, || jwks.hits() >= 1), "{}", p.log());
+    assert!(eventually(10, || ready(admin)), "{}", p.log());
+}

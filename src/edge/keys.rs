@@ -1,13 +1,14 @@
 //! The background service that keeps every remote key set fresh: each issuer's fetch is due at
-//! its own time (max-age, bounded), and the service sleeps until the earliest one, or at most
-//! `RECHECK`, so that issuers added by a reload are fetched soon.
+//! its own time (max-age, bounded, or backoff after a failure), and the service sleeps until the
+//! earliest one, or until a reload (which may bring new issuers) wakes it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use tokio::sync::Notify;
 
 use super::LiveConfig;
 use crate::auth::jwks::JwksFetcher;
@@ -15,10 +16,9 @@ use crate::auth::jwks::JwksFetcher;
 pub struct KeyRefresher {
     pub live: LiveConfig,
     pub fetcher: Arc<JwksFetcher>,
+    /// Notified after every reload.
+    pub reloaded: Arc<Notify>,
 }
-
-/// Look again at least this often: a reload may have added an issuer.
-const RECHECK: Duration = Duration::from_secs(1);
 
 #[async_trait]
 impl BackgroundService for KeyRefresher {
@@ -35,14 +35,21 @@ impl BackgroundService for KeyRefresher {
                         .await
                 });
             }
-            let mut wake = Instant::now() + RECHECK;
+            let mut wake: Option<Instant> = None;
             while let Some(next) = fetches.join_next().await {
                 if let Ok(Some(due)) = next {
-                    wake = wake.min(due);
+                    wake = Some(wake.map_or(due, |w| w.min(due)));
                 }
             }
+            let due = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = due => {}
+                _ = self.reloaded.notified() => {}
                 _ = shutdown.changed() => return,
             }
         }

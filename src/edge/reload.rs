@@ -32,6 +32,8 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     /// Fingerprint of what the running snapshot was built from, to skip no-op reloads.
     fingerprint: Mutex<u64>,
+    /// Told of every swap (the key refresher looks for new issuers).
+    reloaded: Arc<tokio::sync::Notify>,
 }
 
 /// The config text and every file it points to, hashed.
@@ -63,8 +65,15 @@ pub fn fingerprint_of(config_text: &[u8], snapshot: Option<&Snapshot>) -> u64 {
 impl Reloader {
     /// `fp`: the fingerprint of what the running snapshot was built from (`fingerprint_of`
     /// the text it was compiled from), so an edit made before the watcher starts is seen.
-    pub fn new(path: PathBuf, live: LiveConfig, metrics: Arc<Metrics>, fp: u64) -> Reloader {
+    pub fn new(
+        path: PathBuf,
+        live: LiveConfig,
+        metrics: Arc<Metrics>,
+        fp: u64,
+        reloaded: Arc<tokio::sync::Notify>,
+    ) -> Reloader {
         Reloader {
+            reloaded,
             path,
             live,
             metrics,
@@ -117,6 +126,7 @@ impl Reloader {
                 // Files read while building count too: fingerprint what this snapshot used.
                 *fp = next_fp;
                 self.live.store(Arc::new(next));
+                self.reloaded.notify_one();
                 self.metrics.config_reload(true);
                 self.metrics.set_generation(generation);
                 tracing::info!(

@@ -78,11 +78,13 @@ pub fn run_with(
     })));
     let proxy = proxy_service(&server, &live, &metrics, &fetcher, config_path)?;
     server.add_service(proxy);
+    let reloaded = Arc::new(tokio::sync::Notify::new());
     server.add_service(background_service(
         "jwks refresher",
         KeyRefresher {
             live: live.clone(),
             fetcher,
+            reloaded: reloaded.clone(),
         },
     ));
     let reloader = Arc::new(Reloader::new(
@@ -90,6 +92,7 @@ pub fn run_with(
         live.clone(),
         metrics.clone(),
         first_fingerprint,
+        reloaded,
     ));
     server.add_service(background_service(
         "config watcher",
