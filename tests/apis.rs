@@ -112,18 +112,11 @@ fn setup() -> Setup {
 }
 
 fn token_for(aud: &str, scope: &str) -> String {
-    let mut c = claims(scope);
-    c["aud"] = json!(aud);
-    sign(&c)
+    token_with(scope, json!({ "aud": aud }))
 }
 
 fn get(p: &Proxy, host: &str, target: &str, token: Option<&str>) -> Response {
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    p.send(&format!(
-        "GET {target} HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n"
-    ))
+    p.request_on("GET", host, target, token, "")
 }
 
 fn metrics(admin: u16) -> String {

@@ -63,21 +63,8 @@ scopes = ["read:beta"]
     )
 }
 
-fn token_with(scope: &str, extra: serde_json::Value) -> String {
-    let mut c = claims(scope);
-    for (k, v) in extra.as_object().unwrap() {
-        c[k] = v.clone();
-    }
-    sign(&c)
-}
-
 fn get(p: &Proxy, host: &str, target: &str, token: Option<&str>, extra: &str) -> Response {
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    p.send(&format!(
-        "GET {target} HTTP/1.1\r\nHost: {host}\r\n{auth}{extra}\r\n"
-    ))
+    p.request_on("GET", host, target, token, extra)
 }
 
 #[test]

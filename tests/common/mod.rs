@@ -73,6 +73,15 @@ pub fn sign(claims: &Value) -> String {
     sign_with(key(), Some(KID), claims)
 }
 
+/// A valid token carrying `scope`, with claims of `extra` added or replaced.
+pub fn token_with(scope: &str, extra: Value) -> String {
+    let mut c = claims(scope);
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    sign(&c)
+}
+
 pub fn token(scope: &str) -> String {
     sign(&claims(scope))
 }
@@ -305,12 +314,7 @@ impl Proxy {
     }
 
     pub fn get(&self, target: &str, token: Option<&str>) -> Response {
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        self.send(&format!(
-            "GET {target} HTTP/1.1\r\nHost: api.test\r\n{auth}\r\n"
-        ))
+        self.request("GET", target, token, "")
     }
 
     pub fn request(
@@ -320,11 +324,23 @@ impl Proxy {
         token: Option<&str>,
         extra_headers: &str,
     ) -> Response {
+        self.request_on(method, "api.test", target, token, extra_headers)
+    }
+
+    /// A request naming `host`, with a bearer token and extra header lines if given.
+    pub fn request_on(
+        &self,
+        method: &str,
+        host: &str,
+        target: &str,
+        token: Option<&str>,
+        extra_headers: &str,
+    ) -> Response {
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
         self.send(&format!(
-            "{method} {target} HTTP/1.1\r\nHost: api.test\r\n{auth}{extra_headers}\r\n"
+            "{method} {target} HTTP/1.1\r\nHost: {host}\r\n{auth}{extra_headers}\r\n"
         ))
     }
 
