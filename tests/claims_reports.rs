@@ -188,6 +188,15 @@ fn report_only_forwards_what_it_would_refuse_and_counts_it() {
         )
     };
     assert!(eventually(10, || counted() == 3.0), "{}", counted());
+    // The would-be 401s are counted as token rejections too.
+    let rejected = || {
+        let m = String::from_utf8_lossy(&http_get(admin_addr(admin), "/metrics").body).into_owned();
+        metric(
+            &m,
+            "scopegate_token_rejections_total{reason=\"bad_signature\"}",
+        )
+    };
+    assert!(eventually(10, || rejected() == 1.0), "{}", rejected());
     // A valid token with the scope is simply allowed.
     assert_eq!(
         get(&p, "beta.test", "/items", Some(&beta("read:beta")), "").status,

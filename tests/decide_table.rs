@@ -13,8 +13,6 @@ use scopegate::snapshot::Snapshot;
 use serde_json::json;
 
 fn snapshot() -> (Snapshot, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("jwks.json"), &key().jwks).unwrap();
     let text = format!(
         r#"
 [server]
@@ -45,9 +43,16 @@ scopes = ["delete:contacts"]
 any_scopes = ["admin", "owner"]
 "#
     );
+    snapshot_of(&text)
+}
+
+/// A snapshot of `text`, with the test key's JWKS as `jwks.json` beside it.
+fn snapshot_of(text: &str) -> (Snapshot, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), &key().jwks).unwrap();
     let source = Source {
         name: "t.toml".into(),
-        text,
+        text: text.to_string(),
     };
     let loaded = parse(source, dir.path().to_path_buf()).unwrap();
     (scopegate::compile::build(&loaded, 1).unwrap(), dir)
@@ -308,4 +313,95 @@ fn refusals_carry_their_challenges() {
         expired.response(&snap).headers[0].1,
         "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the token has expired\""
     );
+}
+
+/// Two issuers share a key file; the API takes tokens from the second only, and lets its one
+/// origin send credentials.
+const TWO_ISSUERS: &str = r#"
+[server]
+listen = "127.0.0.1:1"
+[[issuers]]
+issuer = "https://issuer.test/"
+jwks_file = "jwks.json"
+[[issuers]]
+issuer = "https://second.test/"
+jwks_file = "jwks.json"
+[upstreams.api]
+servers = ["127.0.0.1:2"]
+[apis.billing]
+audience = "https://contacts.test"
+issuers = ["https://second.test/"]
+[apis.billing.cors]
+origins = ["https://app.test"]
+allow_credentials = true
+[[apis.billing.routes]]
+methods = ["GET"]
+path = "/invoices"
+"#;
+
+#[test]
+fn an_api_takes_tokens_from_its_issuers_only() {
+    let (snap, _dir) = snapshot_of(TWO_ISSUERS);
+    let now = common::now();
+    let mut second = claims("");
+    second["iss"] = json!("https://second.test/");
+    for (token, want) in [
+        (
+            sign(&claims("")),
+            (DecisionLabel::Unauthenticated, 401, Some("wrong_issuer")),
+        ),
+        (sign(&second), (DecisionLabel::Allowed, 200, None)),
+    ] {
+        let h = bearer(&token);
+        let d = decide(&snap, Request::new(&Method::GET, "/invoices", &h), now).decision;
+        assert_eq!(outcome(&snap, &d), want);
+    }
+}
+
+#[test]
+fn credentials_are_allowed_only_when_configured() {
+    let (snap, _dir) = snapshot_of(TWO_ISSUERS);
+    let mut h = HeaderMap::new();
+    h.insert("origin", HeaderValue::from_static("https://app.test"));
+    h.insert(
+        "access-control-request-method",
+        HeaderValue::from_static("GET"),
+    );
+    let v = decide(
+        &snap,
+        Request::new(&Method::OPTIONS, "/invoices", &h),
+        common::now(),
+    );
+    let Decision::Preflight(p) = &v.decision else {
+        panic!("{:?}", v.decision);
+    };
+    let credentials = |headers: &[(http::HeaderName, HeaderValue)]| {
+        headers
+            .iter()
+            .find(|(n, _)| n == "access-control-allow-credentials")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        credentials(&p.headers),
+        Some(HeaderValue::from_static("true"))
+    );
+    // And on the answers to requests from that origin (a 401 here).
+    let v = decide(
+        &snap,
+        Request::new(&Method::GET, "/invoices", &h),
+        common::now(),
+    );
+    let cors = v.cors.expect("the API has cors").response_headers();
+    assert_eq!(credentials(&cors), Some(HeaderValue::from_static("true")));
+    // Without `allow_credentials`, never.
+    let (snap, _dir) = snapshot_of(&TWO_ISSUERS.replace("allow_credentials = true\n", ""));
+    let v = decide(
+        &snap,
+        Request::new(&Method::OPTIONS, "/invoices", &h),
+        common::now(),
+    );
+    let Decision::Preflight(p) = &v.decision else {
+        panic!("{:?}", v.decision);
+    };
+    assert_eq!(credentials(&p.headers), None);
 }
