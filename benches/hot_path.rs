@@ -18,13 +18,10 @@ use scopegate::{auth, decision, routing::path};
 const ISS: &str = "https://issuer.bench/";
 const AUD: &str = "https://api.bench";
 
-/// A config with `n` routes over `n / 3` services, keys from `jwks`.
-fn snapshot(n: usize, jwks: &str, algorithm: &str, cache: usize) -> (Snapshot, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
-    let mut text = format!(
-        "[server]\nlisten = \"127.0.0.1:1\"\n[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\njwks_file = \"jwks.json\"\nalgorithms = [\"{algorithm}\"]\n[upstreams.api]\nservers = [\"127.0.0.1:2\"]\n[forward]\ntoken_cache_size = {cache}\n"
-    );
+/// `n` routes over `n / 3` services (a literal, a `{id}` and a `{*rest}` template each), as
+/// `[[TABLE]]` entries.
+fn route_lines(table: &str, n: usize, scope: impl Fn(usize) -> String) -> String {
+    let mut text = String::new();
     for i in 0..n {
         let (method, path) = match i % 3 {
             0 => ("GET", format!("/svc{}/items", i / 3)),
@@ -32,25 +29,36 @@ fn snapshot(n: usize, jwks: &str, algorithm: &str, cache: usize) -> (Snapshot, t
             _ => ("GET", format!("/svc{}/files/{{*rest}}", i / 3)),
         };
         text.push_str(&format!(
-            "[[routes]]\nmethods = [\"{method}\"]\npath = \"{path}\"\nscopes = [\"svc{}:read\"]\n",
-            i / 3
+            "[[{table}]]\nmethods = [\"{method}\"]\npath = \"{path}\"\nscopes = [\"{}\"]\n",
+            scope(i)
         ));
     }
-    let loaded = parse(
-        Source {
-            name: "bench.toml".into(),
-            text,
-        },
-        PathBuf::from(dir.path()),
-    )
-    .unwrap();
+    text
+}
+
+/// Compile `text` with `jwks` as `jwks.json` beside it.
+fn compile(text: String, jwks: &str) -> (Snapshot, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
+    let source = Source {
+        name: "bench.toml".into(),
+        text,
+    };
+    let loaded = parse(source, PathBuf::from(dir.path())).unwrap();
     (build(&loaded, 1).unwrap(), dir)
+}
+
+/// A config with `n` routes over `n / 3` services, keys from `jwks`.
+fn snapshot(n: usize, jwks: &str, algorithm: &str, cache: usize) -> (Snapshot, tempfile::TempDir) {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:1\"\n[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\njwks_file = \"jwks.json\"\nalgorithms = [\"{algorithm}\"]\n[upstreams.api]\nservers = [\"127.0.0.1:2\"]\n[forward]\ntoken_cache_size = {cache}\n"
+    );
+    text.push_str(&route_lines("routes", n, |i| format!("svc{}:read", i / 3)));
+    compile(text, jwks)
 }
 
 /// `apis` APIs of `per_api` routes each, on hosts api{i}.bench (every fourth also `*.api{i}.bench`).
 fn many_apis(apis: usize, per_api: usize, jwks: &str) -> (Snapshot, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:1\"\n[[issuers]]\nissuer = \"{ISS}\"\njwks_file = \"jwks.json\"\n[upstreams.api]\nservers = [\"127.0.0.1:2\"]\n"
     );
@@ -63,26 +71,11 @@ fn many_apis(apis: usize, per_api: usize, jwks: &str) -> (Snapshot, tempfile::Te
         text.push_str(&format!(
             "[apis.a{a}]\naudience = \"https://a{a}.bench\"\nhosts = [\"api{a}.bench\"{wildcard}]\n"
         ));
-        for i in 0..per_api {
-            let (method, path) = match i % 3 {
-                0 => ("GET", format!("/svc{}/items", i / 3)),
-                1 => ("DELETE", format!("/svc{}/items/{{id}}", i / 3)),
-                _ => ("GET", format!("/svc{}/files/{{*rest}}", i / 3)),
-            };
-            text.push_str(&format!(
-                "[[apis.a{a}.routes]]\nmethods = [\"{method}\"]\npath = \"{path}\"\nscopes = [\"svc:read\"]\n"
-            ));
-        }
+        text.push_str(&route_lines(&format!("apis.a{a}.routes"), per_api, |_| {
+            "svc:read".into()
+        }));
     }
-    let loaded = parse(
-        Source {
-            name: "bench.toml".into(),
-            text,
-        },
-        PathBuf::from(dir.path()),
-    )
-    .unwrap();
-    (build(&loaded, 1).unwrap(), dir)
+    compile(text, jwks)
 }
 
 fn sign(pem: &str, kid: &str, scope: &str) -> String {
