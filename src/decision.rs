@@ -671,7 +671,12 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
     };
     let set = snapshot.route_set(host);
     let lookup = set.router.lookup(req.method, &path);
-    let cors = cors_scope(snapshot, set, &lookup, &path, req.origin());
+    // Most hosts have no CORS at all: no header or route looked at for it then.
+    let cors = if set.has_cors {
+        cors_scope(snapshot, set, &lookup, &path, req.origin())
+    } else {
+        None
+    };
 
     // 3. CORS preflight (RFC 9110 OPTIONS with Origin and Access-Control-Request-Method).
     if let (Some(scope), true) = (cors, *req.method == Method::OPTIONS) {

@@ -164,6 +164,8 @@ pub struct RouteSet {
     pub metadata: Vec<(String, usize)>,
     /// Every API of the set is report-only: a path without a route is a 404 without a token.
     pub all_report_only: bool,
+    /// Some API of the set has `cors`.
+    pub has_cors: bool,
 }
 
 /// What is added to, or removed from, requests forwarded upstream (claim headers live in the

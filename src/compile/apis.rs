@@ -350,11 +350,13 @@ fn route_sets(
             .filter_map(|&a| apis[a].metadata.as_ref().map(|m| (m.path.clone(), a)))
             .collect();
         let all_report_only = !members.is_empty() && members.iter().all(|&a| apis[a].report_only);
+        let has_cors = members.iter().any(|&a| apis[a].cors.is_some());
         sets.push(RouteSet {
             apis: members,
             router,
             metadata,
             all_report_only,
+            has_cors,
         });
     }
     Ok((sets, hosts))
