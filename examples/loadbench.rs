@@ -201,13 +201,14 @@ fn main() {
     let up = free_port();
     std::fs::write(
         d.join("nginx.conf"),
-        format!("daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{up};\n    location / {{ default_type application/json; return 200 '{{\"ok\":true}}'; }}\n  }}\n}}\n", dir = d.display()),
+        format!("daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{up};\n    location / {{ default_type application/json; return 200 '{{\"ok\":true}}'; }}\n  }}\n}}\n", dir = d.display()),
     )
     .unwrap();
     let _nginx = Kill(
         Command::new("taskset")
             .args(["-c", "1", "nginx", "-c"])
             .arg(d.join("nginx.conf"))
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx"),

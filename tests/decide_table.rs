@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{claims, key, sign, AUD, ISS};
+use common::{claims, key, now, other_key, sign, sign_with, AUD, ISS, KID};
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::{HeaderMap, Method};
+use scopegate::auth::keys::KeySet;
 use scopegate::auth::Rejection;
 use scopegate::config::{parse, Source};
 use scopegate::decision::{decide, Decision, DecisionLabel, Refusal, Request};
@@ -404,4 +405,28 @@ fn credentials_are_allowed_only_when_configured() {
         panic!("{:?}", v.decision);
     };
     assert_eq!(credentials(&p.headers), None);
+}
+
+#[test]
+fn a_refused_signature_is_remembered_only_while_the_key_set_lasts() {
+    let (snap, _dir) = snapshot();
+    let verifier = &snap.verifier;
+    // Signed by a key the issuer does not publish, under the kid it does.
+    let forged = sign_with(other_key(), Some(KID), &claims("read:contacts"));
+    let t = now();
+    for _ in 0..2 {
+        assert_eq!(
+            verifier.verify(forged.as_bytes(), t).unwrap_err(),
+            Rejection::BadSignature
+        );
+    }
+    // The issuer's key set changes: the remembered refusal must not outlive it.
+    let (keys, _) = KeySet::from_jwks(other_key().jwks.as_bytes()).unwrap();
+    verifier.issuers[0].keys.replace(keys);
+    assert!(verifier.verify(forged.as_bytes(), t).is_ok());
+    let good = sign(&claims("read:contacts"));
+    assert_eq!(
+        verifier.verify(good.as_bytes(), t).unwrap_err(),
+        Rejection::BadSignature
+    );
 }

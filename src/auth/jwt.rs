@@ -267,6 +267,35 @@ pub fn verify(
     kept_claims: &[String],
     now: u64,
 ) -> Result<Principal, Rejection> {
+    verify_detailed(token, issuers, forward_claims, kept_claims, now).map_err(|r| r.rejection)
+}
+
+/// Why `verify_detailed` refused a token, and whose keys refused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub rejection: Rejection,
+    /// The issuer whose key set judged the signature (set when the signature was checked).
+    pub issuer: Option<usize>,
+}
+
+impl From<Rejection> for Refused {
+    fn from(rejection: Rejection) -> Refused {
+        Refused {
+            rejection,
+            issuer: None,
+        }
+    }
+}
+
+/// `verify`, also naming the issuer whose keys refused a signature: that verdict holds for as
+/// long as the issuer's key set does, so the verifier may remember it.
+pub fn verify_detailed(
+    token: &[u8],
+    issuers: &[Issuer],
+    forward_claims: &[(String, http::HeaderName)],
+    kept_claims: &[String],
+    now: u64,
+) -> Result<Principal, Refused> {
     let jws = split_compact(token)?;
     // The issuer is chosen by the unverified `iss`; everything it says is checked below against
     // that issuer's own keys, so a forged `iss` only selects which keys must verify it.
@@ -280,11 +309,14 @@ pub fn verify(
         .enumerate()
         .find(|(_, i)| i.issuer == iss)
         .ok_or(Rejection::WrongIssuer)?;
-    check_signature(&jws, issuer, issuer_idx)?;
+    check_signature(&jws, issuer, issuer_idx).map_err(|rejection| Refused {
+        rejection,
+        issuer: Some(issuer_idx),
+    })?;
     if let Some(types) = &issuer.token_types {
         let typ = jws.header.typ.as_deref().map(media_type);
         if !typ.is_some_and(|t| types.contains(&t)) {
-            return Err(Rejection::WrongType);
+            return Err(Rejection::WrongType.into());
         }
     }
     let claims = jws.claims;

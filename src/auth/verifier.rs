@@ -39,22 +39,35 @@ impl Verifier {
     /// Audiences are not checked here: which one is wanted depends on the route.
     pub fn verify(&self, token: &[u8], now: u64) -> Result<Arc<Principal>, Rejection> {
         let version_of = |i: usize| self.issuers[i].keys.version();
-        if let Some(p) = self.cache.get(token, now, version_of) {
-            return Ok(p);
+        if let Some(verdict) = self.cache.get(token, now, version_of) {
+            return verdict;
         }
         // Read the versions before verifying: if the keys change meanwhile, the entry is stale
         // at once rather than attributed to the new set.
         let versions: Vec<u64> = self.issuers.iter().map(|i| i.keys.version()).collect();
-        let principal = Arc::new(jwt::verify(
+        let verified = jwt::verify_detailed(
             token,
             &self.issuers,
             &self.forward_claims,
             &self.kept_claims,
             now,
-        )?);
-        self.cache
-            .put(token, principal.clone(), now, versions[principal.issuer]);
-        Ok(principal)
+        );
+        match verified {
+            Ok(principal) => {
+                let principal = Arc::new(principal);
+                let version = versions[principal.issuer];
+                self.cache.put(token, principal.clone(), now, version);
+                Ok(principal)
+            }
+            Err(jwt::Refused {
+                rejection: Rejection::BadSignature,
+                issuer: Some(i),
+            }) => {
+                self.cache.put_bad_signature(token, i, now, versions[i]);
+                Err(Rejection::BadSignature)
+            }
+            Err(refused) => Err(refused.rejection),
+        }
     }
 
     /// The header names claims are forwarded under (removed from every client request).
