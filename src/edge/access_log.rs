@@ -1,22 +1,32 @@
 //! The access log: one line per request on stderr, `text` or `json`, written off the request
-//! path. A request formats its line and hands it to a bounded queue (`try_send`, never
-//! waiting); one writer thread wakes every 20 ms, drains the queue and writes it to stderr in
-//! one batch (no wake-up per line). Under a burst that outruns stderr, lines are dropped and counted
-//! (`scopegate_access_log_dropped_total`), never queued without bound. A queue to a thread,
-//! rather than a non-blocking writer on each worker, keeps lines whole and in order whatever
-//! the number of workers, and a slow terminal or pipe never stalls a worker.
+//! path. Each worker thread formats its line straight into a buffer of its own (behind a lock
+//! only the writer ever contends for, once per batch): no allocation, no channel, no wake-up
+//! per line. One writer thread wakes every 20 ms, swaps every worker's buffer for an empty one
+//! and writes the lot to stderr. A worker's buffer holds at most `MAX_PENDING` bytes: under a
+//! burst that outruns stderr, lines are dropped and counted (`scopegate_access_log_dropped_total`),
+//! never queued without bound, and a slow terminal or pipe never stalls a worker.
+//! Lines stay whole, and in order per worker (and so per connection).
+//!
+//! Why not a bounded channel of `String`s (the first version): an allocation per line, freed on
+//! another thread, and a channel slot, cost a worker about a microsecond per request.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
 
 use crate::config::AccessLogFormat;
 
-/// Lines that may wait for the writer; beyond this they are dropped.
-const QUEUE: usize = 16 * 1024;
+/// Bytes a worker's buffer may hold between two writes; a line past it is dropped.
+const MAX_PENDING: usize = 2 * 1024 * 1024;
+
+/// A buffer kept after a write is cut back to this when it grew past it, so a burst does
+/// not hold memory for good.
+const KEEP_CAPACITY: usize = 256 * 1024;
 
 /// What one line says.
 pub struct Entry<'a> {
@@ -37,144 +47,232 @@ pub struct Entry<'a> {
     pub sub: Option<&'a str>,
 }
 
+/// One worker's pending lines.
+type Shard = Arc<Mutex<String>>;
+
+/// What the workers and the writer share.
+struct Shared {
+    /// Every worker's buffer, registered on its first line.
+    shards: Mutex<Vec<Shard>>,
+    stop: AtomicBool,
+}
+
 pub struct AccessLog {
     format: AccessLogFormat,
-    queue: Option<SyncSender<String>>,
+    /// Tells this log's buffers from another's in a thread's registry.
+    id: usize,
+    shared: Option<Arc<Shared>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     dropped: IntCounter,
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's buffer in each access log it wrote to (in practice one).
+    static MINE: RefCell<Vec<(usize, Shard)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl AccessLog {
     /// Starts the writer thread unless the format is `off`.
     pub fn start(format: AccessLogFormat, dropped: IntCounter) -> AccessLog {
-        let queue = (format != AccessLogFormat::Off).then(|| {
-            let (tx, rx) = sync_channel::<String>(QUEUE);
+        let shared = (format != AccessLogFormat::Off).then(|| {
+            Arc::new(Shared {
+                shards: Mutex::new(Vec::new()),
+                stop: AtomicBool::new(false),
+            })
+        });
+        let writer = shared.clone().map(|shared| {
             std::thread::Builder::new()
                 .name("access-log".into())
-                .spawn(move || write_lines(rx))
-                .expect("access log thread");
-            tx
+                .spawn(move || write_lines(&shared))
+                .expect("access log thread")
         });
         AccessLog {
             format,
-            queue,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            shared,
+            writer,
             dropped,
         }
     }
 
     pub fn record(&self, e: &Entry<'_>) {
-        let Some(queue) = &self.queue else {
+        let Some(shared) = &self.shared else {
             return;
         };
-        let line = match self.format {
-            AccessLogFormat::Json => json_line(e),
-            _ => text_line(e),
+        let shard = self.shard(shared);
+        let mut pending = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let format = match self.format {
+            AccessLogFormat::Json => json_line,
+            _ => text_line,
         };
-        if let Err(TrySendError::Full(_)) = queue.try_send(line) {
+        if !append_line(&mut pending, MAX_PENDING, format, e) {
             self.dropped.inc();
         }
     }
-}
 
-/// How long the writer sleeps between batches: senders never wake it (a wake-up per line was
-/// a third of a worker's time), and a line waits at most this long.
-const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
-
-fn write_lines(rx: Receiver<String>) {
-    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
-    loop {
-        std::thread::sleep(WRITE_EVERY);
-        loop {
-            match rx.try_recv() {
-                Ok(line) => {
-                    batch.extend_from_slice(line.as_bytes());
-                    if batch.len() >= 256 * 1024 {
-                        write_batch(&mut batch);
-                    }
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    write_batch(&mut batch);
-                    return;
-                }
+    /// This thread's buffer, registered with the writer on first use.
+    fn shard(&self, shared: &Arc<Shared>) -> Shard {
+        MINE.with(|mine| {
+            let mut mine = mine.borrow_mut();
+            if let Some((_, shard)) = mine.iter().find(|(id, _)| *id == self.id) {
+                return shard.clone();
             }
-        }
-        write_batch(&mut batch);
+            let shard: Shard = Arc::new(Mutex::new(String::with_capacity(16 * 1024)));
+            shared
+                .shards
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(shard.clone());
+            mine.push((self.id, shard.clone()));
+            shard
+        })
     }
 }
 
-/// Locked only while a batch is written, so other writers' lines stay whole too.
-fn write_batch(batch: &mut Vec<u8>) {
-    if !batch.is_empty() {
-        let _ = std::io::stderr().lock().write_all(batch);
-        batch.clear();
+impl Drop for AccessLog {
+    /// What is pending is written before the log goes.
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+        if let Some(writer) = self.writer.take() {
+            writer.thread().unpark();
+            let _ = writer.join();
+        }
+        let id = self.id;
+        let _ = MINE.try_with(|mine| mine.borrow_mut().retain(|(i, _)| *i != id));
+    }
+}
+
+type Format = fn(&mut String, &Entry<'_>);
+
+/// Formats `e` at the end of `pending`, unless that takes it past `max` bytes: then the line
+/// is taken back and `false` returned.
+fn append_line(pending: &mut String, max: usize, format: Format, e: &Entry<'_>) -> bool {
+    let before = pending.len();
+    format(pending, e);
+    if pending.len() > max {
+        pending.truncate(before);
+        return false;
+    }
+    true
+}
+
+/// How long the writer sleeps between batches: workers never wake it (a wake-up per line was
+/// a third of a worker's time), and a line waits at most this long.
+const WRITE_EVERY: Duration = Duration::from_millis(20);
+
+fn write_lines(shared: &Shared) {
+    let mut spare = String::with_capacity(16 * 1024);
+    loop {
+        std::thread::park_timeout(WRITE_EVERY);
+        let stopping = shared.stop.load(Ordering::Relaxed);
+        let shards: Vec<Shard> = shared
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for shard in shards {
+            {
+                let mut pending = shard.lock().unwrap_or_else(|p| p.into_inner());
+                if pending.is_empty() {
+                    continue;
+                }
+                std::mem::swap(&mut *pending, &mut spare);
+            }
+            // Whole lines only, and one writer: they cannot interleave with one another.
+            let _ = std::io::stderr().lock().write_all(spare.as_bytes());
+            spare.clear();
+            if spare.capacity() > KEEP_CAPACITY {
+                spare.shrink_to(KEEP_CAPACITY);
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// `v` as a quoted string, escaped as Rust's `{:?}` does (so a request cannot forge a line);
+/// plain printable ASCII, the usual case, is copied as it is.
+fn push_quoted(out: &mut String, v: &str) {
+    if v.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push('"');
+        out.push_str(v);
+        out.push('"');
+    } else {
+        let _ = write!(out, "{v:?}");
     }
 }
 
 /// `ts access method="GET" host="api.example" path="/contacts" route="GET /contacts"
 /// decision="allowed" status=200 upstream="contacts" latency_us=812 sub="user-1"`; strings are
 /// quoted and escaped, so a request cannot forge a line.
-pub fn text_line(e: &Entry<'_>) -> String {
-    let mut s = String::with_capacity(192 + e.path.len());
-    let _ = write!(
-        s,
-        "{} access method={:?} host={:?} path={:?} route={:?} decision={:?}",
-        Rfc3339(SystemTime::now()),
-        e.method,
-        e.host,
-        e.path,
-        e.route,
-        e.decision
-    );
+pub fn text_line(s: &mut String, e: &Entry<'_>) {
+    push_timestamp(s);
+    for (key, value) in [
+        (" access method=", e.method),
+        (" host=", e.host),
+        (" path=", e.path),
+        (" route=", e.route),
+        (" decision=", e.decision),
+    ] {
+        s.push_str(key);
+        push_quoted(s, value);
+    }
     if let Some(w) = e.would_be {
-        let _ = write!(s, " would_be={w:?}");
+        s.push_str(" would_be=");
+        push_quoted(s, w);
     }
     if let Some(r) = e.reason {
-        let _ = write!(s, " reason={r:?}");
+        s.push_str(" reason=");
+        push_quoted(s, r);
     }
     let _ = write!(s, " status={}", e.status);
+    s.push_str(" upstream=");
     match e.upstream {
-        Some(u) => {
-            let _ = write!(s, " upstream={u:?}");
-        }
-        None => s.push_str(" upstream=-"),
+        Some(u) => push_quoted(s, u),
+        None => s.push('-'),
     }
     let _ = write!(s, " latency_us={}", e.latency_us);
+    s.push_str(" sub=");
     match e.sub {
-        Some(sub) => {
-            let _ = write!(s, " sub={sub:?}");
-        }
-        None => s.push_str(" sub=-"),
+        Some(sub) => push_quoted(s, sub),
+        None => s.push('-'),
     }
     s.push('\n');
-    s
 }
 
-/// One JSON object with exactly SPEC's keys, written straight into the line.
-pub fn json_line(e: &Entry<'_>) -> String {
-    let mut s = String::with_capacity(224 + e.path.len());
-    let _ = write!(s, "{{\"ts\":\"{}\"", Rfc3339(SystemTime::now()));
+/// One JSON object with exactly SPEC's keys.
+pub fn json_line(s: &mut String, e: &Entry<'_>) {
+    s.push_str("{\"ts\":\"");
+    push_timestamp(s);
+    s.push('"');
     for (key, value) in [
-        ("method", e.method),
-        ("host", e.host),
-        ("path", e.path),
-        ("route", e.route),
-        ("decision", e.decision),
+        (",\"method\":", e.method),
+        (",\"host\":", e.host),
+        (",\"path\":", e.path),
+        (",\"route\":", e.route),
+        (",\"decision\":", e.decision),
     ] {
-        let _ = write!(s, ",\"{key}\":");
-        push_json_str(&mut s, value);
+        s.push_str(key);
+        push_json_str(s, value);
     }
     let _ = write!(s, ",\"status\":{},\"upstream\":", e.status);
-    push_json_opt(&mut s, e.upstream);
+    push_json_opt(s, e.upstream);
     let _ = write!(s, ",\"latency_us\":{},\"sub\":", e.latency_us);
-    push_json_opt(&mut s, e.sub);
-    for (key, value) in [("would_be", e.would_be), ("reason", e.reason)] {
+    push_json_opt(s, e.sub);
+    for (key, value) in [(",\"would_be\":", e.would_be), (",\"reason\":", e.reason)] {
         if let Some(v) = value {
-            let _ = write!(s, ",\"{key}\":");
-            push_json_str(&mut s, v);
+            s.push_str(key);
+            push_json_str(s, v);
         }
     }
     s.push_str("}\n");
-    s
 }
 
 fn push_json_opt(out: &mut String, value: Option<&str>) {
@@ -184,20 +282,49 @@ fn push_json_opt(out: &mut String, value: Option<&str>) {
     }
 }
 
-/// A JSON string (RFC 8259 §7): quotes, backslashes and control characters escaped.
+/// A JSON string (RFC 8259 §7): quotes, backslashes and control characters escaped; runs of
+/// other characters copied as they are.
 fn push_json_str(out: &mut String, value: &str) {
     out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    let mut plain = 0;
+    for (i, b) in value.bytes().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
         }
+        out.push_str(&value[plain..i]);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            _ => {
+                let _ = write!(out, "\\u{:04x}", b);
+            }
+        }
+        plain = i + 1;
     }
+    out.push_str(&value[plain..]);
     out.push('"');
+}
+
+thread_local! {
+    /// The second last written and its text: a worker formats the date once a second.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Now, as `Rfc3339` writes it, with the date and time of day formatted once a second.
+fn push_timestamp(out: &mut String) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != d.as_secs() {
+            second.1.clear();
+            let _ = write!(second.1, "{}", Seconds(d.as_secs()));
+            second.0 = d.as_secs();
+        }
+        out.push_str(&second.1);
+    });
+    let _ = write!(out, ".{:06}Z", d.subsec_micros());
 }
 
 /// `2026-11-23T22:25:35.123456Z` (RFC 3339, UTC), written where it is displayed.
@@ -206,8 +333,16 @@ pub struct Rfc3339(pub SystemTime);
 impl std::fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = d.as_secs();
-        let (days, rem) = (secs / 86_400, secs % 86_400);
+        write!(f, "{}.{:06}Z", Seconds(d.as_secs()), d.subsec_micros())
+    }
+}
+
+/// `2026-11-23T22:25:35`: a Unix second as a UTC date and time of day.
+struct Seconds(u64);
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (days, rem) = (self.0 / 86_400, self.0 % 86_400);
         // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
         let z = days as i64 + 719_468;
         let era = z.div_euclid(146_097);
@@ -220,11 +355,10 @@ impl std::fmt::Display for Rfc3339 {
         let year = yoe + era * 400 + i64::from(month <= 2);
         write!(
             f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
             rem / 3600,
             rem % 3600 / 60,
             rem % 60,
-            d.subsec_micros()
         )
     }
 }
@@ -233,6 +367,12 @@ impl std::fmt::Display for Rfc3339 {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn line(format: Format, e: &Entry<'_>) -> String {
+        let mut s = String::new();
+        format(&mut s, e);
+        s
+    }
 
     fn entry() -> Entry<'static> {
         Entry {
@@ -266,7 +406,7 @@ mod tests {
 
     #[test]
     fn json_lines_have_exactly_the_spec_keys() {
-        let v: serde_json::Value = serde_json::from_str(&json_line(&entry())).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line(json_line, &entry())).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(
             keys,
@@ -289,7 +429,7 @@ mod tests {
         let mut plain = entry();
         plain.would_be = None;
         plain.reason = None;
-        let v: serde_json::Value = serde_json::from_str(&json_line(&plain)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line(json_line, &plain)).unwrap();
         assert!(v.get("would_be").is_none() && v.get("reason").is_none());
     }
 
@@ -297,7 +437,7 @@ mod tests {
     fn json_strings_are_escaped() {
         let mut e = entry();
         e.path = "/a\"b\\c\u{1}é";
-        let v: serde_json::Value = serde_json::from_str(&json_line(&e)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line(json_line, &e)).unwrap();
         assert_eq!(v["path"], "/a\"b\\c\u{1}é");
     }
 
@@ -305,10 +445,42 @@ mod tests {
     fn text_lines_quote_what_a_client_sent() {
         let mut e = entry();
         e.host = "evil\n2026-01-01T00:00:00Z access forged";
-        let line = text_line(&e);
+        let line = line(text_line, &e);
         assert_eq!(line.matches('\n').count(), 1, "{line}");
         assert!(line.contains(
             "decision=\"report_only\" would_be=\"forbidden\" reason=\"insufficient_scope\""
         ));
+    }
+
+    #[test]
+    fn a_full_buffer_drops_whole_lines_only() {
+        let one = line(text_line, &entry()).len();
+        let mut pending = String::new();
+        assert!(append_line(&mut pending, 2 * one + 4, text_line, &entry()));
+        assert!(append_line(&mut pending, 2 * one + 4, text_line, &entry()));
+        assert!(!append_line(&mut pending, 2 * one + 4, text_line, &entry()));
+        assert_eq!(pending.lines().count(), 2);
+        assert!(pending.ends_with('\n'));
+    }
+
+    #[test]
+    fn lines_start_with_the_time_they_were_written() {
+        let before = Rfc3339(SystemTime::now()).to_string();
+        let text = line(text_line, &entry());
+        let after = Rfc3339(SystemTime::now()).to_string();
+        let ts = &text[..before.len()];
+        assert!(
+            before.as_str() <= ts && ts <= after.as_str(),
+            "{ts} not in {before}..{after}"
+        );
+        assert!(text[before.len()..].starts_with(" access method=\"GET\""));
+    }
+
+    #[test]
+    fn text_escapes_as_debug_does_for_anything_but_plain_ascii() {
+        let mut e = entry();
+        e.path = "/caf\u{e9}\t\"x\"";
+        let text = line(text_line, &e);
+        assert!(text.contains(&format!(" path={:?} ", e.path)), "{text}");
     }
 }

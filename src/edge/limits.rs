@@ -7,13 +7,15 @@
 //! connections and closes one over the limit at once; it waits for each request's first byte
 //! at most `keepalive` (after the first request) and then gives the whole header `header` to
 //! arrive, reading it into a small buffer of its own before Pingora's per-request state (tens
-//! of kilobytes) exists, and handing the bytes back to the stream (`rewind`).
+//! of kilobytes) exists, and handing that buffer to Pingora's parser as the start of the
+//! request (`set_pipelined_prefix`: parsed where it lies, neither copied nor read again).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as TcpStream;
@@ -39,6 +41,10 @@ const SHUTDOWN_IDLE: Duration = Duration::from_secs(1);
 /// Headers larger than this are left to Pingora to read (and refuse past its own limit).
 const PREREAD_MAX: usize = 64 * 1024;
 
+/// The buffer a request header is first read into (Pingora's own first size): it becomes the
+/// parser's buffer, so most headers are read with one `recv` into one allocation.
+const FIRST_READ: usize = 4096;
+
 pub struct Limited<A> {
     pub inner: Arc<A>,
     pub limits: ConnLimits,
@@ -58,16 +64,16 @@ enum NoRequest {
     Late,
 }
 
-/// Read until the request header is complete (`\r\n\r\n`), then hand the bytes back to the
-/// stream. The first byte may take until `first_by`; the whole header, `header` from then on.
+/// Read until the request header is complete (`\r\n\r\n`) and return what was read. The first
+/// byte may take until `first_by`; the whole header, `header` from then on.
 async fn preread_header(
     stream: &mut TcpStream,
     first_by: Instant,
     header: Duration,
     shutdown: &ShutdownWatch,
-) -> Result<(), NoRequest> {
+) -> Result<BytesMut, NoRequest> {
     // Nothing is allocated until the first byte is there: an idle connection costs no buffer.
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf = BytesMut::new();
     // Once the server is shutting down, an idle connection waits a moment for a request
     // already on its way, then closes.
     let mut deadline = if *shutdown.borrow() {
@@ -80,7 +86,11 @@ async fn preread_header(
     loop {
         let scan_from = buf.len().saturating_sub(3);
         if buf.capacity() == buf.len() {
-            buf.reserve(if buf.is_empty() { 1024 } else { buf.len() });
+            buf.reserve(if buf.is_empty() {
+                FIRST_READ
+            } else {
+                buf.len()
+            });
         }
         let read = tokio::select! {
             read = timeout_at(deadline, stream.read_buf(&mut buf)) => read,
@@ -100,8 +110,7 @@ async fn preread_header(
             deadline = Instant::now() + header;
         }
         if buf[scan_from..].windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= PREREAD_MAX {
-            stream.rewind(&buf);
-            return Ok(());
+            return Ok(buf);
         }
     }
 }
@@ -112,6 +121,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
         let mut stream = stream;
         let mut persistent = None;
         let mut first_by = Instant::now() + self.limits.header;
+        let mut header = None;
         loop {
             // Only a plain TCP stream can be read ahead and rewound; TLS ones get Pingora's
             // per-read timeouts.
@@ -120,7 +130,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                     return;
                 };
                 match preread_header(&mut tcp, first_by, self.limits.header, shutdown).await {
-                    Ok(()) => stream = tcp,
+                    Ok(read) => {
+                        stream = tcp;
+                        header = Some(read);
+                    }
                     Err(NoRequest::Closed) => return,
                     Err(NoRequest::Late) => {
                         tracing::debug!("no complete request header in time: connection closed");
@@ -139,6 +152,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                     settings,
                     &mut session,
                 );
+            }
+            if let Some(read) = header.take() {
+                session.set_pipelined_prefix(read);
             }
             let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
                 return;
