@@ -30,6 +30,8 @@ const KEEP_CAPACITY: usize = 256 * 1024;
 
 /// What one line says.
 pub struct Entry<'a> {
+    /// When the request ended.
+    pub ts: SystemTime,
     pub method: &'a str,
     pub host: &'a str,
     /// Normalized, without the query.
@@ -213,7 +215,7 @@ fn push_quoted(out: &mut String, v: &str) {
 /// decision="allowed" status=200 upstream="contacts" latency_us=812 sub="user-1"`; strings are
 /// quoted and escaped, so a request cannot forge a line.
 pub fn text_line(s: &mut String, e: &Entry<'_>) {
-    push_timestamp(s);
+    push_timestamp(s, e.ts);
     for (key, value) in [
         (" access method=", e.method),
         (" host=", e.host),
@@ -250,7 +252,7 @@ pub fn text_line(s: &mut String, e: &Entry<'_>) {
 /// One JSON object with exactly SPEC's keys.
 pub fn json_line(s: &mut String, e: &Entry<'_>) {
     s.push_str("{\"ts\":\"");
-    push_timestamp(s);
+    push_timestamp(s, e.ts);
     s.push('"');
     for (key, value) in [
         (",\"method\":", e.method),
@@ -310,11 +312,9 @@ thread_local! {
     static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
-/// Now, as `Rfc3339` writes it, with the date and time of day formatted once a second.
-fn push_timestamp(out: &mut String) {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+/// `at` as `Rfc3339` writes it, with the date and time of day formatted once a second.
+fn push_timestamp(out: &mut String, at: SystemTime) {
+    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     SECOND.with(|second| {
         let mut second = second.borrow_mut();
         if second.0 != d.as_secs() {
@@ -376,6 +376,7 @@ mod tests {
 
     fn entry() -> Entry<'static> {
         Entry {
+            ts: SystemTime::now(),
             method: "GET",
             host: "api.test",
             path: "/contacts",
@@ -464,9 +465,11 @@ mod tests {
     }
 
     #[test]
-    fn lines_start_with_the_time_they_were_written() {
+    fn lines_start_with_the_time_the_request_ended() {
         let before = Rfc3339(SystemTime::now()).to_string();
-        let text = line(text_line, &entry());
+        let mut e = entry();
+        e.ts = SystemTime::now();
+        let text = line(text_line, &e);
         let after = Rfc3339(SystemTime::now()).to_string();
         let ts = &text[..before.len()];
         assert!(

@@ -70,19 +70,18 @@ async fn preread_header(
     stream: &mut TcpStream,
     first_by: Instant,
     header: Duration,
-    shutdown: &ShutdownWatch,
+    stopping: &mut ShutdownWatch,
 ) -> Result<BytesMut, NoRequest> {
     // Nothing is allocated until the first byte is there: an idle connection costs no buffer.
     let mut buf = BytesMut::new();
     // Once the server is shutting down, an idle connection waits a moment for a request
     // already on its way, then closes.
-    let mut deadline = if *shutdown.borrow() {
+    let mut deadline = if *stopping.borrow() {
         first_by.min(Instant::now() + SHUTDOWN_IDLE)
     } else {
         first_by
     };
     let mut started = false;
-    let mut stopping = shutdown.clone();
     loop {
         let scan_from = buf.len().saturating_sub(3);
         if buf.capacity() == buf.len() {
@@ -93,6 +92,7 @@ async fn preread_header(
             });
         }
         let read = tokio::select! {
+            biased;
             read = timeout_at(deadline, stream.read_buf(&mut buf)) => read,
             // Shutdown began while idle: shorten the wait, then read on.
             _ = stopping.changed(), if !started && !*stopping.borrow() => {
@@ -122,6 +122,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
         let mut persistent = None;
         let mut first_by = Instant::now() + self.limits.header;
         let mut header = None;
+        let mut stopping = shutdown.clone();
         loop {
             // Only a plain TCP stream can be read ahead and rewound; TLS ones get Pingora's
             // per-read timeouts.
@@ -129,7 +130,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                 let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else {
                     return;
                 };
-                match preread_header(&mut tcp, first_by, self.limits.header, shutdown).await {
+                match preread_header(&mut tcp, first_by, self.limits.header, &mut stopping).await {
                     Ok(read) => {
                         stream = tcp;
                         header = Some(read);

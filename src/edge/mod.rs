@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod clock;
 pub mod demo_api;
 pub mod keys;
 pub mod limits;

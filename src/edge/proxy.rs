@@ -16,13 +16,13 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::access_log::{AccessLog, Entry};
+use super::clock::{unix_at, wall_at};
 use super::metrics::Metrics;
 use super::{Live, LiveConfig};
 use crate::auth::jwks::JwksFetcher;
 use crate::auth::{Principal, Rejection, RejectionReason};
 use crate::decision::{decide, Answer, Decision, DecisionLabel, Refusal, Report, Request};
 use crate::routing::normalize;
-use crate::snapshot::unix_now;
 use crate::upstream::ResponseClass;
 use std::borrow::Cow;
 
@@ -130,13 +130,36 @@ fn websocket_accept_matches(key: Option<&HeaderValue>, accept: Option<&HeaderVal
     accept.as_bytes() == expected.as_bytes()
 }
 
-fn client_ip(session: &Session) -> Option<String> {
-    match session.client_addr()? {
-        PingoraAddr::Inet(a) => Some(a.ip().to_string()),
-        #[allow(unreachable_patterns)]
-        _ => None,
-    }
+thread_local! {
+    /// The last client address this worker rendered, and its `X-Forwarded-For` value: requests
+    /// come in runs from one address (keep-alive connections, a load balancer in front).
+    static LAST_CLIENT: std::cell::RefCell<Option<(std::net::IpAddr, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
 }
+
+/// The client's address as an `X-Forwarded-For` value.
+fn client_ip(session: &Session) -> Option<HeaderValue> {
+    let ip = match session.client_addr()? {
+        PingoraAddr::Inet(a) => a.ip(),
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    };
+    LAST_CLIENT.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((seen, value)) if *seen == ip => Some(value.clone()),
+            _ => {
+                let value = HeaderValue::try_from(ip.to_string()).ok()?;
+                *last = Some((ip, value.clone()));
+                Some(value)
+            }
+        }
+    })
+}
+
+/// Headers scopegate sets on every forwarded request.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 impl ScopeGate {
     /// Decide, and note the outcome in `ctx`.
@@ -150,7 +173,7 @@ impl ScopeGate {
             host_required: req.version == http::Version::HTTP_11,
             https: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
         };
-        let verdict = decide(&live.snapshot, request, unix_now());
+        let verdict = decide(&live.snapshot, request, unix_at(ctx.started));
         let decision = verdict.decision;
         ctx.principal = verdict.principal;
         ctx.reason = None;
@@ -339,7 +362,7 @@ impl ProxyHttp for ScopeGate {
         if let Some(ip) = client_ip(session) {
             upstream.insert_header("x-forwarded-for", ip)?;
         } else {
-            upstream.remove_header("x-forwarded-for");
+            upstream.remove_header(&X_FORWARDED_FOR);
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
@@ -353,7 +376,7 @@ impl ProxyHttp for ScopeGate {
         match host {
             Some(h) => upstream.insert_header("x-forwarded-host", h)?,
             None => {
-                upstream.remove_header("x-forwarded-host");
+                upstream.remove_header(&X_FORWARDED_HOST);
             }
         }
         upstream.remove_header("forwarded");
@@ -482,7 +505,8 @@ impl ProxyHttp for ScopeGate {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = ctx.started.elapsed();
+        let end = Instant::now();
+        let elapsed = end.saturating_duration_since(ctx.started);
         // Without a decision (the request failed before it) the current config names nothing.
         let live = ctx
             .live
@@ -513,6 +537,7 @@ impl ProxyHttp for ScopeGate {
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
         self.access_log.record(&Entry {
+            ts: wall_at(end),
             method: req.method.as_str(),
             host,
             path: &path,
