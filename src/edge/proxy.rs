@@ -225,22 +225,6 @@ impl ScopeGate {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_websocket_accept_value_is_checked() {
-        // The example of RFC 6455 §1.3.
-        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
-        let good = HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        let bad = HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOX=");
-        assert!(websocket_accept_matches(Some(&key), Some(&good)));
-        assert!(!websocket_accept_matches(Some(&key), Some(&bad)));
-        assert!(!websocket_accept_matches(None, Some(&good)));
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for ScopeGate {
     type CTX = RequestCtx;
@@ -550,5 +534,21 @@ impl ProxyHttp for ScopeGate {
             latency_us: elapsed.as_micros() as u64,
             sub: ctx.principal.as_ref().and_then(|p| p.sub.as_deref()),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_websocket_accept_value_is_checked() {
+        // The example of RFC 6455 §1.3.
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let good = HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let bad = HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOX=");
+        assert!(websocket_accept_matches(Some(&key), Some(&good)));
+        assert!(!websocket_accept_matches(Some(&key), Some(&bad)));
+        assert!(!websocket_accept_matches(None, Some(&good)));
     }
 }
