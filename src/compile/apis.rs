@@ -36,6 +36,7 @@ pub fn apis(
     let mut apis = Vec::new();
     let mut routes = Vec::new();
     let mut warnings = Vec::new();
+    let shared_challenges = Default::default();
     let base = RouteContext {
         api: 0,
         api_name: None,
@@ -44,6 +45,7 @@ pub fn apis(
         upstreams,
         have_issuers: !issuers.is_empty(),
         challenges,
+        shared_challenges: &shared_challenges,
         report_only: false,
     };
     if !cfg.routes.is_empty() {
@@ -404,6 +406,7 @@ fn router_for(
             loaded.source.error(route_span(loaded, r), message)
         })?;
     }
+    router.finish();
     Ok(router)
 }
 

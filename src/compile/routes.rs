@@ -93,6 +93,8 @@ pub struct RouteContext<'a> {
     pub upstreams: &'a [UpstreamPool],
     pub have_issuers: bool,
     pub challenges: &'a Challenges,
+    /// 403 challenges built so far: routes requiring the same scopes share one value.
+    pub shared_challenges: &'a std::cell::RefCell<std::collections::HashMap<String, HeaderValue>>,
     /// The API is report-only: so are its routes.
     pub report_only: bool,
 }
@@ -134,12 +136,22 @@ pub fn route(
     let realm = &cx.challenges.realm;
     let access_denied = access_denied_challenges(&conditions, realm)
         .map_err(|m| err(format!("route {name}: {m}")))?;
-    let insufficient_scope_challenge = HeaderValue::from_str(&format!(
+    let text = format!(
         "Bearer realm={}, error=\"insufficient_scope\", scope={}",
         quoted(&cx.challenges.realm),
         quoted(&required.challenge_scope())
-    ))
-    .map_err(|_| err("scopes do not fit in a header".into()))?;
+    );
+    let mut shared = cx.shared_challenges.borrow_mut();
+    let insufficient_scope_challenge = match shared.get(&text) {
+        Some(value) => value.clone(),
+        None => {
+            let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(text.clone()))
+                .map_err(|_| err("scopes do not fit in a header".into()))?;
+            shared.insert(text, value.clone());
+            value
+        }
+    };
+    drop(shared);
     Ok(Route {
         label: match cx.api_name {
             Some(api) => format!("{api} {name}"),
