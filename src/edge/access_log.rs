@@ -50,7 +50,7 @@ pub struct Entry<'a> {
 }
 
 /// One worker's pending lines.
-type Shard = Arc<Mutex<String>>;
+type Shard = Arc<Mutex<Vec<u8>>>;
 
 /// What the workers and the writer share.
 struct Shared {
@@ -121,7 +121,7 @@ impl AccessLog {
             if let Some((_, shard)) = mine.iter().find(|(id, _)| *id == self.id) {
                 return shard.clone();
             }
-            let shard: Shard = Arc::new(Mutex::new(String::with_capacity(16 * 1024)));
+            let shard: Shard = Arc::new(Mutex::new(Vec::with_capacity(16 * 1024)));
             shared
                 .shards
                 .lock()
@@ -148,11 +148,11 @@ impl Drop for AccessLog {
     }
 }
 
-type Format = fn(&mut String, &Entry<'_>);
+type Format = fn(&mut Vec<u8>, &Entry<'_>);
 
 /// Formats `e` at the end of `pending`, unless that takes it past `max` bytes: then the line
 /// is taken back and `false` returned.
-fn append_line(pending: &mut String, max: usize, format: Format, e: &Entry<'_>) -> bool {
+fn append_line(pending: &mut Vec<u8>, max: usize, format: Format, e: &Entry<'_>) -> bool {
     let before = pending.len();
     format(pending, e);
     if pending.len() > max {
@@ -167,7 +167,7 @@ fn append_line(pending: &mut String, max: usize, format: Format, e: &Entry<'_>) 
 const WRITE_EVERY: Duration = Duration::from_millis(20);
 
 fn write_lines(shared: &Shared) {
-    let mut spare = String::with_capacity(16 * 1024);
+    let mut spare: Vec<u8> = Vec::with_capacity(16 * 1024);
     loop {
         std::thread::park_timeout(WRITE_EVERY);
         let stopping = shared.stop.load(Ordering::Relaxed);
@@ -185,7 +185,7 @@ fn write_lines(shared: &Shared) {
                 std::mem::swap(&mut *pending, &mut spare);
             }
             // Whole lines only, and one writer: they cannot interleave with one another.
-            let _ = std::io::stderr().lock().write_all(spare.as_bytes());
+            let _ = std::io::stderr().lock().write_all(&spare);
             spare.clear();
             if spare.capacity() > KEEP_CAPACITY {
                 spare.shrink_to(KEEP_CAPACITY);
@@ -199,13 +199,13 @@ fn write_lines(shared: &Shared) {
 
 /// `v` as a quoted string, escaped as Rust's `{:?}` does (so a request cannot forge a line);
 /// plain printable ASCII, the usual case, is copied as it is.
-fn push_quoted(out: &mut String, v: &str) {
+fn push_quoted(out: &mut Vec<u8>, v: &str) {
     if v.bytes()
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
     {
-        out.push('"');
-        out.push_str(v);
-        out.push('"');
+        out.push(b'"');
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
     } else {
         let _ = write!(out, "{v:?}");
     }
@@ -214,97 +214,64 @@ fn push_quoted(out: &mut String, v: &str) {
 /// `ts access method="GET" host="api.example" path="/contacts" route="GET /contacts"
 /// decision="allowed" status=200 upstream="contacts" latency_us=812 sub="user-1"`; strings are
 /// quoted and escaped, so a request cannot forge a line.
-pub fn text_line(s: &mut String, e: &Entry<'_>) {
+pub fn text_line(s: &mut Vec<u8>, e: &Entry<'_>) {
     push_timestamp(s, e.ts);
+    let optional = [(" would_be=", e.would_be), (" reason=", e.reason)];
     for (key, value) in [
-        (" access method=", e.method),
-        (" host=", e.host),
-        (" path=", e.path),
-        (" route=", e.route),
-        (" decision=", e.decision),
-    ] {
-        s.push_str(key);
-        push_quoted(s, value);
+        (" access method=", Some(e.method)),
+        (" host=", Some(e.host)),
+        (" path=", Some(e.path)),
+        (" route=", Some(e.route)),
+        (" decision=", Some(e.decision)),
+    ]
+    .into_iter()
+    .chain(optional)
+    {
+        if let Some(value) = value {
+            s.extend_from_slice(key.as_bytes());
+            push_quoted(s, value);
+        }
     }
-    if let Some(w) = e.would_be {
-        s.push_str(" would_be=");
-        push_quoted(s, w);
-    }
-    if let Some(r) = e.reason {
-        s.push_str(" reason=");
-        push_quoted(s, r);
-    }
-    let _ = write!(s, " status={}", e.status);
-    s.push_str(" upstream=");
+    let _ = write!(s, " status={} upstream=", e.status);
     match e.upstream {
         Some(u) => push_quoted(s, u),
-        None => s.push('-'),
+        None => s.push(b'-'),
     }
-    let _ = write!(s, " latency_us={}", e.latency_us);
-    s.push_str(" sub=");
+    let _ = write!(s, " latency_us={} sub=", e.latency_us);
     match e.sub {
         Some(sub) => push_quoted(s, sub),
-        None => s.push('-'),
+        None => s.push(b'-'),
     }
-    s.push('\n');
+    s.push(b'\n');
 }
 
-/// One JSON object with exactly SPEC's keys.
-pub fn json_line(s: &mut String, e: &Entry<'_>) {
-    s.push_str("{\"ts\":\"");
+/// One JSON object with exactly SPEC's keys; strings escaped by serde_json.
+pub fn json_line(s: &mut Vec<u8>, e: &Entry<'_>) {
+    s.extend_from_slice(b"{\"ts\":\"");
     push_timestamp(s, e.ts);
-    s.push('"');
-    for (key, value) in [
-        (",\"method\":", e.method),
-        (",\"host\":", e.host),
-        (",\"path\":", e.path),
-        (",\"route\":", e.route),
-        (",\"decision\":", e.decision),
-    ] {
-        s.push_str(key);
-        push_json_str(s, value);
+    s.push(b'"');
+    let strings = [
+        (",\"method\":", Some(e.method)),
+        (",\"host\":", Some(e.host)),
+        (",\"path\":", Some(e.path)),
+        (",\"route\":", Some(e.route)),
+        (",\"decision\":", Some(e.decision)),
+    ];
+    for (key, value) in strings {
+        s.extend_from_slice(key.as_bytes());
+        let _ = serde_json::to_writer(&mut *s, &value);
     }
     let _ = write!(s, ",\"status\":{},\"upstream\":", e.status);
-    push_json_opt(s, e.upstream);
+    let _ = serde_json::to_writer(&mut *s, &e.upstream);
     let _ = write!(s, ",\"latency_us\":{},\"sub\":", e.latency_us);
-    push_json_opt(s, e.sub);
+    let _ = serde_json::to_writer(&mut *s, &e.sub);
     for (key, value) in [(",\"would_be\":", e.would_be), (",\"reason\":", e.reason)] {
         if let Some(v) = value {
-            s.push_str(key);
-            push_json_str(s, v);
+            s.extend_from_slice(key.as_bytes());
+            let _ = serde_json::to_writer(&mut *s, v);
         }
     }
-    s.push_str("}\n");
-}
-
-fn push_json_opt(out: &mut String, value: Option<&str>) {
-    match value {
-        Some(v) => push_json_str(out, v),
-        None => out.push_str("null"),
-    }
-}
-
-/// A JSON string (RFC 8259 §7): quotes, backslashes and control characters escaped; runs of
-/// other characters copied as they are.
-fn push_json_str(out: &mut String, value: &str) {
-    out.push('"');
-    let mut plain = 0;
-    for (i, b) in value.bytes().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        out.push_str(&value[plain..i]);
-        match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            _ => {
-                let _ = write!(out, "\\u{:04x}", b);
-            }
-        }
-        plain = i + 1;
-    }
-    out.push_str(&value[plain..]);
-    out.push('"');
+    s.extend_from_slice(b"}\n");
 }
 
 thread_local! {
@@ -313,7 +280,7 @@ thread_local! {
 }
 
 /// `at` as `Rfc3339` writes it, with the date and time of day formatted once a second.
-fn push_timestamp(out: &mut String, at: SystemTime) {
+fn push_timestamp(out: &mut Vec<u8>, at: SystemTime) {
     let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     SECOND.with(|second| {
         let mut second = second.borrow_mut();
@@ -322,7 +289,7 @@ fn push_timestamp(out: &mut String, at: SystemTime) {
             let _ = write!(second.1, "{}", Seconds(d.as_secs()));
             second.0 = d.as_secs();
         }
-        out.push_str(&second.1);
+        out.extend_from_slice(second.1.as_bytes());
     });
     let _ = write!(out, ".{:06}Z", d.subsec_micros());
 }
@@ -369,9 +336,9 @@ mod tests {
     use std::time::Duration;
 
     fn line(format: Format, e: &Entry<'_>) -> String {
-        let mut s = String::new();
+        let mut s = Vec::new();
         format(&mut s, e);
-        s
+        String::from_utf8(s).unwrap()
     }
 
     fn entry() -> Entry<'static> {
@@ -456,12 +423,12 @@ mod tests {
     #[test]
     fn a_full_buffer_drops_whole_lines_only() {
         let one = line(text_line, &entry()).len();
-        let mut pending = String::new();
+        let mut pending = Vec::new();
         assert!(append_line(&mut pending, 2 * one + 4, text_line, &entry()));
         assert!(append_line(&mut pending, 2 * one + 4, text_line, &entry()));
         assert!(!append_line(&mut pending, 2 * one + 4, text_line, &entry()));
-        assert_eq!(pending.lines().count(), 2);
-        assert!(pending.ends_with('\n'));
+        assert_eq!(pending.split(|&b| b == b'\n').count(), 3, "two whole lines");
+        assert!(pending.ends_with(b"\n"));
     }
 
     #[test]
