@@ -13,44 +13,64 @@ pub mod reload;
 pub mod server;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora_core::protocols::tls::CaType;
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::{parse_x509, WrappedX509};
 
 use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamPool;
 use metrics::LabelCache;
 
 /// A snapshot with what the edge derives from it once: metric series handles for its routes
-/// and upstreams, and the upstreams' CA certificates in Pingora's form.
+/// and upstreams, and each upstream server as Pingora's peer (address, TLS, SNI, CA, timeouts),
+/// cloned per request.
 pub struct Live {
     pub snapshot: Snapshot,
     pub labels: LabelCache,
-    pub upstream_ca: Vec<Option<Arc<CaType>>>,
+    /// Per upstream, per server.
+    pub peers: Vec<Vec<HttpPeer>>,
 }
+
+/// How long a pooled upstream connection may sit idle.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
 impl Live {
     pub fn new(snapshot: Snapshot) -> Live {
         let labels = LabelCache::new(snapshot.routes.len(), snapshot.upstreams.len());
-        let upstream_ca = snapshot
-            .upstreams
-            .iter()
-            .map(|u| {
-                u.ca.as_ref().map(|certs| {
-                    let wrapped: Vec<WrappedX509> = certs
-                        .iter()
-                        .map(|c| WrappedX509::new(c.to_vec(), parse_x509))
-                        .collect();
-                    Arc::from(wrapped.into_boxed_slice())
-                })
-            })
-            .collect();
+        let peers = snapshot.upstreams.iter().map(peers_of).collect();
         Live {
             snapshot,
             labels,
-            upstream_ca,
+            peers,
         }
     }
+}
+
+fn peers_of(pool: &UpstreamPool) -> Vec<HttpPeer> {
+    let ca: Option<Arc<CaType>> = pool.ca.as_ref().map(|certs| {
+        let wrapped: Vec<WrappedX509> = certs
+            .iter()
+            .map(|c| WrappedX509::new(c.to_vec(), parse_x509))
+            .collect();
+        Arc::from(wrapped.into_boxed_slice())
+    });
+    pool.servers
+        .iter()
+        .map(|server| {
+            let mut peer = HttpPeer::new(server.addr, pool.tls, pool.sni.clone());
+            let options = &mut peer.options;
+            options.connection_timeout = Some(pool.connect_timeout);
+            options.total_connection_timeout = Some(pool.connect_timeout);
+            options.read_timeout = Some(pool.read_timeout);
+            options.write_timeout = Some(pool.read_timeout);
+            options.idle_timeout = Some(UPSTREAM_IDLE);
+            options.ca = ca.clone();
+            peer
+        })
+        .collect()
 }
 
 /// The configuration in use, swapped whole on reload.

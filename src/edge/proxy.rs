@@ -2,7 +2,7 @@
 //! answer (an error response, or forwarding to the route's upstream).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -291,16 +291,8 @@ impl ProxyHttp for ScopeGate {
         let (Some(live), Some(forward)) = (ctx.live.as_ref(), ctx.forward.as_ref()) else {
             return Error::e_explain(ErrorType::InternalError, "no forwarding decision");
         };
-        let pool = &live.snapshot.upstreams[forward.upstream];
-        ctx.server = pool.pick();
-        let mut peer = HttpPeer::new(pool.servers[ctx.server].addr, pool.tls, pool.sni.clone());
-        peer.options.connection_timeout = Some(pool.connect_timeout);
-        peer.options.total_connection_timeout = Some(pool.connect_timeout);
-        peer.options.read_timeout = Some(pool.read_timeout);
-        peer.options.write_timeout = Some(pool.read_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        peer.options.ca = live.upstream_ca[forward.upstream].clone();
-        Ok(Box::new(peer))
+        ctx.server = live.snapshot.upstreams[forward.upstream].pick();
+        Ok(Box::new(live.peers[forward.upstream][ctx.server].clone()))
     }
 
     async fn upstream_request_filter(
