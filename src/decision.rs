@@ -257,6 +257,8 @@ pub struct Verdict<'r> {
     pub cors: Option<CorsScope<'r>>,
     /// Who the request's valid token names, also when it was refused (for the access log).
     pub principal: Option<Arc<Principal>>,
+    /// The normalized path, when it differs from the one received (for the access log).
+    pub normalized: Option<String>,
 }
 
 impl Refusal<'_> {
@@ -655,19 +657,24 @@ fn preflight<'r>(
 
 /// Decide a request at `now` (Unix seconds).
 pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict<'r> {
-    let bad = |description| Verdict {
+    let bad = |description, normalized| Verdict {
         decision: Decision::Refuse(Refusal::BadRequest { description }),
         cors: None,
         principal: None,
+        normalized,
     };
     // 1-2. A target we cannot normalize safely, or whose host is unclear, is refused first.
     let path = match normalize(req.path) {
         Ok(p) => p,
-        Err(e) => return bad(path_error_text(e)),
+        Err(e) => return bad(path_error_text(e), None),
+    };
+    let normalized = match &path {
+        Cow::Owned(p) => Some(p.clone()),
+        Cow::Borrowed(_) => None,
     };
     let host = match req.host() {
         Ok(h) => h,
-        Err(description) => return bad(description),
+        Err(description) => return bad(description, normalized),
     };
     let set = snapshot.route_set(host);
     let lookup = set.router.lookup(req.method, &path);
@@ -688,6 +695,7 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
                 decision,
                 cors: None,
                 principal: None,
+                normalized,
             };
         }
     }
@@ -698,6 +706,7 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
                 decision: Decision::Metadata { api },
                 cors,
                 principal: None,
+                normalized,
             };
         }
     }
@@ -706,6 +715,7 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
         decision,
         cors,
         principal,
+        normalized,
     }
 }
 

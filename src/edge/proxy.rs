@@ -22,9 +22,7 @@ use super::{Live, LiveConfig};
 use crate::auth::jwks::JwksFetcher;
 use crate::auth::{Principal, Rejection, RejectionReason};
 use crate::decision::{decide, Answer, Decision, DecisionLabel, Refusal, Report, Request};
-use crate::routing::normalize;
 use crate::upstream::ResponseClass;
-use std::borrow::Cow;
 
 pub struct ScopeGate {
     pub live: LiveConfig,
@@ -69,6 +67,8 @@ pub struct RequestCtx {
     reason: Option<&'static str>,
     /// Who a valid token named (also on a refusal), for the access log.
     principal: Option<Arc<Principal>>,
+    /// The normalized path when it differs from the one received, for the access log.
+    normalized: Option<String>,
 }
 
 impl Drop for RequestCtx {
@@ -176,6 +176,7 @@ impl ScopeGate {
         let verdict = decide(&live.snapshot, request, unix_at(ctx.started));
         let decision = verdict.decision;
         ctx.principal = verdict.principal;
+        ctx.normalized = verdict.normalized;
         ctx.reason = None;
         ctx.decision = decision.label();
         ctx.route = decision.route();
@@ -249,6 +250,7 @@ impl ProxyHttp for ScopeGate {
             report: None,
             reason: None,
             principal: None,
+            normalized: None,
         }
     }
 
@@ -505,7 +507,8 @@ impl ProxyHttp for ScopeGate {
         }
         // One line per request; the token itself is never logged, only who it names.
         let req = session.req_header();
-        let path = normalize(req.uri.path()).unwrap_or(Cow::Borrowed(req.uri.path()));
+        // Normalized by the decision; a request that failed before it is logged as received.
+        let path = ctx.normalized.as_deref().unwrap_or(req.uri.path());
         let host = req
             .headers
             .get(HOST)
@@ -516,7 +519,7 @@ impl ProxyHttp for ScopeGate {
             ts: wall_at(end),
             method: req.method.as_str(),
             host,
-            path: &path,
+            path,
             route: route_label,
             decision: ctx.decision.as_str(),
             would_be: ctx.report.map(|r| r.would_be.as_str()),
