@@ -90,46 +90,40 @@ impl TokenCache {
     }
 
     pub fn put(&self, token: &[u8], principal: Arc<Principal>, now: u64, key_version: u64) {
-        let (issuer, until) = (principal.issuer, principal.exp);
         let weight = token.len() + principal.approx_bytes();
-        let verdict = Verdict::Valid(principal);
-        self.insert(token, verdict, issuer, key_version, until, now, weight);
+        let entry = Entry {
+            token: Arc::from(token),
+            issuer: principal.issuer,
+            key_version,
+            until: principal.exp,
+            verdict: Verdict::Valid(principal),
+        };
+        self.insert(entry, weight, now);
     }
 
     /// Remember that `issuer`'s key set (at `key_version`) refused the token's signature, so a
     /// client repeating a forged token costs a lookup, not a signature check.
     pub fn put_bad_signature(&self, token: &[u8], issuer: usize, now: u64, key_version: u64) {
-        let until = now.saturating_add(BAD_SIGNATURE_TTL);
-        let verdict = Verdict::BadSignature;
-        self.insert(token, verdict, issuer, key_version, until, now, token.len());
+        let entry = Entry {
+            token: Arc::from(token),
+            issuer,
+            key_version,
+            until: now.saturating_add(BAD_SIGNATURE_TTL),
+            verdict: Verdict::BadSignature,
+        };
+        self.insert(entry, token.len(), now);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn insert(
-        &self,
-        token: &[u8],
-        verdict: Verdict,
-        issuer: usize,
-        key_version: u64,
-        until: u64,
-        now: u64,
-        weight: usize,
-    ) {
+    /// `weight`: the entry's bytes besides the bookkeeping every entry has.
+    fn insert(&self, entry: Entry, weight: usize, now: u64) {
         let Some(cache) = self.inner.as_ref() else {
             return;
         };
-        if until <= now {
+        if entry.until <= now {
             return;
         }
         let weight = (weight + ENTRY_OVERHEAD).min(u16::MAX as usize);
-        let entry = Entry {
-            token: Arc::from(token),
-            verdict,
-            issuer,
-            key_version,
-            until,
-        };
-        cache.put(self.hasher.hash_one(token), entry, weight as u16);
+        cache.put(self.hasher.hash_one(&*entry.token), entry, weight as u16);
     }
 }
 
