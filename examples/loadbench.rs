@@ -439,7 +439,7 @@ backend b
             rows[i].peak_kb = peak_rss_kb(*pid);
         }
     }
-    let idle_note = std::fs::read_to_string(d.join("scopegate.log"))
+    let log_lines = std::fs::read_to_string(d.join("scopegate.log"))
         .map(|l| l.lines().count())
         .unwrap_or(0);
     println!(
@@ -507,5 +507,5 @@ backend b
     for (what, ratio, target) in ratios {
         println!("  {what:<42} {ratio:.3} {target}");
     }
-    println!("access-log lines written by scopegate: {idle_note}");
+    println!("access-log lines written by scopegate: {log_lines}");
 }
