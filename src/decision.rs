@@ -438,9 +438,18 @@ impl Answer {
     /// The body's bytes, or `None` for no body.
     pub fn body_text(&self) -> Option<String> {
         match &self.body {
-            AnswerBody::Error { error, description } => Some(
-                serde_json::json!({ "error": error, "error_description": description }).to_string(),
-            ),
+            AnswerBody::Error { error, description } => {
+                #[derive(serde::Serialize)]
+                struct Body<'a> {
+                    error: &'a str,
+                    error_description: &'a str,
+                }
+                let body = Body {
+                    error,
+                    error_description: description,
+                };
+                serde_json::to_string(&body).ok()
+            }
             AnswerBody::Document(doc) => Some(doc.clone()),
             AnswerBody::Empty => None,
         }
