@@ -83,6 +83,28 @@ fn claim_headers_replace_whatever_the_client_sent() {
 }
 
 #[test]
+fn x_forwarded_for_names_each_connections_own_client() {
+    // One worker, clients taking turns from two addresses: each request names its own.
+    let p = Proxy::standard("");
+    let get = b"GET /health HTTP/1.1\r\nHost: api.test\r\n\r\n";
+    for source in [
+        "127.0.0.2",
+        "127.0.0.1",
+        "127.0.0.3",
+        "127.0.0.3",
+        "127.0.0.1",
+    ] {
+        let mut c = Client::connect_from(p.addr, source.parse().unwrap());
+        let r = c.send(get);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.upstream_header("x-forwarded-for").as_deref(),
+            Some(source)
+        );
+    }
+}
+
+#[test]
 fn forwarding_headers_are_set_by_the_proxy() {
     let p = Proxy::standard("");
     let spoof = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.test\r\nForwarded: for=6.6.6.6\r\n";

@@ -432,6 +432,22 @@ impl Client {
         }
     }
 
+    /// A connection from another loopback address (`127.0.0.2` and so on).
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let stream = rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(source, 0)).unwrap();
+            socket.connect(addr).await.unwrap()
+        });
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        Client::from_stream(stream)
+    }
+
     pub fn send(&mut self, raw: &[u8]) -> Response {
         self.stream.write_all(raw).unwrap();
         let head_only = raw.starts_with(b"HEAD ");
