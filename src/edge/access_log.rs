@@ -60,7 +60,8 @@ struct Shared {
 }
 
 pub struct AccessLog {
-    format: AccessLogFormat,
+    /// How a line is written (text or JSON).
+    line: Format,
     /// Tells this log's buffers from another's in a thread's registry.
     id: usize,
     shared: Option<Arc<Shared>>,
@@ -91,7 +92,10 @@ impl AccessLog {
                 .expect("access log thread")
         });
         AccessLog {
-            format,
+            line: match format {
+                AccessLogFormat::Json => json_line,
+                _ => text_line,
+            },
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shared,
             writer,
@@ -103,34 +107,33 @@ impl AccessLog {
         let Some(shared) = &self.shared else {
             return;
         };
-        let shard = self.shard(shared);
-        let mut pending = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let format = match self.format {
-            AccessLogFormat::Json => json_line,
-            _ => text_line,
-        };
-        if !append_line(&mut pending, MAX_PENDING, format, e) {
+        let kept = MINE.with(|mine| {
+            let mut mine = mine.borrow_mut();
+            let shard = match mine.iter().position(|(id, _)| *id == self.id) {
+                Some(i) => &mine[i].1,
+                None => {
+                    mine.push((self.id, register(shared)));
+                    &mine[mine.len() - 1].1
+                }
+            };
+            let mut pending = shard.lock().unwrap_or_else(|p| p.into_inner());
+            append_line(&mut pending, MAX_PENDING, self.line, e)
+        });
+        if !kept {
             self.dropped.inc();
         }
     }
+}
 
-    /// This thread's buffer, registered with the writer on first use.
-    fn shard(&self, shared: &Arc<Shared>) -> Shard {
-        MINE.with(|mine| {
-            let mut mine = mine.borrow_mut();
-            if let Some((_, shard)) = mine.iter().find(|(id, _)| *id == self.id) {
-                return shard.clone();
-            }
-            let shard: Shard = Arc::new(Mutex::new(Vec::with_capacity(16 * 1024)));
-            shared
-                .shards
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(shard.clone());
-            mine.push((self.id, shard.clone()));
-            shard
-        })
-    }
+/// A new buffer for this thread, registered with the writer.
+fn register(shared: &Shared) -> Shard {
+    let shard: Shard = Arc::new(Mutex::new(Vec::with_capacity(16 * 1024)));
+    shared
+        .shards
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(shard.clone());
+    shard
 }
 
 impl Drop for AccessLog {
