@@ -24,6 +24,8 @@ use pingora_core::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 use tokio::time::{timeout_at, Instant};
 
+use super::lane::{Conn, Lane, Served};
+
 /// The `[server]` limits, in force from process start.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -48,6 +50,8 @@ const FIRST_READ: usize = 4096;
 pub struct Limited<A> {
     pub inner: Arc<A>,
     pub limits: ConnLimits,
+    /// The lean lane for the common HTTP/1 request; what it declines goes to `inner`.
+    pub lane: Option<Lane>,
 }
 
 struct Open;
@@ -64,16 +68,20 @@ enum NoRequest {
     Late,
 }
 
-/// Read until the request header is complete (`\r\n\r\n`) and return what was read. The first
-/// byte may take until `first_by`; the whole header, `header` from then on.
+/// Read until the request header is complete (`\r\n\r\n`) and return what was read, after
+/// `buf` (what followed the previous request). The first byte may take until `first_by`; the
+/// whole header, `header` from then on.
 async fn preread_header(
     stream: &mut TcpStream,
+    mut buf: BytesMut,
     first_by: Instant,
     header: Duration,
     stopping: &mut ShutdownWatch,
 ) -> Result<BytesMut, NoRequest> {
-    // Nothing is allocated until the first byte is there: an idle connection costs no buffer.
-    let mut buf = BytesMut::new();
+    // A pipelined request may be there already.
+    if complete_header(&buf, 0) {
+        return Ok(buf);
+    }
     // Once the server is shutting down, an idle connection waits a moment for a request
     // already on its way, then closes.
     let mut deadline = if *stopping.borrow() {
@@ -81,7 +89,10 @@ async fn preread_header(
     } else {
         first_by
     };
-    let mut started = false;
+    let mut started = !buf.is_empty();
+    if started {
+        deadline = Instant::now() + header;
+    }
     loop {
         let scan_from = buf.len().saturating_sub(3);
         if buf.capacity() == buf.len() {
@@ -109,10 +120,15 @@ async fn preread_header(
             started = true;
             deadline = Instant::now() + header;
         }
-        if buf[scan_from..].windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= PREREAD_MAX {
+        if complete_header(&buf, scan_from) {
             return Ok(buf);
         }
     }
+}
+
+/// The buffer holds a whole request header (searched from `from`), or as much as is read ahead.
+fn complete_header(buf: &[u8], from: usize) -> bool {
+    buf[from..].windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= PREREAD_MAX
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
@@ -123,6 +139,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
         let mut first_by = Instant::now() + self.limits.header;
         let mut header = None;
         let mut stopping = shutdown.clone();
+        let mut lane_conn = Conn::default();
+        // What followed the last request the lane served (pipelined requests).
+        let mut carried = BytesMut::new();
         loop {
             // Only a plain TCP stream can be read ahead and rewound; TLS ones get Pingora's
             // per-read timeouts.
@@ -130,8 +149,28 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                 let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else {
                     return;
                 };
-                match preread_header(&mut tcp, first_by, self.limits.header, &mut stopping).await {
-                    Ok(read) => {
+                let after = std::mem::take(&mut carried);
+                match preread_header(&mut tcp, after, first_by, self.limits.header, &mut stopping)
+                    .await
+                {
+                    Ok(mut read) => {
+                        if let Some(lane) = &self.lane {
+                            let stopping = *shutdown.borrow();
+                            // Boxed: an idle connection's future does not carry the
+                            // lane's request state (kilobytes), only one being served does.
+                            let serving =
+                                Box::pin(lane.serve(&mut tcp, &mut read, &mut lane_conn, stopping));
+                            match serving.await {
+                                Served::KeepAlive => {
+                                    carried = read;
+                                    stream = tcp;
+                                    first_by = Instant::now() + self.limits.keepalive;
+                                    continue;
+                                }
+                                Served::Close => return,
+                                Served::Declined => {}
+                            }
+                        }
                         stream = tcp;
                         header = Some(read);
                     }

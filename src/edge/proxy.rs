@@ -24,11 +24,24 @@ use crate::auth::{Principal, Rejection, RejectionReason};
 use crate::decision::{decide, Answer, Decision, DecisionLabel, Refusal, Report, Request};
 use crate::upstream::ResponseClass;
 
-pub struct ScopeGate {
+/// What every request needs: the live config, metrics, the key fetcher and the access log.
+/// Shared by Pingora's `ProxyHttp` (`ScopeGate`) and the lean HTTP/1 lane (`super::lane`).
+pub struct Gate {
     pub live: LiveConfig,
     pub metrics: Arc<Metrics>,
     pub fetcher: Arc<JwksFetcher>,
     pub access_log: AccessLog,
+}
+
+/// The `ProxyHttp` that carries out decisions.
+#[derive(Clone)]
+pub struct ScopeGate(pub Arc<Gate>);
+
+impl std::ops::Deref for ScopeGate {
+    type Target = Gate;
+    fn deref(&self) -> &Gate {
+        &self.0
+    }
 }
 
 /// Requests between their header being read and their context being dropped; the shutdown
@@ -36,39 +49,39 @@ pub struct ScopeGate {
 pub static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// What an allowed decision hands on to the forwarding callbacks. Only made from a `ForwardTo`.
-struct Forwarding {
-    upstream: usize,
+pub(super) struct Forwarding {
+    pub(super) upstream: usize,
     /// The route allows `Upgrade: websocket`.
     websocket: bool,
     /// The normalized path when it differs from the one received.
-    rewritten_path: Option<String>,
-    principal: Option<Arc<Principal>>,
+    pub(super) rewritten_path: Option<String>,
+    pub(super) principal: Option<Arc<Principal>>,
 }
 
 /// Per-request state, from `request_filter` to `logging`.
 pub struct RequestCtx {
-    started: Instant,
-    live: Option<Arc<Live>>,
-    route: Option<usize>,
-    decision: DecisionLabel,
+    pub(super) started: Instant,
+    pub(super) live: Option<Arc<Live>>,
+    pub(super) route: Option<usize>,
+    pub(super) decision: DecisionLabel,
     /// Set only when the decision was to forward.
-    forward: Option<Forwarding>,
-    server: usize,
-    connect_failures: usize,
+    pub(super) forward: Option<Forwarding>,
+    pub(super) server: usize,
+    pub(super) connect_failures: usize,
     /// Why the token was refused, for `scopegate_token_rejections_total`.
-    rejection: Option<RejectionReason>,
+    pub(super) rejection: Option<RejectionReason>,
     /// The request's API has `cors`: the upstream's own `Access-Control-*` headers are dropped.
-    cors_api: bool,
+    pub(super) cors_api: bool,
     /// CORS headers for an allowed origin, added to every answer.
-    cors_headers: Vec<(HeaderName, HeaderValue)>,
+    pub(super) cors_headers: Vec<(HeaderName, HeaderValue)>,
     /// Report-only: what the decision would have been.
-    report: Option<Report>,
+    pub(super) report: Option<Report>,
     /// The access log's `reason`.
-    reason: Option<&'static str>,
+    pub(super) reason: Option<&'static str>,
     /// Who a valid token named (also on a refusal), for the access log.
-    principal: Option<Arc<Principal>>,
+    pub(super) principal: Option<Arc<Principal>>,
     /// The normalized path when it differs from the one received, for the access log.
-    normalized: Option<String>,
+    pub(super) normalized: Option<String>,
 }
 
 impl Drop for RequestCtx {
@@ -78,7 +91,7 @@ impl Drop for RequestCtx {
 }
 
 /// What `request_filter` does next.
-enum Outcome {
+pub(super) enum Outcome {
     Forward,
     /// 200 with a JSON document (protected resource metadata).
     Reply(Answer),
@@ -117,6 +130,21 @@ async fn send_answer(session: &mut Session, resp: &Answer) -> pingora_core::Resu
     Ok(())
 }
 
+/// The answer to a request that failed after its decision (upstream unreachable or slow, a
+/// request that could not be read).
+pub(super) fn failure_answer(code: u16) -> Answer {
+    match code {
+        502 => Answer::error(502, "bad_gateway", "the upstream could not be reached"),
+        504 => Answer::error(
+            504,
+            "gateway_timeout",
+            "the upstream did not answer in time",
+        ),
+        400 => Answer::error(400, "invalid_request", "the request could not be read"),
+        _ => Answer::error(code, "internal_error", "the request could not be completed"),
+    }
+}
+
 /// RFC 6455 §4.2.2: the accept value is base64(SHA-1(key + the protocol's GUID)).
 fn websocket_accept_matches(key: Option<&HeaderValue>, accept: Option<&HeaderValue>) -> bool {
     use base64::Engine;
@@ -139,11 +167,15 @@ thread_local! {
 
 /// The client's address as an `X-Forwarded-For` value.
 fn client_ip(session: &Session) -> Option<HeaderValue> {
-    let ip = match session.client_addr()? {
-        PingoraAddr::Inet(a) => a.ip(),
+    match session.client_addr()? {
+        PingoraAddr::Inet(a) => forwarded_for(a.ip()),
         #[allow(unreachable_patterns)]
-        _ => return None,
-    };
+        _ => None,
+    }
+}
+
+/// `ip` as an `X-Forwarded-For` value, rendered once per run of requests from one address.
+pub(super) fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
     LAST_CLIENT.with(|last| {
         let mut last = last.borrow_mut();
         match &*last {
@@ -161,18 +193,61 @@ fn client_ip(session: &Session) -> Option<HeaderValue> {
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-impl ScopeGate {
+/// The request as the decision reads it.
+fn request_of(session: &Session) -> Request<'_> {
+    let req = session.req_header();
+    Request {
+        method: &req.method,
+        path: req.uri.path(),
+        headers: &req.headers,
+        authority: req.uri.authority().map(|a| a.as_str()),
+        host_required: req.version == http::Version::HTTP_11,
+        https: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+    }
+}
+
+/// One request's line in the access log and its metrics.
+pub(super) struct Done<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    /// As received (the normalized one, when it differs, is in the context).
+    pub path: &'a str,
+    /// The status written to the client (0: none).
+    pub status: u16,
+    /// The request failed after the decision (upstream error, client gone).
+    pub failed: bool,
+}
+
+impl RequestCtx {
+    pub(super) fn new() -> RequestCtx {
+        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        RequestCtx {
+            started: Instant::now(),
+            live: None,
+            route: None,
+            decision: DecisionLabel::BadRequest,
+            forward: None,
+            server: 0,
+            connect_failures: 0,
+            rejection: None,
+            cors_api: false,
+            cors_headers: Vec::new(),
+            report: None,
+            reason: None,
+            principal: None,
+            normalized: None,
+        }
+    }
+}
+
+impl Gate {
     /// Decide, and note the outcome in `ctx`.
-    fn decide_and_record(&self, session: &Session, live: &Live, ctx: &mut RequestCtx) -> Outcome {
-        let req = session.req_header();
-        let request = Request {
-            method: &req.method,
-            path: req.uri.path(),
-            headers: &req.headers,
-            authority: req.uri.authority().map(|a| a.as_str()),
-            host_required: req.version == http::Version::HTTP_11,
-            https: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
-        };
+    pub(super) fn decide_and_record(
+        &self,
+        request: Request<'_>,
+        live: &Live,
+        ctx: &mut RequestCtx,
+    ) -> Outcome {
         let verdict = decide(&live.snapshot, request, unix_at(ctx.started));
         let decision = verdict.decision;
         ctx.principal = verdict.principal;
@@ -235,23 +310,7 @@ impl ProxyHttp for ScopeGate {
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
-        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        RequestCtx {
-            started: Instant::now(),
-            live: None,
-            route: None,
-            decision: DecisionLabel::BadRequest,
-            forward: None,
-            server: 0,
-            connect_failures: 0,
-            rejection: None,
-            cors_api: false,
-            cors_headers: Vec::new(),
-            report: None,
-            reason: None,
-            principal: None,
-            normalized: None,
-        }
+        RequestCtx::new()
     }
 
     async fn request_filter(
@@ -260,7 +319,7 @@ impl ProxyHttp for ScopeGate {
         ctx: &mut RequestCtx,
     ) -> pingora_core::Result<bool> {
         let live = self.live.load_full();
-        let mut outcome = self.decide_and_record(session, &live, ctx);
+        let mut outcome = self.decide_and_record(request_of(session), &live, ctx);
         // An unknown `kid` may be a key the provider has just rotated in: refetch (once for all
         // requests waiting on it, at most once per cooldown) and decide again.
         if let Outcome::RefreshKeys(i, response) = outcome {
@@ -270,7 +329,7 @@ impl ProxyHttp for ScopeGate {
                 .refresh_for_unknown_kid(issuer, issuer.keys.version())
                 .await
             {
-                self.decide_and_record(session, &live, ctx)
+                self.decide_and_record(request_of(session), &live, ctx)
             } else {
                 Outcome::Reply(response)
             };
@@ -455,17 +514,7 @@ impl ProxyHttp for ScopeGate {
             },
         };
         if code > 0 {
-            let resp = match code {
-                502 => Answer::error(502, "bad_gateway", "the upstream could not be reached"),
-                504 => Answer::error(
-                    504,
-                    "gateway_timeout",
-                    "the upstream did not answer in time",
-                ),
-                400 => Answer::error(400, "invalid_request", "the request could not be read"),
-                _ => Answer::error(code, "internal_error", "the request could not be completed"),
-            };
-            let mut resp = resp;
+            let mut resp = failure_answer(code);
             resp.headers.extend(ctx.cors_headers.iter().cloned());
             let body = Bytes::from(resp.body_text().unwrap_or_default());
             if let Ok(header) = response_header(&resp, Some(&body)) {
@@ -483,6 +532,27 @@ impl ProxyHttp for ScopeGate {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let done = Done {
+            method: req.method.as_str(),
+            host,
+            path: req.uri.path(),
+            status,
+            failed: e.is_some(),
+        };
+        self.record(ctx, &done);
+    }
+}
+
+impl Gate {
+    /// Metrics and the access-log line of a request that is over.
+    pub(super) fn record(&self, ctx: &mut RequestCtx, done: &Done<'_>) {
         let end = Instant::now();
         let elapsed = end.saturating_duration_since(ctx.started);
         // Without a decision (the request failed before it) the current config names nothing.
@@ -501,30 +571,23 @@ impl ProxyHttp for ScopeGate {
         }
         let upstream = ctx.forward.as_ref().map(|f| f.upstream);
         if let Some(u) = upstream {
-            let class = ResponseClass::of(status, e.is_some());
+            let class = ResponseClass::of(done.status, done.failed);
             let name = &live.snapshot.upstreams[u].name;
             self.metrics.upstream_response(&live.labels, u, name, class);
         }
         // One line per request; the token itself is never logged, only who it names.
-        let req = session.req_header();
         // Normalized by the decision; a request that failed before it is logged as received.
-        let path = ctx.normalized.as_deref().unwrap_or(req.uri.path());
-        let host = req
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("");
+        let path = ctx.normalized.as_deref().unwrap_or(done.path);
         self.access_log.record(&Entry {
             ts: wall_at(end),
-            method: req.method.as_str(),
-            host,
+            method: done.method,
+            host: done.host,
             path,
             route: route_label,
             decision: ctx.decision.as_str(),
             would_be: ctx.report.map(|r| r.would_be.as_str()),
             reason: ctx.reason,
-            status,
+            status: done.status,
             upstream: upstream.map(|u| live.snapshot.upstreams[u].name.as_str()),
             latency_us: elapsed.as_micros() as u64,
             sub: ctx.principal.as_ref().and_then(|p| p.sub.as_deref()),

@@ -18,9 +18,10 @@ use pingora_core::services::listening::Service;
 use super::access_log::AccessLog;
 use super::admin::Admin;
 use super::keys::KeyRefresher;
+use super::lane::Lane;
 use super::limits::{ConnLimits, Limited, OPEN_CONNECTIONS};
 use super::metrics::Metrics;
-use super::proxy::{ScopeGate, IN_FLIGHT};
+use super::proxy::{Gate, ScopeGate, IN_FLIGHT};
 use super::reload::{ConfigWatcher, Reloader};
 use super::{Live, LiveConfig};
 use crate::auth::jwks::JwksFetcher;
@@ -161,13 +162,13 @@ fn proxy_service(
 ) -> Result<ProxyService, ConfigError> {
     let current = live.load();
     let process = &current.snapshot.process;
-    let gate = ScopeGate {
+    let gate = Arc::new(Gate {
         live: live.clone(),
         metrics: metrics.clone(),
         fetcher: fetcher.clone(),
         access_log: AccessLog::start(process.access_log, metrics.access_log_dropped.clone()),
-    };
-    let mut http = pingora_proxy::http_proxy(&server.configuration, gate);
+    });
+    let mut http = pingora_proxy::http_proxy(&server.configuration, ScopeGate(gate.clone()));
     let keepalive = Duration::from_secs(process.keepalive_timeout_seconds);
     let mut options = pingora_core::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(keepalive);
@@ -180,6 +181,7 @@ fn proxy_service(
     let limited = Limited {
         inner: Arc::new(http),
         limits,
+        lane: Some(Lane { gate }),
     };
     let mut proxy = Service::new("scopegate".to_string(), limited);
     let listen = &current.snapshot.process.listen;

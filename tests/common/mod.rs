@@ -482,6 +482,18 @@ impl Client {
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
             .collect();
+        let chunked = headers.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        if chunked && !head_only {
+            self.buf.drain(..head_end);
+            let body = self.read_chunked();
+            return Response {
+                status,
+                headers,
+                body,
+            };
+        }
         let len: usize = headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
@@ -499,6 +511,55 @@ impl Client {
             status,
             headers,
             body,
+        }
+    }
+}
+
+impl Client {
+    /// Read until `buf` holds `n` bytes (panics when the connection closes first).
+    fn fill(&mut self, n: usize) {
+        let mut chunk = [0u8; 16384];
+        while self.buf.len() < n {
+            let r = self.stream.read(&mut chunk).expect("reading body");
+            assert!(r > 0, "connection closed mid-body");
+            self.buf.extend_from_slice(&chunk[..r]);
+        }
+    }
+
+    /// A line ending in CRLF at the start of `buf`, without it.
+    fn line(&mut self) -> String {
+        let mut chunk = [0u8; 16384];
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            let r = self.stream.read(&mut chunk).expect("reading chunked body");
+            assert!(r > 0, "connection closed mid-body");
+            self.buf.extend_from_slice(&chunk[..r]);
+        }
+    }
+
+    /// A chunked body (RFC 9112 §7.1), decoded; trailers are read and dropped.
+    fn read_chunked(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.line();
+            let size = line.split(';').next().unwrap().trim();
+            let size = usize::from_str_radix(size, 16).expect("chunk size");
+            if size == 0 {
+                while !self.line().is_empty() {}
+                return body;
+            }
+            self.fill(size + 2);
+            body.extend_from_slice(&self.buf[..size]);
+            assert_eq!(
+                &self.buf[size..size + 2],
+                b"\r\n",
+                "chunk data ends in CRLF"
+            );
+            self.buf.drain(..size + 2);
         }
     }
 }
