@@ -27,7 +27,7 @@ use pingora_core::protocols::l4::stream::Stream as ClientStream;
 use pingora_core::protocols::GetSocketDigest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 
 use super::proxy::{failure_answer, forwarded_for, Done, Gate, Outcome, RequestCtx};
 use super::Live;
@@ -103,7 +103,7 @@ fn park(mut up: Upstream) {
 }
 
 /// An idle connection to `addr` that has not been closed by the other side.
-fn reuse(conn: &mut Conn, addr: SocketAddr) -> Option<Upstream> {
+fn reuse(conn: &mut Conn, addr: SocketAddr, now: Instant) -> Option<Upstream> {
     let candidate = match conn.held.take() {
         Some(up) if up.addr == addr => Some(up),
         other => {
@@ -115,7 +115,8 @@ fn reuse(conn: &mut Conn, addr: SocketAddr) -> Option<Upstream> {
     };
     let mut candidate = candidate.or_else(|| take_idle(addr));
     while let Some(up) = candidate {
-        if up.idle_since.elapsed() < UPSTREAM_IDLE && still_open(&up.stream) {
+        let idle = now.saturating_duration_since(up.idle_since);
+        if idle < UPSTREAM_IDLE && still_open(&up.stream) {
             return Some(up);
         }
         candidate = take_idle(addr);
@@ -510,7 +511,11 @@ async fn exchange(
     loop {
         ctx.server = pool.pick();
         let addr = pool.servers[ctx.server].addr;
-        let kept = if fresh_only { None } else { reuse(conn, addr) };
+        let kept = if fresh_only {
+            None
+        } else {
+            reuse(conn, addr, ctx.started)
+        };
         let reused = kept.is_some();
         let mut up = match kept {
             Some(up) => up,
@@ -527,7 +532,9 @@ async fn exchange(
             },
         };
         conn.rbuf.clear();
-        match send_and_read_head(&mut up.stream, request, &mut conn.rbuf, pool.read_timeout).await {
+        // The response header is due `read_timeout` after the request came in (no clock read).
+        let deadline = tokio::time::Instant::from_std(ctx.started) + pool.read_timeout;
+        match send_and_read_head(&mut up.stream, request, &mut conn.rbuf, deadline).await {
             Ok(()) => return Ok(up),
             Err(UpstreamError::Failed) if reused && conn.rbuf.is_empty() => fresh_only = true,
             Err(e) => return Err(e),
@@ -553,16 +560,16 @@ async fn send_and_read_head(
     stream: &mut TcpStream,
     request: &[u8],
     rbuf: &mut BytesMut,
-    limit: Duration,
+    deadline: tokio::time::Instant,
 ) -> Result<(), UpstreamError> {
-    match timeout(limit, stream.write_all(request)).await {
+    match timeout_at(deadline, stream.write_all(request)).await {
         Err(_) => return Err(UpstreamError::Timeout),
         Ok(Err(_)) => return Err(UpstreamError::Failed),
         Ok(Ok(())) => {}
     }
     loop {
         let scan_from = rbuf.len().saturating_sub(3);
-        read_some(stream, rbuf, limit).await?;
+        read_by(stream, rbuf, deadline).await?;
         if rbuf[scan_from..].windows(4).any(|w| w == b"\r\n\r\n") {
             return Ok(());
         }
@@ -578,10 +585,19 @@ async fn read_some(
     rbuf: &mut BytesMut,
     limit: Duration,
 ) -> Result<usize, UpstreamError> {
+    read_by(stream, rbuf, tokio::time::Instant::now() + limit).await
+}
+
+/// One read (at least one byte) before `deadline`.
+async fn read_by(
+    stream: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    deadline: tokio::time::Instant,
+) -> Result<usize, UpstreamError> {
     if rbuf.capacity() - rbuf.len() < 1024 {
         rbuf.reserve(4096);
     }
-    match timeout(limit, stream.read_buf(rbuf)).await {
+    match timeout_at(deadline, stream.read_buf(rbuf)).await {
         Err(_) => Err(UpstreamError::Timeout),
         Ok(Ok(0)) | Ok(Err(_)) => Err(UpstreamError::Failed),
         Ok(Ok(n)) => Ok(n),
@@ -762,7 +778,7 @@ async fn relay(
     match result {
         Ok(clean) => {
             if clean && head.reusable {
-                up.idle_since = Instant::now();
+                up.idle_since = ctx.started;
                 conn.held = Some(up);
             }
             (status, false, keep_alive)
