@@ -29,9 +29,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
 
-use super::proxy::{failure_answer, forwarded_for, Done, Gate, Outcome, RequestCtx};
+use super::proxy::{failure_answer, forwarded_for, not_forwarded, Done, Gate, Outcome, RequestCtx};
 use super::Live;
-use crate::auth::verifier::Verifier;
 use crate::decision::{Answer, Request};
 use crate::upstream::UpstreamPool;
 
@@ -244,27 +243,6 @@ fn parse<'b>(
     ))
 }
 
-/// Hop-by-hop and forwarding headers: never passed on as received.
-fn dropped_request_header(name: &str, strip_token: bool, verifier: &Verifier) -> bool {
-    const OURS: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-    ];
-    // CGI and WSGI backends read `X_Auth_Subject` as `X-Auth-Subject` (see `proxy.rs`).
-    name.contains('_')
-        || OURS.iter().any(|o| name.eq_ignore_ascii_case(o))
-        || (strip_token && name.eq_ignore_ascii_case("authorization"))
-        || verifier
-            .claim_headers()
-            .any(|c| name.eq_ignore_ascii_case(c.as_str()))
-}
-
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -382,9 +360,9 @@ impl Lane {
             None => out.extend_from_slice(req.target.as_bytes()),
         }
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let strip_token = snapshot.forward.strip_token;
         for h in raw {
-            if !dropped_request_header(h.name, strip_token, &snapshot.verifier) {
+            // The lane answers for the client connection itself: its `Connection` goes too.
+            if !not_forwarded(h.name, snapshot) && !h.name.eq_ignore_ascii_case("connection") {
                 put_header(&mut out, h.name.as_bytes(), h.value);
             }
         }
@@ -607,6 +585,8 @@ async fn read_by(
 /// The response head, with what the lane needs of it.
 struct Head {
     len: usize,
+    /// 1xx: an interim response, skipped (nothing was written to `out`).
+    status: u16,
     body: Body,
     /// The upstream keeps the connection open after this response.
     reusable: bool,
@@ -636,6 +616,7 @@ fn response_head(
         }
         return Some(Ok(Head {
             len,
+            status: code,
             body: Body::None,
             reusable: true,
         }));
@@ -667,6 +648,7 @@ fn response_head(
     end_head(out, keep_alive);
     Some(Ok(Head {
         len,
+        status: code,
         body,
         reusable,
     }))
@@ -743,8 +725,7 @@ async fn relay(
     let head = loop {
         out.clear();
         match response_head(&conn.rbuf, &mut out, head_request, ctx, keep_alive) {
-            Some(Ok(head)) if out.is_empty() => {
-                // An interim response: skipped.
+            Some(Ok(head)) if head.status < 200 => {
                 conn.rbuf.advance(head.len);
                 if conn.rbuf.windows(4).any(|w| w == b"\r\n\r\n") {
                     continue;
@@ -768,10 +749,7 @@ async fn relay(
             return fail(client, &mut conn.out, ctx, e, head_request).await;
         }
     };
-    let status = std::str::from_utf8(&out[9..12])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = head.status;
     conn.rbuf.advance(head.len);
     let result = relay_body(client, &mut up, &mut conn.rbuf, &mut out, head.body, limit).await;
     conn.out = out;

@@ -22,6 +22,7 @@ use super::{Live, LiveConfig};
 use crate::auth::jwks::JwksFetcher;
 use crate::auth::{Principal, Rejection, RejectionReason};
 use crate::decision::{decide, Answer, Decision, DecisionLabel, Refusal, Report, Request};
+use crate::snapshot::Snapshot;
 use crate::upstream::ResponseClass;
 
 /// What every request needs: the live config, metrics, the key fetcher and the access log.
@@ -189,9 +190,29 @@ pub(super) fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
     })
 }
 
-/// Headers scopegate sets on every forwarded request.
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// A request header never passed on as the client sent it, on either path (Pingora's and the
+/// lane's): claim headers (ours alone), the token when `strip_token`, forwarding headers (we
+/// are the edge: replaced, not trusted), hop-by-hop headers, and names with `_`, which CGI and
+/// WSGI backends read as `-` (nginx drops them by default, for the same reason). `Connection`
+/// and `Upgrade` are left to each path: Pingora's needs them for a websocket route.
+pub(super) fn not_forwarded(name: &str, snapshot: &Snapshot) -> bool {
+    const ALWAYS: [&str; 7] = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+    ];
+    name.contains('_')
+        || ALWAYS.iter().any(|a| name.eq_ignore_ascii_case(a))
+        || (snapshot.forward.strip_token && name.eq_ignore_ascii_case(AUTHORIZATION.as_str()))
+        || snapshot
+            .verifier
+            .claim_headers()
+            .any(|c| name.eq_ignore_ascii_case(c.as_str()))
+}
 
 /// The request as the decision reads it.
 fn request_of(session: &Session) -> Request<'_> {
@@ -382,24 +403,22 @@ impl ProxyHttp for ScopeGate {
             upstream.set_uri(uri);
         }
 
-        // Claim headers are ours alone: drop whatever the client sent under those names.
-        for name in snapshot.verifier.claim_headers() {
-            upstream.remove_header(name);
+        let dropped: Vec<HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|n| not_forwarded(n.as_str(), snapshot))
+            .cloned()
+            .collect();
+        for name in dropped {
+            upstream.remove_header(&name);
         }
         if let Some(principal) = &forward.principal {
             for (name, value) in &principal.forward_headers {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
         }
-        if snapshot.forward.strip_token {
-            upstream.remove_header(&AUTHORIZATION);
-        }
-
-        // We are the edge: forwarding headers from the client are replaced, not trusted.
         if let Some(ip) = client_ip(session) {
             upstream.insert_header("x-forwarded-for", ip)?;
-        } else {
-            upstream.remove_header(&X_FORWARDED_FOR);
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
@@ -410,23 +429,8 @@ impl ProxyHttp for ScopeGate {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        match host {
-            Some(h) => upstream.insert_header("x-forwarded-host", h)?,
-            None => {
-                upstream.remove_header(&X_FORWARDED_HOST);
-            }
-        }
-        upstream.remove_header("forwarded");
-        // CGI and WSGI backends read `X_Auth_Subject` as `X-Auth-Subject` (nginx drops such
-        // names by default, for the same reason).
-        let underscored: Vec<HeaderName> = upstream
-            .headers
-            .keys()
-            .filter(|n| n.as_str().contains('_'))
-            .cloned()
-            .collect();
-        for name in underscored {
-            upstream.remove_header(&name);
+        if let Some(h) = host {
+            upstream.insert_header("x-forwarded-host", h)?;
         }
         // A tunnel is never checked again: only routes that say so may switch protocols.
         if !forward.websocket {
