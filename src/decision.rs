@@ -15,6 +15,7 @@ use http::header::{
 use http::{HeaderMap, Method};
 
 use crate::auth::{bearer, BearerError, Principal, Rejection, RejectionReason};
+use crate::routing::hosts::is_valid_host;
 use crate::routing::{normalize, Lookup, PathError};
 use crate::snapshot::{Cors, RouteSet, Snapshot};
 
@@ -31,6 +32,27 @@ pub struct Request<'r> {
     pub host_required: bool,
     /// Received over TLS (for the URLs scopegate puts in its answers).
     pub https: bool,
+    /// What the wire form of the target had that its parsed form no longer shows.
+    pub target_flaw: Option<TargetFlaw>,
+}
+
+/// A request-target the parser accepted but scopegate refuses (400): something in its bytes
+/// that the parsed target drops or replaces, so an upstream could read it differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetFlaw {
+    /// RFC 9112 §3.2: a fragment is not part of a request-target; parsers drop it or keep it.
+    Fragment,
+    /// Bytes that are not UTF-8, which the parsed target holds only as replacements.
+    NotUtf8,
+}
+
+impl TargetFlaw {
+    fn description(self) -> &'static str {
+        match self {
+            TargetFlaw::Fragment => "a fragment ('#') in the request target",
+            TargetFlaw::NotUtf8 => "the request target is not valid UTF-8",
+        }
+    }
 }
 
 impl<'r> Request<'r> {
@@ -43,6 +65,7 @@ impl<'r> Request<'r> {
             authority: None,
             host_required: false,
             https: false,
+            target_flaw: None,
         }
     }
 
@@ -55,12 +78,22 @@ impl<'r> Request<'r> {
             (Some(h), None) => Some(h.to_str().map_err(|_| "the Host header is not ASCII")?),
             (None, _) => None,
         };
-        match (header, self.authority) {
+        let host = match (header, self.authority) {
             (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => {
-                Err("the target's authority differs from the Host header")
+                return Err("the target's authority differs from the Host header")
             }
-            (None, None) if self.host_required => Err("an HTTP/1.1 request needs a Host header"),
-            (h, a) => Ok(h.or(a)),
+            (None, None) if self.host_required => {
+                return Err("an HTTP/1.1 request needs a Host header")
+            }
+            (h, a) => h.or(a),
+        };
+        // RFC 9112 §3.2: a Host that is not `uri-host [":" port]` is a 400; an upstream could
+        // take another host (or a path) out of it than the one the API was selected by.
+        match host {
+            Some(h) if !h.is_empty() && !is_valid_host(h.as_bytes()) => {
+                Err("the Host is not a valid host[:port]")
+            }
+            h => Ok(h),
         }
     }
 
@@ -673,6 +706,9 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
         normalized,
     };
     // 1-2. A target we cannot normalize safely, or whose host is unclear, is refused first.
+    if let Some(flaw) = req.target_flaw {
+        return bad(flaw.description(), None);
+    }
     let path = match normalize(req.path) {
         Ok(p) => p,
         Err(e) => return bad(path_error_text(e), None),
@@ -686,6 +722,23 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
         Err(description) => return bad(description, normalized),
     };
     let set = snapshot.route_set(host);
+    // scopegate never tunnels: CONNECT is refused before any route (an `ANY` one included) can
+    // take it, naming the methods the path's routes do allow.
+    if *req.method == Method::CONNECT {
+        let allow = set
+            .router
+            .allowed(&path)
+            .map(|(methods, _)| methods.join(", "))
+            .unwrap_or_default();
+        return Verdict {
+            decision: Decision::Refuse(Refusal::MethodNotAllowed {
+                allow: Cow::Owned(allow),
+            }),
+            cors: None,
+            principal: None,
+            normalized,
+        };
+    }
     let lookup = set.router.lookup(req.method, &path);
     // Most hosts have no CORS at all: no header or route looked at for it then.
     let cors = if set.has_cors {

@@ -40,6 +40,8 @@ pub struct UpstreamPool {
     pub ca: Option<Arc<[CertificateDer<'static>]>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Idle connections kept per server and worker thread (`max_idle`).
+    pub max_idle: usize,
     next: AtomicUsize,
     epoch: Instant,
 }
@@ -64,6 +66,7 @@ impl UpstreamPool {
             ca,
             connect_timeout: timeouts.0,
             read_timeout: timeouts.1,
+            max_idle: 128,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
         }

@@ -64,14 +64,9 @@ fn pool(
         Duration::from_millis(up.connect_timeout_ms.max(1)),
         Duration::from_millis(up.read_timeout_ms.max(1)),
     );
-    Ok(UpstreamPool::new(
-        name.to_string(),
-        servers,
-        up.tls,
-        sni,
-        ca,
-        timeouts,
-    ))
+    let mut pool = UpstreamPool::new(name.to_string(), servers, up.tls, sni, ca, timeouts);
+    pool.max_idle = up.max_idle;
+    Ok(pool)
 }
 
 #[cfg(test)]

@@ -209,6 +209,13 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     #[serde(default = "default_read_timeout")]
     pub read_timeout_ms: u64,
+    /// Idle connections kept per server and worker thread (v3).
+    #[serde(default = "default_max_idle")]
+    pub max_idle: usize,
+}
+
+fn default_max_idle() -> usize {
+    128
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,14 +1,16 @@
 //! Limits on client connections, which Pingora leaves open: how many may be open at once, how
-//! long a request header may take to arrive as a whole, and how long a keep-alive connection
-//! may sit idle. Slow-header and idle-connection floods then cost bounded memory and file
-//! descriptors.
+//! long a request header may take to arrive as a whole, how large it may be, and how long a
+//! keep-alive connection may sit idle. Slow-header and idle-connection floods then cost bounded
+//! memory and file descriptors.
 //!
-//! `Limited` drives the proxy's HTTP/1 connections itself (HTTP/2 it hands on whole): it counts
-//! connections and closes one over the limit at once; it waits for each request's first byte
-//! at most `keepalive` (after the first request) and then gives the whole header `header` to
-//! arrive, reading it into a small buffer of its own before Pingora's per-request state (tens
-//! of kilobytes) exists, and handing that buffer to Pingora's parser as the start of the
-//! request (`set_pipelined_prefix`: parsed where it lies, neither copied nor read again).
+//! `Limited` drives the proxy's HTTP/1 connections (plain and TLS; HTTP/2 it hands on whole):
+//! it counts connections and closes one over the limit at once; it waits for each request's
+//! first byte at most `keepalive` (after the first request) and then gives the whole header
+//! `header` to arrive, reading it into a small buffer of its own before Pingora's per-request
+//! state (tens of kilobytes) exists. It only looks for the blank line that ends a header; the
+//! bytes go to Pingora's parser untouched, as the start of the request (`set_pipelined_prefix`:
+//! parsed where they lie, neither copied nor read again). Pingora's session is the one parser
+//! of every request.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,13 +20,10 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::l4::stream::Stream as TcpStream;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
-
-use super::lane::{Conn, Lane, Served};
 
 /// The `[server]` limits, in force from process start.
 #[derive(Debug, Clone, Copy)]
@@ -40,18 +39,21 @@ pub static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 /// How long an idle keep-alive connection still waits for a request once shutdown has begun.
 const SHUTDOWN_IDLE: Duration = Duration::from_secs(1);
 
-/// Headers larger than this are left to Pingora to read (and refuse past its own limit).
-const PREREAD_MAX: usize = 64 * 1024;
+/// The largest request header accepted (SPEC: beyond it, 431).
+pub const MAX_HEADER: usize = 64 * 1024;
 
 /// The buffer a request header is first read into (Pingora's own first size): it becomes the
 /// parser's buffer, so most headers are read with one `recv` into one allocation.
 const FIRST_READ: usize = 4096;
 
+/// RFC 6585 §5, sent before any of the request is parsed; the connection is closed after it.
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+content-type: application/json\r\ncontent-length: 91\r\ncache-control: no-store\r\nconnection: close\r\n\r\n\
+{\"error\":\"header_too_large\",\"error_description\":\"the request header is larger than 64 KiB\"}";
+
 pub struct Limited<A> {
     pub inner: Arc<A>,
     pub limits: ConnLimits,
-    /// The lean lane for the common HTTP/1 request; what it declines goes to `inner`.
-    pub lane: Option<Lane>,
 }
 
 struct Open;
@@ -66,22 +68,18 @@ impl Drop for Open {
 enum NoRequest {
     Closed,
     Late,
+    TooLarge,
 }
 
-/// Read until the request header is complete (`\r\n\r\n`) and return what was read, after
-/// `buf` (what followed the previous request). The first byte may take until `first_by`; the
-/// whole header, `header` from then on.
+/// Read until the request header is complete (a blank line) and return what was read. The
+/// first byte may take until `first_by`; the whole header, `header` from then on.
 async fn preread_header(
-    stream: &mut TcpStream,
-    mut buf: BytesMut,
+    stream: &mut Stream,
     first_by: Instant,
     header: Duration,
     stopping: &mut ShutdownWatch,
 ) -> Result<BytesMut, NoRequest> {
-    // A pipelined request may be there already.
-    if complete_header(&buf, 0) {
-        return Ok(buf);
-    }
+    let mut buf = BytesMut::new();
     // Once the server is shutting down, an idle connection waits a moment for a request
     // already on its way, then closes.
     let mut deadline = if *stopping.borrow() {
@@ -89,18 +87,12 @@ async fn preread_header(
     } else {
         first_by
     };
-    let mut started = !buf.is_empty();
-    if started {
-        deadline = Instant::now() + header;
-    }
+    let mut started = false;
     loop {
-        let scan_from = buf.len().saturating_sub(3);
+        let scan_from = buf.len().saturating_sub(2);
         if buf.capacity() == buf.len() {
-            buf.reserve(if buf.is_empty() {
-                FIRST_READ
-            } else {
-                buf.len()
-            });
+            let grow = if buf.is_empty() { FIRST_READ } else { buf.len() };
+            buf.reserve(grow.min(MAX_HEADER + 1 - buf.len()));
         }
         let read = tokio::select! {
             biased;
@@ -120,15 +112,35 @@ async fn preread_header(
             started = true;
             deadline = Instant::now() + header;
         }
-        if complete_header(&buf, scan_from) {
-            return Ok(buf);
+        if let Some(end) = header_end(&buf, scan_from) {
+            return if end > MAX_HEADER {
+                Err(NoRequest::TooLarge)
+            } else {
+                Ok(buf)
+            };
+        }
+        if buf.len() > MAX_HEADER {
+            return Err(NoRequest::TooLarge);
         }
     }
 }
 
-/// The buffer holds a whole request header (searched from `from`), or as much as is read ahead.
-fn complete_header(buf: &[u8], from: usize) -> bool {
-    buf[from..].windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= PREREAD_MAX
+/// Where the header in `buf` ends (searched from `from`): at the first empty line, CRLF or
+/// bare LF as HTTP/1.1 parsers accept (RFC 9112 §2.2).
+fn header_end(buf: &[u8], from: usize) -> Option<usize> {
+    let at = buf[from..]
+        .windows(2)
+        .position(|w| w == b"\n\n" || w == b"\n\r")?;
+    let i = from + at;
+    match buf[i + 1] {
+        b'\n' => Some(i + 2),
+        // `\n\r` is a blank line only when `\n` follows.
+        _ => match buf.get(i + 2) {
+            Some(b'\n') => Some(i + 3),
+            Some(_) => header_end(buf, i + 1),
+            None => None,
+        },
+    }
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
@@ -137,50 +149,24 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
         let mut stream = stream;
         let mut persistent = None;
         let mut first_by = Instant::now() + self.limits.header;
-        let mut header = None;
         let mut stopping = shutdown.clone();
-        let mut lane_conn = Conn::default();
-        // What followed the last request the lane served (pipelined requests).
-        let mut carried = BytesMut::new();
         loop {
-            // Only a plain TCP stream can be read ahead and rewound; TLS ones get Pingora's
-            // per-read timeouts.
-            if stream.as_any().is::<TcpStream>() {
-                let Ok(mut tcp) = stream.into_any().downcast::<TcpStream>() else {
+            let read = match preread_header(&mut stream, first_by, self.limits.header, &mut stopping)
+                .await
+            {
+                Ok(read) => read,
+                Err(NoRequest::Closed) => return,
+                Err(NoRequest::Late) => {
+                    tracing::debug!("no complete request header in time: connection closed");
                     return;
-                };
-                let after = std::mem::take(&mut carried);
-                match preread_header(&mut tcp, after, first_by, self.limits.header, &mut stopping)
-                    .await
-                {
-                    Ok(mut read) => {
-                        if let Some(lane) = &self.lane {
-                            let stopping = *shutdown.borrow();
-                            // Boxed: an idle connection's future does not carry the
-                            // lane's request state (kilobytes), only one being served does.
-                            let serving =
-                                Box::pin(lane.serve(&mut tcp, &mut read, &mut lane_conn, stopping));
-                            match serving.await {
-                                Served::KeepAlive => {
-                                    carried = read;
-                                    stream = tcp;
-                                    first_by = Instant::now() + self.limits.keepalive;
-                                    continue;
-                                }
-                                Served::Close => return,
-                                Served::Declined => {}
-                            }
-                        }
-                        stream = tcp;
-                        header = Some(read);
-                    }
-                    Err(NoRequest::Closed) => return,
-                    Err(NoRequest::Late) => {
-                        tracing::debug!("no complete request header in time: connection closed");
-                        return;
-                    }
                 }
-            }
+                Err(NoRequest::TooLarge) => {
+                    let _ = stream.write_all(TOO_LARGE).await;
+                    let _ = stream.flush().await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            };
             let mut session = ServerSession::new_http1(stream);
             if *shutdown.borrow() {
                 session.set_keepalive(None);
@@ -193,9 +179,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                     &mut session,
                 );
             }
-            if let Some(read) = header.take() {
-                session.set_pipelined_prefix(read);
-            }
+            session.set_pipelined_prefix(read);
             let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
                 return;
             };

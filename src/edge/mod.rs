@@ -6,7 +6,6 @@ pub mod admin;
 pub mod clock;
 pub mod demo_api;
 pub mod keys;
-pub mod lane;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

@@ -21,12 +21,13 @@ use super::metrics::Metrics;
 use super::{Live, LiveConfig};
 use crate::auth::jwks::JwksFetcher;
 use crate::auth::{Principal, Rejection, RejectionReason};
-use crate::decision::{decide, Answer, Decision, DecisionLabel, Refusal, Report, Request};
+use crate::decision::{
+    decide, Answer, Decision, DecisionLabel, Refusal, Report, Request, TargetFlaw,
+};
 use crate::snapshot::Snapshot;
 use crate::upstream::ResponseClass;
 
 /// What every request needs: the live config, metrics, the key fetcher and the access log.
-/// Shared by Pingora's `ProxyHttp` (`ScopeGate`) and the lean HTTP/1 lane (`super::lane`).
 pub struct Gate {
     pub live: LiveConfig,
     pub metrics: Arc<Metrics>,
@@ -48,6 +49,12 @@ impl std::ops::Deref for ScopeGate {
 /// Requests between their header being read and their context being dropped; the shutdown
 /// drain waits for this to reach zero.
 pub static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many requests may be in flight at once, each holding at most one upstream connection,
+/// within the process's descriptors (set at start, see `server::connection_budget`). Past it a
+/// request is answered 503 instead of an upstream connect failing with EMFILE.
+pub static FORWARD_BUDGET: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(usize::MAX);
 
 /// What an allowed decision hands on to the forwarding callbacks. Only made from a `ForwardTo`.
 pub(super) struct Forwarding {
@@ -83,6 +90,17 @@ pub struct RequestCtx {
     pub(super) principal: Option<Arc<Principal>>,
     /// The normalized path when it differs from the one received, for the access log.
     pub(super) normalized: Option<String>,
+    /// What became of the upstream's response, when it broke HTTP framing.
+    pub(super) upstream_failure: Option<UpstreamFailure>,
+}
+
+/// An upstream response that broke HTTP framing (SPEC "Requests on the wire").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum UpstreamFailure {
+    /// Before anything was sent to the client: answered 502, counted as the 5xx it is.
+    Framing,
+    /// After the head was sent: the client connection was closed mid-body.
+    Body,
 }
 
 impl Drop for RequestCtx {
@@ -133,7 +151,7 @@ async fn send_answer(session: &mut Session, resp: &Answer) -> pingora_core::Resu
 
 /// The answer to a request that failed after its decision (upstream unreachable or slow, a
 /// request that could not be read).
-pub(super) fn failure_answer(code: u16) -> Answer {
+fn failure_answer(code: u16) -> Answer {
     match code {
         502 => Answer::error(502, "bad_gateway", "the upstream could not be reached"),
         504 => Answer::error(
@@ -176,7 +194,7 @@ fn client_ip(session: &Session) -> Option<HeaderValue> {
 }
 
 /// `ip` as an `X-Forwarded-For` value, rendered once per run of requests from one address.
-pub(super) fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
+fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
     LAST_CLIENT.with(|last| {
         let mut last = last.borrow_mut();
         match &*last {
@@ -190,20 +208,26 @@ pub(super) fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
     })
 }
 
-/// A request header never passed on as the client sent it, on either path (Pingora's and the
-/// lane's): claim headers (ours alone), the token when `strip_token`, forwarding headers (we
-/// are the edge: replaced, not trusted), hop-by-hop headers, and names with `_`, which CGI and
-/// WSGI backends read as `-` (nginx drops them by default, for the same reason). `Connection`
-/// and `Upgrade` are left to each path: Pingora's needs them for a websocket route.
+/// A request header never passed on as the client sent it: claim headers (ours alone), the
+/// token when `strip_token`, forwarding headers (we are the edge: replaced, not trusted),
+/// hop-by-hop and proxy headers, and names with `_`, which CGI and WSGI backends read as `-`
+/// (nginx drops them by default, for the same reason). Pingora's upstream request policy
+/// strips hop-by-hop headers and those `Connection` names before this runs; the list holds
+/// them too, so what is never forwarded is written down in one place. `Connection` and
+/// `Upgrade` are Pingora's: it keeps them for a websocket handshake only.
 pub(super) fn not_forwarded(name: &str, snapshot: &Snapshot) -> bool {
-    const ALWAYS: [&str; 7] = [
+    const ALWAYS: [&str; 11] = [
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
         "forwarded",
         "keep-alive",
         "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
         "te",
+        "trailer",
+        "http2-settings",
     ];
     name.contains('_')
         || ALWAYS.iter().any(|a| name.eq_ignore_ascii_case(a))
@@ -214,7 +238,17 @@ pub(super) fn not_forwarded(name: &str, snapshot: &Snapshot) -> bool {
             .any(|c| name.eq_ignore_ascii_case(c.as_str()))
 }
 
-/// The request as the decision reads it.
+/// Response fields that describe the upstream's connection, never passed on to the client.
+const HOP_BY_HOP_RESPONSE: [&str; 5] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+];
+
+/// The request as the decision reads it: the values Pingora's session parsed, and what of the
+/// target's wire form the parsed value does not show.
 fn request_of(session: &Session) -> Request<'_> {
     let req = session.req_header();
     Request {
@@ -224,7 +258,26 @@ fn request_of(session: &Session) -> Request<'_> {
         authority: req.uri.authority().map(|a| a.as_str()),
         host_required: req.version == http::Version::HTTP_11,
         https: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        target_flaw: target_flaw(session),
     }
+}
+
+fn target_flaw(session: &Session) -> Option<TargetFlaw> {
+    if !session.req_header().raw_path_is_utf8() {
+        return Some(TargetFlaw::NotUtf8);
+    }
+    // The parsed target has dropped a fragment; the request line as received still shows it
+    // (a method and `HTTP/1.x` have no `#`, so one on the line is in the target).
+    let h1 = session.as_downstream().as_http1()?;
+    let raw = h1.get_headers_raw_bytes();
+    let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.contains(&b'#').then_some(TargetFlaw::Fragment)
+}
+
+/// The target the upstream receives: the path that was decided on (normalized) and the query,
+/// in origin form, whatever form the client sent.
+fn forwarded_target<'a>(uri: &'a http::Uri, rewritten: Option<&'a str>) -> (&'a str, Option<&'a str>) {
+    (rewritten.unwrap_or_else(|| uri.path()), uri.query())
 }
 
 /// One request's line in the access log and its metrics.
@@ -257,6 +310,7 @@ impl RequestCtx {
             reason: None,
             principal: None,
             normalized: None,
+            upstream_failure: None,
         }
     }
 }
@@ -356,6 +410,19 @@ impl ProxyHttp for ScopeGate {
             };
         }
         ctx.live = Some(live);
+        // Each request in flight may hold an upstream connection: past the descriptors there
+        // are for them, refuse here rather than fail a connect with EMFILE.
+        if matches!(outcome, Outcome::Forward)
+            && IN_FLIGHT.load(std::sync::atomic::Ordering::Relaxed)
+                > FORWARD_BUDGET.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            ctx.forward = None;
+            outcome = Outcome::Reply(Answer::error(
+                503,
+                "overloaded",
+                "too many requests in flight; try again",
+            ));
+        }
         match outcome {
             Outcome::Forward => Ok(false),
             Outcome::Reply(resp) | Outcome::RefreshKeys(_, resp) => {
@@ -387,13 +454,22 @@ impl ProxyHttp for ScopeGate {
             return Error::e_explain(ErrorType::InternalError, "no forwarding decision");
         };
         let snapshot = &live.snapshot;
-        // The upstream receives exactly the path that was authorized, in origin form.
-        if forward.rewritten_path.is_some() || upstream.uri.authority().is_some() {
-            let path = forward
-                .rewritten_path
-                .as_deref()
-                .unwrap_or_else(|| upstream.uri.path());
-            let target = match upstream.uri.query() {
+        // The upstream receives exactly the target that was decided on, in origin form: the
+        // bytes Pingora would send are compared with it, and replaced when they differ
+        // (absolute form, a path that was normalized).
+        let (path, query) = forwarded_target(&upstream.uri, forward.rewritten_path.as_deref());
+        let wire = upstream.raw_path();
+        let same = match query {
+            None => wire == path.as_bytes(),
+            Some(q) => {
+                wire.len() == path.len() + 1 + q.len()
+                    && wire.starts_with(path.as_bytes())
+                    && wire[path.len()] == b'?'
+                    && wire.ends_with(q.as_bytes())
+            }
+        };
+        if !same {
+            let target = match query {
                 Some(q) => format!("{path}?{q}"),
                 None => path.to_string(),
             };
@@ -457,6 +533,11 @@ impl ProxyHttp for ScopeGate {
                 .into_up());
             }
         }
+        // Hop-by-hop fields of the upstream's connection are not the client's (RFC 9110
+        // §7.6.1); Pingora writes `Connection` itself.
+        for name in HOP_BY_HOP_RESPONSE {
+            upstream_response.remove_header(name);
+        }
         if ctx.cors_api {
             // For an API with `cors`, only scopegate speaks CORS: an origin not in its list
             // gets no Access-Control-* header, whatever the upstream says.
@@ -501,6 +582,24 @@ impl ProxyHttp for ScopeGate {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        let from_upstream = *e.esource() == ErrorSource::Upstream;
+        // The head was sent: nothing can be said any more; the connection is closed so the
+        // client sees no body that looks complete.
+        if from_upstream && session.response_written().is_some() {
+            ctx.upstream_failure = Some(UpstreamFailure::Body);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        if from_upstream
+            && matches!(
+                e.etype(),
+                ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error | ErrorType::InvalidH2
+            )
+        {
+            ctx.upstream_failure = Some(UpstreamFailure::Framing);
+        }
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -574,8 +673,16 @@ impl Gate {
             self.metrics.token_rejected(reason);
         }
         let upstream = ctx.forward.as_ref().map(|f| f.upstream);
+        if ctx.upstream_failure == Some(UpstreamFailure::Body) {
+            ctx.reason = Some("upstream_body_error");
+        }
         if let Some(u) = upstream {
-            let class = ResponseClass::of(done.status, done.failed);
+            let class = match ctx.upstream_failure {
+                Some(UpstreamFailure::Body) => ResponseClass::Error,
+                // The upstream's answer was a broken one: a 5xx of its own, not unreachable.
+                Some(UpstreamFailure::Framing) => ResponseClass::of(done.status, false),
+                None => ResponseClass::of(done.status, done.failed),
+            };
             let name = &live.snapshot.upstreams[u].name;
             self.metrics.upstream_response(&live.labels, u, name, class);
         }

@@ -18,7 +18,6 @@ use pingora_core::services::listening::Service;
 use super::access_log::AccessLog;
 use super::admin::Admin;
 use super::keys::KeyRefresher;
-use super::lane::Lane;
 use super::limits::{ConnLimits, Limited, OPEN_CONNECTIONS};
 use super::metrics::Metrics;
 use super::proxy::{Gate, ScopeGate, IN_FLIGHT};
@@ -69,9 +68,9 @@ pub fn run_with(
         listen = ?process.listen,
         "scopegate starting"
     );
+    let idle_pool = idle_pool_size(&first, process.threads);
     let live: LiveConfig = Arc::new(ArcSwap::from_pointee(Live::new(first)));
-
-    let mut server = pingora_server(&process, start);
+    let mut server = pingora_server(&process, start, idle_pool);
     server.bootstrap();
     let observer = metrics.clone();
     let fetcher = Arc::new(JwksFetcher::new(Box::new(move |issuer, ok| {
@@ -114,9 +113,10 @@ pub fn run_with(
 }
 
 /// Pingora's server with scopegate's process settings.
-fn pingora_server(process: &ProcessSettings, start: Start) -> Server {
+fn pingora_server(process: &ProcessSettings, start: Start, idle_pool: usize) -> Server {
     let conf = ServerConf {
         threads: process.threads,
+        upstream_keepalive_pool_size: idle_pool,
         // After SIGTERM the listeners close at once and requests in flight get the grace
         // period; `drain_then_exit` ends it early once none are left.
         grace_period_seconds: Some(process.shutdown_grace_seconds),
@@ -168,20 +168,25 @@ fn proxy_service(
         fetcher: fetcher.clone(),
         access_log: AccessLog::start(process.access_log, metrics.access_log_dropped.clone()),
     });
-    let mut http = pingora_proxy::http_proxy(&server.configuration, ScopeGate(gate.clone()));
+    let mut http = pingora_proxy::http_proxy(&server.configuration, ScopeGate(gate));
     let keepalive = Duration::from_secs(process.keepalive_timeout_seconds);
     let mut options = pingora_core::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(keepalive);
+    // CONNECT reaches the decision, which always refuses it with a 405 of its own (JSON body,
+    // `Allow`); Pingora's own refusal has neither.
+    options.allow_connect_method_proxying = true;
     http.server_options = Some(options);
     let limits = ConnLimits {
-        max_connections: connection_budget(process.max_connections),
+        max_connections: connection_budget(
+            process.max_connections,
+            server.configuration.upstream_keepalive_pool_size,
+        ),
         header: Duration::from_secs(process.header_timeout_seconds),
         keepalive,
     };
     let limited = Limited {
         inner: Arc::new(http),
         limits,
-        lane: Some(Lane { gate }),
     };
     let mut proxy = Service::new("scopegate".to_string(), limited);
     let listen = &current.snapshot.process.listen;
@@ -214,24 +219,37 @@ fn proxy_service(
     Ok(proxy)
 }
 
-/// No read buffer below the HTTP parser, which reads into a growing buffer of its own (and
-/// scopegate reads a header ahead into one that exists only once bytes arrive). Pingora's
+/// No buffers below the HTTP session. Reads: the parser reads into a growing buffer of its own
+/// (and scopegate reads a header ahead into one that exists only once bytes arrive); Pingora's
 /// default, 64 KiB per connection allocated at accept, held 320 MB for 5,000 slow clients.
+/// Writes: a write buffer holds a `Content-Length` response's head and body pieces until it
+/// fills or the body ends, so a slow body would delay even the head; without one, what the
+/// upstream sent is on its way to the client as soon as it is written.
 fn l4_buffer() -> L4BufferSettings {
-    L4BufferSettings::new(
-        0,
-        pingora_core::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
-    )
+    L4BufferSettings::new(0, 0)
 }
 
-/// File descriptors kept for the admin listener, upstream connections, config and key files
-/// while clients hold `max_connections`.
+/// Idle upstream connections Pingora's pool keeps: `max_idle` per server of every upstream,
+/// per worker thread (the pool is one LRU shared by the workers, sized at start).
+fn idle_pool_size(snapshot: &crate::snapshot::Snapshot, threads: usize) -> usize {
+    let per_thread: usize = snapshot
+        .upstreams
+        .iter()
+        .map(|u| u.servers.len() * u.max_idle)
+        .sum();
+    (per_thread * threads.max(1)).max(1)
+}
+
+/// File descriptors kept for the admin listener, listeners, config, key and log files.
 const FD_RESERVE: u64 = 256;
 
-/// Raise the open-file limit to its hard maximum, and keep `max_connections` within it less a
-/// reserve, so that a flood is turned away by scopegate rather than by EMFILE (which would
-/// also starve /healthz, /metrics and upstream connections).
-fn connection_budget(max_connections: usize) -> usize {
+/// Raise the open-file limit to its hard maximum, and keep `max_connections` within what each
+/// client can really cost, so that a flood is turned away by scopegate rather than by EMFILE
+/// (which would also starve /healthz, /metrics, upstream connections and reloads): a client
+/// connection is one descriptor, and one more for the upstream connection of its request in
+/// flight (HTTP/2 clients with several streams are held to the same total by
+/// `proxy::FORWARD_BUDGET`), besides the idle pool and the reserve.
+fn connection_budget(max_connections: usize, idle_pool: usize) -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -252,12 +270,17 @@ fn connection_budget(max_connections: usize) -> usize {
         }
         lim.rlim_cur
     };
-    let fit = limit.saturating_sub(FD_RESERVE).max(1) as usize;
+    let spare = limit
+        .saturating_sub(FD_RESERVE)
+        .saturating_sub(idle_pool as u64) as usize;
+    let fit = (spare / 2).max(1);
+    super::proxy::FORWARD_BUDGET.store(spare.saturating_sub(max_connections.min(fit)).max(1), Ordering::Relaxed);
     if fit < max_connections {
         tracing::warn!(
             max_connections,
             open_files_limit = limit,
-            "server.max_connections lowered to {fit} to keep file descriptors in reserve"
+            idle_pool,
+            "server.max_connections lowered to {fit}: each client may also need an upstream connection, besides the idle pool and a reserve of descriptors"
         );
         return fit;
     }

@@ -19,6 +19,66 @@ pub struct HostTable {
 
 /// The host a request names, as matched: lowercase, without the port (RFC 9110 §4.2.3:
 /// host names are case-insensitive).
+/// RFC 3986 §3.2.2 `uri-host [":" port]`: an IP-literal in brackets, or a reg-name / IPv4
+/// address of unreserved characters, percent-encodings and sub-delims; then an optional port of
+/// digits. No userinfo (`@`), `/`, `?`, `#`, `\`, space or control character can pass, so the
+/// host an API is selected by is the host every upstream reads.
+pub fn is_valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.first() {
+        Some(b'[') => match host.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &host[1..end];
+                // IPv6address or IPvFuture ("v" HEXDIG "." ...): hex digits, `:`, `.` and the
+                // characters IPvFuture adds.
+                if literal.is_empty()
+                    || !literal.iter().all(|&b| {
+                        b.is_ascii_hexdigit() || b == b':' || b == b'.' || b == b'v' || b == b'V'
+                            || is_unreserved_or_sub_delim(b)
+                    })
+                {
+                    return false;
+                }
+                (&host[..=end], &host[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match host.iter().rposition(|&b| b == b':') {
+            Some(i) => (&host[..i], &host[i..]),
+            None => (host, &host[host.len()..]),
+        },
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    if !port_ok {
+        return false;
+    }
+    if name.first() == Some(&b'[') {
+        return true;
+    }
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let hex = |j: usize| name.get(j).is_some_and(u8::is_ascii_hexdigit);
+                if !(hex(i + 1) && hex(i + 2)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if is_unreserved_or_sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn is_unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
+}
+
 pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     let without_port = if let Some(rest) = host.strip_prefix('[') {
         // IPv6 literal: keep the brackets, drop what follows `]`.
@@ -120,6 +180,23 @@ impl HostTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_uri_host_and_port_only() {
+        for good in [
+            "a.example", "A.Example:8080", "127.0.0.1", "127.0.0.1:1", "[::1]", "[::1]:443",
+            "x-y_z~.example", "a.example:", "xn--bcher-kva.example", "%41.example",
+        ] {
+            assert!(is_valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "x.b.example/.a.example", "x.b.example?.a.example", "x.b.example#.a.example",
+            "a\\b", "a b", "user@a.example", "a.example:80x", "a.example:80:80", "[::1",
+            "[::1]x", "[]", "a\tb", "%4", "%zz.example", "a\"b", "[::1/]",
+        ] {
+            assert!(!is_valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn exact_beats_the_longest_suffix_which_beats_the_fallback() {
