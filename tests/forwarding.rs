@@ -104,8 +104,8 @@ fn x_forwarded_for_names_each_connections_own_client() {
     }
 }
 
-/// The same request on both request paths: body-less (the lean lane) and with a body (Pingora's
-/// `ProxyHttp`), with `headers` added.
+/// The same request body-less and with a body (framed differently by the same session), with
+/// `headers` added.
 fn on_both_paths(p: &Proxy, headers: &str) -> [Response; 2] {
     let head = format!("/public/x HTTP/1.1\r\nHost: api.test\r\n{headers}");
     [
