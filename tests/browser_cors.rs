@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -59,15 +59,9 @@ fn page(api: &str, read: &str, write_only: &str) -> String {
     )
 }
 
-/// The browser process and its throwaway profile (removed when dropped).
-struct Browser(Child, #[allow(dead_code)] tempfile::TempDir);
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// The browser's processes and its throwaway profile, removed when dropped (in this order).
+#[allow(dead_code)]
+struct Browser(ProcessGroup, tempfile::TempDir);
 
 fn chromium(url: &str) -> Browser {
     let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -93,7 +87,7 @@ fn chromium(url: &str) -> Browser {
         .arg(url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_group()
         .unwrap();
     Browser(child, profile)
 }

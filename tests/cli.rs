@@ -110,10 +110,10 @@ fn the_demo_runs_with_no_setup_and_its_curl_lines_are_true() {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_group()
         .unwrap();
     // The curl lines are printed before the proxy starts; read up to the last one.
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut out = std::io::BufReader::new(child.take_stdout().unwrap());
     let mut lines = Vec::new();
     loop {
         let mut l = String::new();
@@ -131,45 +131,37 @@ fn the_demo_runs_with_no_setup_and_its_curl_lines_are_true() {
         .filter_map(|l| l.split("Bearer ").nth(1))
         .map(|t| t.trim().trim_end_matches('"').to_string())
         .collect();
-    let check = || {
-        assert!(started, "the demo did not listen on {listen}");
-        assert_eq!(tokens.len(), 3, "{lines:?}");
-        let (reader, admin) = (&tokens[0], &tokens[2]);
-        let send = |raw: String| Client::connect(addr).send(raw.as_bytes());
-        assert_eq!(
-            send(format!(
-                "GET /contacts HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {reader}\r\n\r\n"
-            ))
-            .status,
-            200
-        );
-        assert_eq!(
-            send("GET /contacts HTTP/1.1\r\nHost: d\r\n\r\n".into()).status,
-            401
-        );
-        assert_eq!(
-            send(format!(
-                "DELETE /contacts/1 HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {reader}\r\n\r\n"
-            ))
-            .status,
-            403
-        );
-        assert_eq!(
-            send(format!(
-                "DELETE /contacts/1 HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {admin}\r\n\r\n"
-            ))
-            .status,
-            200
-        );
-        assert_eq!(
-            send("GET /health HTTP/1.1\r\nHost: d\r\n\r\n".into()).status,
-            200
-        );
-    };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    assert!(started, "the demo did not listen on {listen}");
+    assert_eq!(tokens.len(), 3, "{lines:?}");
+    let (reader, admin) = (&tokens[0], &tokens[2]);
+    let send = |raw: String| Client::connect(addr).send(raw.as_bytes());
+    assert_eq!(
+        send(format!(
+            "GET /contacts HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {reader}\r\n\r\n"
+        ))
+        .status,
+        200
+    );
+    assert_eq!(
+        send("GET /contacts HTTP/1.1\r\nHost: d\r\n\r\n".into()).status,
+        401
+    );
+    assert_eq!(
+        send(format!(
+            "DELETE /contacts/1 HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {reader}\r\n\r\n"
+        ))
+        .status,
+        403
+    );
+    assert_eq!(
+        send(format!(
+            "DELETE /contacts/1 HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {admin}\r\n\r\n"
+        ))
+        .status,
+        200
+    );
+    assert_eq!(
+        send("GET /health HTTP/1.1\r\nHost: d\r\n\r\n".into()).status,
+        200
+    );
 }

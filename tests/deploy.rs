@@ -141,11 +141,11 @@ fn a_kubelet_configmap_update_is_reloaded_without_a_restart() {
         std::os::unix::fs::symlink(format!("..data/{f}"), v.join(f)).unwrap();
     }
     let log = v.join("..log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
         .args(["run", "--config"])
         .arg(v.join("scopegate.toml"))
         .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
+        .spawn_group()
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let get = |t: &str| {
@@ -168,8 +168,7 @@ fn a_kubelet_configmap_update_is_reloaded_without_a_restart() {
     std::fs::remove_dir_all(v.join("..2026_11_23_10_00_00.000000001")).unwrap();
 
     let swapped = eventually(10, || get(&writer) == 200);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(
         swapped,
         "{}",
@@ -227,6 +226,7 @@ fn the_container_image_builds_and_serves() {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
+    let image = BuildahObject::new(&buildah, "rmi", tag.clone());
     let inspect = |format: &str| {
         let out = Command::new(&buildah)
             .args(["inspect", "--type", "image", "--format", format, &tag])
@@ -266,15 +266,16 @@ fn the_container_image_builds_and_serves() {
         .args(["from", "-q", &tag])
         .output()
         .unwrap();
-    let ctr = String::from_utf8_lossy(&ctr.stdout).trim().to_string();
+    let ctr = BuildahObject::new(&buildah, "rm", String::from_utf8_lossy(&ctr.stdout).trim());
     let entrypoint = inspect("{{index .OCIv1.Config.Entrypoint 0}}");
-    let mut run = Command::new(&buildah)
+    // `buildah run` is the leader of the group that holds buildah-chroot-exec and the proxy.
+    let run = Command::new(&buildah)
         .args(["run", "--isolation", "chroot", "-v"])
         .arg(format!("{}:/etc/scopegate:ro", conf.path().display()))
-        .args([&ctr, "--", &entrypoint, "run"])
+        .args([&ctr.name, "--", &entrypoint, "run"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
+        .spawn_group()
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let up = eventually(30, || std::net::TcpStream::connect(addr).is_ok());
@@ -296,11 +297,10 @@ fn the_container_image_builds_and_serves() {
             send(Some(&reader), "DELETE"),
         )
     });
-    let _ = run.kill();
-    let _ = run.wait();
-    let _ = Command::new(&buildah).args(["rm", &ctr]).output();
+    drop(run);
+    drop(ctr);
     let size = inspect("{{.Size}}");
-    let _ = Command::new(&buildah).args(["rmi", &tag]).output();
+    drop(image);
     assert_eq!(statuses, Some((200, 401, 403)));
     eprintln!("image size with this test's binary: {size} bytes");
 }
@@ -326,12 +326,28 @@ fn the_alerting_rules_pass_promtool() {
     }
 }
 
-struct Killed(std::process::Child);
+/// An image or a working container, removed (`buildah rmi`, `buildah rm`) when dropped.
+struct BuildahObject {
+    buildah: String,
+    remove: &'static str,
+    name: String,
+}
 
-impl Drop for Killed {
+impl BuildahObject {
+    fn new(buildah: &str, remove: &'static str, name: impl Into<String>) -> BuildahObject {
+        BuildahObject {
+            buildah: buildah.to_string(),
+            remove,
+            name: name.into(),
+        }
+    }
+}
+
+impl Drop for BuildahObject {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = Command::new(&self.buildah)
+            .args([self.remove, &self.name])
+            .output();
     }
 }
 
@@ -374,22 +390,20 @@ fn every_dashboard_query_returns_series_in_prometheus() {
         format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: scopegate\n    static_configs:\n      - targets: ['127.0.0.1:{admin}']\n"),
     )
     .unwrap();
-    let _prom = Killed(
-        Command::new(prometheus)
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _prom = Command::new(prometheus)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn_group()
+        .unwrap();
     let prom: std::net::SocketAddr = format!("127.0.0.1:{prom_port}").parse().unwrap();
     assert!(eventually(30, || std::net::TcpStream::connect(prom)
         .is_ok()

@@ -209,7 +209,7 @@ fn connections_beyond_the_limit_are_closed_and_the_admin_port_still_answers() {
 }
 
 /// A real WSGI backend (Python's wsgiref) that answers with the identity it would trust.
-fn wsgi_backend() -> (std::process::Child, std::net::SocketAddr) {
+fn wsgi_backend() -> (ProcessGroup, std::net::SocketAddr) {
     let script = r#"
 import json, sys
 from wsgiref.simple_server import make_server, WSGIRequestHandler
@@ -226,11 +226,11 @@ srv.serve_forever()
     let mut child = std::process::Command::new("python3")
         .args(["-c", script])
         .stdout(std::process::Stdio::piped())
-        .spawn()
+        .spawn_group()
         .expect("python3 runs the WSGI backend");
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut std::io::BufReader::new(child.take_stdout().unwrap()),
         &mut line,
     )
     .unwrap();
@@ -240,7 +240,7 @@ srv.serve_forever()
 
 #[test]
 fn underscored_headers_cannot_spoof_identity_through_a_wsgi_backend() {
-    let (mut wsgi, addr) = wsgi_backend();
+    let (_wsgi, addr) = wsgi_backend();
     let port = free_port();
     let p = Proxy::start(
         &config(
@@ -264,8 +264,6 @@ fn underscored_headers_cannot_spoof_identity_through_a_wsgi_backend() {
         r.json(),
         serde_json::json!({"subject": "user-1", "scopes": "read:contacts"})
     );
-    let _ = wsgi.kill();
-    let _ = wsgi.wait();
 }
 
 /// A raw upstream that answers every request with a 101 carrying `accept`.

@@ -4,26 +4,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use base64::Engine;
 use common::*;
 
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_provider(port: u16) -> Node {
+fn start_provider(port: u16) -> ProcessGroup {
     start_provider_for(port, "https://contacts.test")
 }
 
 /// The provider, issuing tokens whose `aud` is `audience`.
-fn start_provider_for(port: u16, audience: &str) -> Node {
+fn start_provider_for(port: u16, audience: &str) -> ProcessGroup {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
     if !dir.join("node_modules/oidc-provider").exists() {
         let status = Command::new("npm")
@@ -33,16 +24,15 @@ fn start_provider_for(port: u16, audience: &str) -> Node {
             .expect("npm is needed to install the OIDC provider for this test (Node.js 20+)");
         assert!(status.success(), "npm install failed in {}", dir.display());
     }
-    let child = Command::new("node")
+    let node = Command::new("node")
         .arg("provider.mjs")
         .arg(port.to_string())
         .arg(audience)
         .current_dir(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn_group()
         .expect("node is needed to run the OIDC provider for this test");
-    let node = Node(child);
     assert!(
         eventually(20, || std::net::TcpStream::connect(("127.0.0.1", port))
             .is_ok()),

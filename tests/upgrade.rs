@@ -5,14 +5,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 
-fn spawn(dir: &std::path::Path, upgrade: bool, log: &str) -> Child {
+fn spawn(dir: &std::path::Path, upgrade: bool, log: &str) -> ProcessGroup {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scopegate"));
     cmd.args(["run", "--config"])
         .arg(dir.join("scopegate.toml"));
@@ -22,17 +22,8 @@ fn spawn(dir: &std::path::Path, upgrade: bool, log: &str) -> Child {
     cmd.env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(log)).unwrap())
-        .spawn()
+        .spawn_group()
         .unwrap()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// One keep-alive client: a request fails only if it gets no 200. A request on a reused
@@ -98,7 +89,7 @@ fn a_new_process_takes_over_the_sockets_under_load_and_no_request_fails() {
         1,
     );
     std::fs::write(dir.path().join("scopegate.toml"), config).unwrap();
-    let mut old = Killed(spawn(dir.path(), false, "old.log"));
+    let mut old = spawn(dir.path(), false, "old.log");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(eventually(20, || TcpStream::connect(addr).is_ok()
         && TcpStream::connect(admin_addr(admin)).is_ok()));
@@ -122,20 +113,20 @@ fn a_new_process_takes_over_the_sockets_under_load_and_no_request_fails() {
     assert!(eventually(10, || ok.load(Ordering::Relaxed) > 200));
 
     // The new process waits for the sockets; the old one sends them on SIGQUIT.
-    let mut new = Killed(spawn(dir.path(), true, "new.log"));
+    let mut new = spawn(dir.path(), true, "new.log");
     assert!(
         eventually(20, || sock.exists()),
         "the new process never listened on the upgrade socket"
     );
     let served_before = ok.load(Ordering::Relaxed);
     // SAFETY: a signal to our own child.
-    unsafe { libc::kill(old.0.id() as i32, libc::SIGQUIT) };
+    unsafe { libc::kill(old.id() as i32, libc::SIGQUIT) };
     let status = loop {
-        if let Some(s) = old.0.try_wait().unwrap() {
+        if let Some(s) = old.try_wait().unwrap() {
             break s;
         }
         assert!(
-            new.0.try_wait().unwrap().is_none(),
+            new.try_wait().unwrap().is_none(),
             "the new process exited: {}",
             std::fs::read_to_string(dir.path().join("new.log")).unwrap_or_default()
         );

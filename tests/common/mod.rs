@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,9 +14,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 mod echo;
+pub mod process;
 pub use echo::{
     spawn_upstream, spawn_upstream_on, EchoRequest, EchoResponse, Handler, UpstreamHandle,
 };
+pub use process::{ProcessGroup, SpawnGroup};
 use serde_json::{json, Value};
 
 pub const ISS: &str = "https://issuer.test/";
@@ -233,7 +235,8 @@ connect_timeout_ms = 500
 }
 
 pub struct Proxy {
-    child: Child,
+    // First, so the proxy is stopped before its directory is removed.
+    child: ProcessGroup,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
 }
@@ -260,7 +263,7 @@ impl Proxy {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
-            .spawn()
+            .spawn_group()
             .unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut proxy = Proxy { child, addr, dir };
@@ -309,7 +312,7 @@ impl Proxy {
         self.dir.path().join("scopegate.toml")
     }
 
-    pub fn child(&mut self) -> &mut Child {
+    pub fn child(&mut self) -> &mut ProcessGroup {
         &mut self.child
     }
 
@@ -348,13 +351,6 @@ impl Proxy {
     pub fn send(&self, raw: &str) -> Response {
         let mut c = Client::connect(self.addr);
         c.send(raw.as_bytes())
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
