@@ -524,23 +524,27 @@ impl Decision<'_> {
     }
 }
 
-/// Step 5: the request's bearer token, verified and meant for one of `apis` (in config
-/// order). When it fits none, the first API's reason is given.
+/// Step 5: the request's bearer token (or the caller given), verified and meant for one of
+/// `apis` (in config order). When it fits none, the first API's reason is given.
 pub fn authenticate(
     snapshot: &Snapshot,
     apis: &[usize],
     headers: &HeaderMap,
+    caller: Caller<'_>,
     now: u64,
 ) -> Result<Arc<Principal>, AuthError> {
-    let token = match bearer(headers) {
-        Ok(Some(t)) => t,
-        Ok(None) => return Err(AuthError::Rejected(Rejection::Missing)),
-        Err(BearerError::Ambiguous) => return Err(AuthError::Ambiguous),
-    };
-    let principal = snapshot
-        .verifier
-        .verify(token, now)
-        .map_err(AuthError::Rejected)?;
+    let principal = match caller {
+        Caller::Bearer => {
+            let token = match bearer(headers) {
+                Ok(Some(t)) => t,
+                Ok(None) => return Err(AuthError::Rejected(Rejection::Missing)),
+                Err(BearerError::Ambiguous) => return Err(AuthError::Ambiguous),
+            };
+            snapshot.verifier.verify(token, now)
+        }
+        Caller::Verified(verified) => verified.clone(),
+    }
+    .map_err(AuthError::Rejected)?;
     let mut first = None;
     for &api in apis {
         match snapshot.apis[api].accept(&principal) {
@@ -697,8 +701,28 @@ fn preflight<'r>(
     Decision::Preflight(Preflight { route, headers })
 }
 
+/// Who step 5 finds behind a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'r> {
+    /// The bearer token of the request's headers, verified by the snapshot's verifier (the proxy).
+    Bearer,
+    /// What verifying a token would have given: for tokens described rather than signed
+    /// (`scopegate test`, `explain --scopes`), so no key is needed.
+    Verified(&'r Result<Arc<Principal>, Rejection>),
+}
+
 /// Decide a request at `now` (Unix seconds).
 pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict<'r> {
+    decide_as(snapshot, req, Caller::Bearer, now)
+}
+
+/// `decide`, with the caller of step 5 given.
+pub fn decide_as<'r>(
+    snapshot: &'r Snapshot,
+    req: Request<'r>,
+    caller: Caller<'_>,
+    now: u64,
+) -> Verdict<'r> {
     let bad = |description, normalized| Verdict {
         decision: Decision::Refuse(Refusal::BadRequest { description }),
         cors: None,
@@ -772,7 +796,8 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
             };
         }
     }
-    let (decision, principal) = decide_route(snapshot, set, req, host, lookup, path, now);
+    let authenticate = |apis: &[usize]| authenticate(snapshot, apis, req.headers, caller, now);
+    let (decision, principal) = decide_route(snapshot, set, req, host, lookup, path, authenticate);
     Verdict {
         decision,
         cors,
@@ -781,7 +806,7 @@ pub fn decide<'r>(snapshot: &'r Snapshot, req: Request<'r>, now: u64) -> Verdict
     }
 }
 
-/// Steps 4-7 for a request whose host selected `set`.
+/// Steps 4-7 for a request whose host selected `set`; `authenticate` is step 5 for some APIs.
 fn decide_route<'r>(
     snapshot: &'r Snapshot,
     set: &RouteSet,
@@ -789,7 +814,7 @@ fn decide_route<'r>(
     host: Option<&str>,
     lookup: Lookup<'r>,
     path: Cow<'r, str>,
-    now: u64,
+    authenticate: impl FnOnce(&[usize]) -> Result<Arc<Principal>, AuthError>,
 ) -> (Decision<'r>, Option<Arc<Principal>>) {
     let matched = match &lookup {
         Lookup::Found(r) => Some(*r),
@@ -820,7 +845,7 @@ fn decide_route<'r>(
         }
         None => &set.apis,
     };
-    let (principal, decision) = match authenticate(snapshot, apis, req.headers, now) {
+    let (principal, decision) = match authenticate(apis) {
         Ok(principal) => (
             Some(principal.clone()),
             authorize(snapshot, lookup, path.clone(), principal),

@@ -2,7 +2,8 @@
 //!
 //! One direction of flow, and the tree shows it:
 //! `config` (plain data) -> `compile` -> {`auth`, `routing`, `upstream`} -> `snapshot` ->
-//! `decision` -> `edge` (Pingora) -> the binary (`cli`, `main.rs`).
+//! `decision` -> `policy` (tests and diffs of the scope map) -> `edge` (Pingora) -> the binary
+//! (`cli`, `main.rs`).
 
 pub mod auth;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod decision;
 pub mod edge;
 pub mod openapi;
+pub mod policy;
 pub mod routing;
 pub mod snapshot;
 pub mod upstream;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use scopegate::cli::{self, demo, explain, mint, table};
-use scopegate::{compile, config, edge, snapshot};
+use scopegate::{compile, config, edge, policy, snapshot};
 
 // Pingora allocates per request (headers, buffers); glibc malloc was ~13% of the proxy's CPU
 // under bench/load.sh, mimalloc is markedly cheaper there.
@@ -80,6 +80,17 @@ enum Command {
         #[arg(long)]
         scopes: Option<String>,
     },
+    /// Run policy test cases against the config; print each failing case and a summary.
+    /// Exit 1 when one fails, 2 when the config or the cases file is invalid.
+    Test {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The cases: [[case]] tables with a request, a token and the expected status.
+        cases: PathBuf,
+    },
+    /// Print every change in who may do what between two configs. Exit 0 when access is
+    /// unchanged, 1 when it changed, 2 on a config error.
+    Diff { old: PathBuf, new: PathBuf },
     /// Mint a signed token for local testing and load tests.
     Token {
         /// PEM private key (RSA -> RS256, P-256 -> ES256).
@@ -207,6 +218,51 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Exit status of `test` and `diff` when a file is invalid (1 means a failing case or a change).
+const INVALID: u8 = 2;
+
+/// `scopegate test`: failing cases and the summary on stdout, file errors on stderr.
+fn policy_test(config: &std::path::Path, cases: &std::path::Path) -> ExitCode {
+    let loaded = compile::load(config, 1)
+        .and_then(|snap| policy::cases::load(cases, &snap).map(|cases| (snap, cases)));
+    let (snap, cases) = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(INVALID);
+        }
+    };
+    let report = policy::cases::run_all(&snap, &cases);
+    print!("{report}");
+    if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `scopegate diff`: one line per change on stdout.
+fn diff(old: &std::path::Path, new: &std::path::Path) -> ExitCode {
+    let (old, new) = match (compile::load(old, 1), compile::load(new, 2)) {
+        (Ok(o), Ok(n)) => (o, n),
+        (o, n) => {
+            for e in [o.err(), n.err()].into_iter().flatten() {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(INVALID);
+        }
+    };
+    let changes = policy::diff::diff(&old, &new);
+    for c in &changes {
+        println!("{c}");
+    }
+    if changes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -272,6 +328,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Test { config, cases } => Ok(policy_test(
+            &config.unwrap_or_else(config::default_path),
+            &cases,
+        )),
+        Command::Diff { old, new } => Ok(diff(&old, &new)),
         Command::Token { key, request } => {
             let pem = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
             println!("{}", mint::mint(&pem, &request, snapshot::unix_now())?);

@@ -1,15 +1,15 @@
 //! `scopegate explain`: which route a request matches, what it requires, and the decision, by
-//! the same code the proxy runs (`decide`, or `authorize` for `--scopes`).
+//! the same code the proxy runs (`decide`; for `--scopes`, with a token described, not signed).
 
 use std::fmt::Write;
-use std::sync::Arc;
 
 use http::header::{HeaderValue, AUTHORIZATION, HOST};
 use http::{HeaderMap, Method};
 
-use crate::auth::{Principal, Rejection};
-use crate::decision::{authorize, decide, Decision, Refusal, Request};
-use crate::routing::{normalize, Lookup, ScopeSet};
+use crate::auth::Rejection;
+use crate::decision::{decide, decide_as, Caller, Decision, Refusal, Request};
+use crate::policy::token::{self, TokenDescription};
+use crate::routing::{normalize, Lookup};
 use crate::snapshot::{unix_now, Snapshot};
 
 /// What the caller presents: a real token, or just a list of scopes to try.
@@ -142,24 +142,13 @@ pub fn explain(
     let lookup = set.router.lookup(&method, &normalized);
     describe_route(&mut out, snapshot, &method, &lookup);
     let decision = match creds {
-        // The scopes stand for a valid token: run the same authorization as for one.
-        Credentials::Scopes(scopes) => match lookup {
-            Lookup::Found(i) if snapshot.routes[i].public => {
-                decide(snapshot, Request::new(&method, path, &headers), unix_now()).decision
-            }
-            lookup => {
-                let principal = Principal {
-                    issuer: 0,
-                    sub: None,
-                    scopes: ScopeSet::from_words(scopes.split_whitespace()),
-                    exp: 0,
-                    audiences: Vec::new(),
-                    claims: Vec::new(),
-                    forward_headers: Vec::new(),
-                };
-                authorize(snapshot, lookup, normalized.clone(), Arc::new(principal))
-            }
-        },
+        // The scopes stand for a valid token meant for the route's API: decided as one.
+        Credentials::Scopes(scopes) => {
+            let api = token::api_for(snapshot, &method, host, path);
+            let verified = token::verified(snapshot, api, &TokenDescription::with_scopes(scopes));
+            let request = Request::new(&method, path, &headers);
+            decide_as(snapshot, request, Caller::Verified(&verified), unix_now()).decision
+        }
         Credentials::Token(t) => match HeaderValue::from_str(&format!("Bearer {t}")) {
             Ok(v) => {
                 headers.insert(AUTHORIZATION, v);

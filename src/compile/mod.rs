@@ -18,7 +18,7 @@ use crate::config::{ConfigError, LoadedConfig};
 use crate::snapshot::{ForwardPlan, Snapshot};
 
 pub use crate::snapshot::quoted;
-pub use routes::method_list;
+pub use routes::{edit_distance, method_list};
 
 /// Key stores of a running snapshot by (issuer, source), to carry into the next one.
 pub type PreviousKeys = HashMap<(String, KeySource), Arc<KeyStore>>;

@@ -125,7 +125,9 @@ impl Reloader {
                 let (generation, routes) = (next.snapshot.generation, next.snapshot.routes.len());
                 // Files read while building count too: fingerprint what this snapshot used.
                 *fp = next_fp;
-                self.live.store(Arc::new(next));
+                let next = Arc::new(next);
+                self.live.store(next.clone());
+                log_access_changes(&current.snapshot, &next.snapshot);
                 self.reloaded.notify_one();
                 self.metrics.config_reload(true);
                 self.metrics.set_generation(generation);
@@ -159,6 +161,14 @@ impl Reloader {
             }
         }
         dirs
+    }
+}
+
+/// SPEC "Policy as code": every reload logs what it changed in who may do what, one line per
+/// change, as `scopegate diff` prints it.
+fn log_access_changes(running: &Snapshot, next: &Snapshot) {
+    for change in crate::policy::diff::diff(running, next) {
+        tracing::info!(generation = next.generation, "{change}");
     }
 }
 
