@@ -165,3 +165,188 @@ fn the_demo_runs_with_no_setup_and_its_curl_lines_are_true() {
         200
     );
 }
+
+/// Exit code, stdout and stderr of a run of the binary.
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A copy of the shipped example config, with `from` replaced by `to`, beside its jwks.json.
+fn edited_example(dir: &std::path::Path, name: &str, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string("config/scopegate.toml").unwrap();
+    assert!(text.contains(from), "{from:?} is not in the example config");
+    std::fs::copy("config/jwks.json", dir.join("jwks.json")).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn the_example_policy_tests_pass_on_the_shipped_config() {
+    let cases = std::fs::read_to_string("config/scopegate.cases.toml").unwrap();
+    let n = cases.matches("[[case]]").count();
+    let (code, out, err) = run(&[
+        "test",
+        "--config",
+        "config/scopegate.toml",
+        "config/scopegate.cases.toml",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, format!("{n} passed, 0 failed\n"));
+}
+
+#[test]
+fn policy_tests_print_each_failing_case_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    // The one-word edit no other test notices: readers may now delete.
+    let config = edited_example(
+        dir.path(),
+        "scopegate.toml",
+        "scopes = [\"delete:contacts\"]",
+        "scopes = [\"read:contacts\"]",
+    );
+    let cases = dir.path().join("cases.toml");
+    std::fs::write(
+        &cases,
+        r#"
+[[case]]
+name = "readers read"
+request = "GET /contacts/7"
+token = { scopes = ["read:contacts"] }
+expect = 200
+
+[[case]]
+name = "readers cannot delete"
+request = "DELETE /contacts/7"
+token = { scopes = ["read:contacts"], sub = "u1" }
+expect = 403
+
+[[case]]
+name = "the reason counts too"
+request = "GET /contacts"
+token = { scopes = ["read:contacts"], audience = "https://other.example" }
+expect = 401
+reason = "expired"
+
+[[case]]
+name = "and the route"
+request = "GET /health"
+token = "none"
+expect = 200
+route = "GET /contacts"
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = run(&["test", "--config", &config, cases.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        out,
+        "FAIL readers cannot delete: expected 403, got 200 (route DELETE /contacts/{id}, decision allowed)\n\
+         FAIL the reason counts too: expected 401 (reason expired), got 401 (route GET /contacts, decision unauthenticated, reason wrong_audience)\n\
+         FAIL and the route: expected 200 (route GET /contacts), got 200 (route GET /health, decision public)\n\
+         1 passed, 3 failed\n"
+    );
+}
+
+#[test]
+fn policy_tests_exit_2_on_an_invalid_file_with_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.toml");
+    let cases_path = cases.to_str().unwrap();
+    let rows = [
+        (
+            "[[case]]\nname = \"a\"\nrequest = \"GET /contacts\"\ntoken = { scope = [\"x\"] }\nexpect = 200\n",
+            "4:11: unknown field `scope`, expected one of `scopes`",
+        ),
+        (
+            "[[case]]\nname = \"a\"\nrequest = \"GET /contacts\"\nexpect = 403\nreason = \"insuficient_scope\"\n",
+            "5:10: case \"a\": reason \"insuficient_scope\" is not one scopegate gives; did you mean \"insufficient_scope\"?",
+        ),
+        (
+            "[[case]]\nname = \"a\"\nrequest = \"GET /contacts\"\nexpect = 200\nroute = \"GET /contact\"\n",
+            "did you mean \"GET /contacts\"?",
+        ),
+        ("[[cases]]\n", "1:3: unknown field `cases`, expected `case`"),
+    ];
+    for (text, want) in rows {
+        std::fs::write(&cases, text).unwrap();
+        let (code, out, err) = run(&["test", "--config", "config/scopegate.toml", cases_path]);
+        assert_eq!(code, 2, "{text}: {out}{err}");
+        assert!(
+            err.starts_with(&format!("{cases_path}:")) && err.contains(want),
+            "{text}: expected {want:?} in {err:?}"
+        );
+    }
+    let broken = edited_example(dir.path(), "broken.toml", "realm", "relm");
+    let (code, _, err) = run(&["test", "--config", &broken, "config/scopegate.cases.toml"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("broken.toml:13:1: unknown field `relm`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn diff_prints_what_a_change_opens_and_exits_by_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = "config/scopegate.toml";
+    let widened = edited_example(
+        dir.path(),
+        "widened.toml",
+        "scopes = [\"delete:contacts\"]",
+        "scopes = [\"read:contacts\"]",
+    );
+    let (code, out, err) = run(&["diff", old, &widened]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        out,
+        "widened DELETE /contacts/{id}: scope delete:contacts removed\n\
+         narrowed DELETE /contacts/{id}: scope read:contacts added\n"
+    );
+    let (code, out, _) = run(&["diff", &widened, old]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        out,
+        "widened DELETE /contacts/{id}: scope read:contacts removed\n\
+         narrowed DELETE /contacts/{id}: scope delete:contacts added\n"
+    );
+
+    // The same routes in another order, and comments: access unchanged.
+    let text = std::fs::read_to_string(old).unwrap();
+    let (head, routes) = text.split_once("[[routes]]").unwrap();
+    let mut blocks: Vec<&str> = routes.split("[[routes]]").collect();
+    blocks.reverse();
+    let reordered = dir.path().join("reordered.toml");
+    let blocks: Vec<String> = blocks
+        .iter()
+        .map(|b| format!("[[routes]]{}\n", b.trim_end()))
+        .collect();
+    std::fs::write(
+        &reordered,
+        format!("{head}# reordered\n{}", blocks.join("\n")),
+    )
+    .unwrap();
+    let (code, out, err) = run(&["diff", old, reordered.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+
+    let broken = edited_example(
+        dir.path(),
+        "broken.toml",
+        "path = \"/health\"",
+        "path = \"health\"",
+    );
+    let (code, out, err) = run(&["diff", old, &broken]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(
+        err.contains("broken.toml:") && err.contains("must start with '/'"),
+        "{err}"
+    );
+}

@@ -210,6 +210,72 @@ fn an_invalid_file_mid_run_changes_nothing() {
 }
 
 #[test]
+fn a_reload_under_traffic_logs_what_it_changed_in_who_may_do_what() {
+    let upstream = start_echo("a");
+    let (port, admin) = (free_port(), free_port());
+    let p = Proxy::start(&variant(port, admin, upstream, "read:contacts"), port);
+    assert!(eventually(10, || http_get(admin_addr(admin), "/readyz")
+        .status
+        == 200));
+    let t = token("read:contacts");
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let client = {
+        let (stop, failed, addr) = (stop.clone(), failed.clone(), p.addr);
+        let req = format!("GET /contacts HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n\r\n");
+        std::thread::spawn(move || {
+            let mut c = Client::connect(addr);
+            for _ in 0..200_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if !matches!(c.send(req.as_bytes()).status, 200 | 403) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let edited = variant(port, admin, upstream, "write:contacts")
+        + "\n[[routes]]\nmethods = [\"PUT\"]\npath = \"/contacts/{id}\"\nscopes = [\"write:contacts\"]\n";
+    write_atomic(&p.config_path(), &edited);
+    assert!(eventually(10, || generation(admin) == 2.0), "{}", p.log());
+    let expected = [
+        "+ route PUT /contacts/{id}",
+        "widened GET /contacts: scope read:contacts removed",
+        "narrowed GET /contacts: scope write:contacts added",
+    ];
+    let logged = |line: &str| {
+        p.log()
+            .lines()
+            .any(|l| l.contains(" INFO ") && l.contains(line) && l.contains("generation=2"))
+    };
+    assert!(
+        eventually(10, || expected.iter().all(|l| logged(l))),
+        "expected {expected:?} in the log:\n{}",
+        p.log()
+    );
+    // One line per change, and nothing else changed.
+    let changes = p
+        .log()
+        .lines()
+        .filter_map(|l| {
+            l.split_once("scopegate::edge::reload: ")
+                .map(|(_, m)| m.to_string())
+        })
+        .filter(|m| {
+            ["+ route ", "- route ", "widened ", "narrowed ", "changed "]
+                .iter()
+                .any(|k| m.starts_with(k))
+        })
+        .count();
+    assert_eq!(changes, expected.len(), "{}", p.log());
+    assert_eq!(p.get("/contacts", Some(&t)).status, 403);
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+}
+
+#[test]
 fn sighup_reloads() {
     let upstream = start_echo("a");
     let (port, admin) = (free_port(), free_port());

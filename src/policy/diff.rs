@@ -566,7 +566,13 @@ any_scopes = ["admin", "owner"]
 
     /// What changes, the text replaced and its replacement, the lines from `BASE` to the
     /// edited config, and the lines back.
-    type Row = (&'static str, &'static str, &'static str, Vec<String>, Vec<String>);
+    type Row = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Vec<String>,
+        Vec<String>,
+    );
 
     #[test]
     fn every_kind_of_change_both_ways() {
