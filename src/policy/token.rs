@@ -112,3 +112,96 @@ pub fn verified(
         forward_headers: Vec::new(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{build, parse_for_test};
+
+    const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:1"
+
+[[issuers]]
+issuer = "https://a.test/"
+audiences = ["https://top.test", "https://top2.test"]
+jwks_url = "https://a.test/jwks"
+
+[[issuers]]
+issuer = "https://b.test/"
+audiences = ["https://top-b.test"]
+jwks_url = "https://b.test/jwks"
+
+[upstreams.one]
+servers = ["127.0.0.1:1"]
+
+[[routes]]
+path = "/top"
+
+[apis.billing]
+audience = "https://billing.test"
+issuers = ["https://b.test/"]
+hosts = ["billing.test"]
+
+[[apis.billing.routes]]
+path = "/invoices"
+"#;
+
+    fn describe(text: &str) -> TokenDescription {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn issuer_and_audience_default_to_what_the_api_accepts() {
+        let snap = build(&parse_for_test(CONFIG), 1).unwrap();
+        let api = |host, path| api_for(&snap, &Method::GET, host, path);
+        let top = verified(
+            &snap,
+            api(None, "/top"),
+            &describe("scopes = [\"a\", \"b\"]"),
+        )
+        .unwrap();
+        assert_eq!(
+            (top.issuer, &*top.audiences),
+            (0, &[Box::from("https://top.test")][..])
+        );
+        assert!(top.scopes.contains("b"));
+        let billing = api(Some("billing.test"), "/nope");
+        assert_eq!(
+            billing,
+            Some(1),
+            "the host's first API when no route matches"
+        );
+        let p = verified(
+            &snap,
+            billing,
+            &describe("sub = \"u1\"\nclaims = { org = \"acme\" }"),
+        )
+        .unwrap();
+        assert_eq!(
+            (p.issuer, &*p.audiences),
+            (1, &[Box::from("https://billing.test")][..])
+        );
+        assert_eq!(p.sub.as_deref(), Some("u1"));
+        assert_eq!(p.claims.len(), 2, "{:?}", p.claims);
+        assert!(snap.apis[1].accept(&p).is_ok());
+    }
+
+    #[test]
+    fn an_issuer_the_config_does_not_trust_is_refused_as_the_verifier_would() {
+        let snap = build(&parse_for_test(CONFIG), 1).unwrap();
+        let t = describe("issuer = \"https://evil.test/\"");
+        assert_eq!(
+            verified(&snap, Some(0), &t).unwrap_err(),
+            Rejection::WrongIssuer
+        );
+        let t = describe("audience = [\"https://x.test\", \"https://top2.test\"]");
+        let p = verified(&snap, Some(0), &t).unwrap();
+        assert!(snap.apis[0].accept(&p).is_ok());
+        assert_eq!(
+            snap.apis[1].accept(&p).unwrap_err(),
+            Rejection::WrongIssuer,
+            "issued by a.test, which billing does not trust"
+        );
+    }
+}
