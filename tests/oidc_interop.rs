@@ -34,7 +34,7 @@ fn start_provider_for(port: u16, audience: &str) -> ProcessGroup {
         .spawn_group()
         .expect("node is needed to run the OIDC provider for this test");
     assert!(
-        eventually(20, || std::net::TcpStream::connect(("127.0.0.1", port))
+        eventually(90, || std::net::TcpStream::connect(("127.0.0.1", port))
             .is_ok()),
         "provider did not start"
     );
@@ -67,7 +67,7 @@ fn tokens_from_node_oidc_provider_are_enforced() {
     let issuer = format!("http://127.0.0.1:{op_port}");
     let (p, admin) = proxy_for_issuers(&discovery_issuer(&issuer));
     assert!(
-        eventually(15, || http_get(admin_addr(admin), "/readyz").status == 200),
+        eventually(60, || http_get(admin_addr(admin), "/readyz").status == 200),
         "{}",
         p.log()
     );
@@ -132,7 +132,7 @@ scopes = ["read:contacts"]
     );
     let p = Proxy::start(&config, port);
     assert!(
-        eventually(15, || http_get(admin_addr(admin), "/readyz").status == 200),
+        eventually(60, || http_get(admin_addr(admin), "/readyz").status == 200),
         "{}",
         p.log()
     );
