@@ -733,6 +733,25 @@ pub fn decide_as<'r>(
     if let Some(flaw) = req.target_flaw {
         return bad(flaw.description(), None);
     }
+    // scopegate never tunnels: CONNECT is refused before any route (an `ANY` one included) can
+    // take it, naming the methods the path's routes allow (none for an authority-form target,
+    // or HTTP/2's CONNECT, which has no path).
+    if *req.method == Method::CONNECT {
+        let set = snapshot.route_set(req.host().ok().flatten());
+        let allow = normalize(req.path)
+            .ok()
+            .and_then(|p| set.router.allowed(&p))
+            .map(|(methods, _)| methods.join(", "))
+            .unwrap_or_default();
+        return Verdict {
+            decision: Decision::Refuse(Refusal::MethodNotAllowed {
+                allow: Cow::Owned(allow),
+            }),
+            cors: None,
+            principal: None,
+            normalized: None,
+        };
+    }
     let path = match normalize(req.path) {
         Ok(p) => p,
         Err(e) => return bad(path_error_text(e), None),
@@ -746,23 +765,6 @@ pub fn decide_as<'r>(
         Err(description) => return bad(description, normalized),
     };
     let set = snapshot.route_set(host);
-    // scopegate never tunnels: CONNECT is refused before any route (an `ANY` one included) can
-    // take it, naming the methods the path's routes do allow.
-    if *req.method == Method::CONNECT {
-        let allow = set
-            .router
-            .allowed(&path)
-            .map(|(methods, _)| methods.join(", "))
-            .unwrap_or_default();
-        return Verdict {
-            decision: Decision::Refuse(Refusal::MethodNotAllowed {
-                allow: Cow::Owned(allow),
-            }),
-            cors: None,
-            principal: None,
-            normalized,
-        };
-    }
     let lookup = set.router.lookup(req.method, &path);
     // Most hosts have no CORS at all: no header or route looked at for it then.
     let cors = if set.has_cors {

@@ -143,50 +143,92 @@ fn header_end(buf: &[u8], from: usize) -> Option<usize> {
     }
 }
 
+/// Set by the proxy once Pingora has parsed the header of a request on a reused connection
+/// (`ProxyHttp::on_connection_reuse`), carried there as the connection's user context.
+#[derive(Debug, Default)]
+pub struct HeaderParsed(pub std::sync::atomic::AtomicBool);
+
 impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
     /// HTTP/1 requests on one connection, each header under the deadlines.
+    ///
+    /// The first request's header is read here (it may take `header` from its first byte, and
+    /// at most 64 KiB). After a response, Pingora may already hold the start of the next
+    /// request (a client pipelining: RFC 9112 §9.3.2) where this loop cannot see it, so the
+    /// next header is read by Pingora's session, and the connection is closed if that header
+    /// is not parsed within `keepalive` + `header`. Its size is the decision's to check.
     async fn serve_http1(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let mut stream = stream;
-        let mut persistent = None;
-        let mut first_by = Instant::now() + self.limits.header;
+        let mut persistent: Option<pingora_core::apps::HttpPersistentSettings> = None;
         let mut stopping = shutdown.clone();
         loop {
-            let read = match preread_header(&mut stream, first_by, self.limits.header, &mut stopping)
-                .await
-            {
-                Ok(read) => read,
-                Err(NoRequest::Closed) => return,
-                Err(NoRequest::Late) => {
-                    tracing::debug!("no complete request header in time: connection closed");
-                    return;
-                }
-                Err(NoRequest::TooLarge) => {
-                    let _ = stream.write_all(TOO_LARGE).await;
-                    let _ = stream.flush().await;
-                    let _ = stream.shutdown().await;
-                    return;
-                }
-            };
-            let mut session = ServerSession::new_http1(stream);
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            } else {
-                session.set_keepalive(Some(self.limits.keepalive.as_secs().max(1)));
-            }
-            if let Some(settings) = persistent.take() {
+            let reused = persistent.is_some();
+            let mut session;
+            let parsed = Arc::new(HeaderParsed::default());
+            if let Some(mut settings) = persistent.take() {
+                settings.set_user_context(Box::new(parsed.clone()));
+                session = ServerSession::new_http1(stream);
                 pingora_core::apps::HttpPersistentSettings::apply_to_session(
                     settings,
                     &mut session,
                 );
+            } else {
+                let first_by = Instant::now() + self.limits.header;
+                let read = match preread_header(
+                    &mut stream,
+                    first_by,
+                    self.limits.header,
+                    &mut stopping,
+                )
+                .await
+                {
+                    Ok(read) => read,
+                    Err(NoRequest::Closed) => return,
+                    Err(NoRequest::Late) => {
+                        tracing::debug!("no complete request header in time: connection closed");
+                        return;
+                    }
+                    Err(NoRequest::TooLarge) => {
+                        let _ = stream.write_all(TOO_LARGE).await;
+                        let _ = stream.flush().await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                };
+                session = ServerSession::new_http1(stream);
+                session.set_pipelined_prefix(read);
             }
-            session.set_pipelined_prefix(read);
-            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
+            session.set_pipelining_enabled(true);
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else if !reused {
+                session.set_keepalive(Some(self.limits.keepalive.as_secs().max(1)));
+            }
+            let serving = self.inner.process_new_http(session, shutdown);
+            let done = if reused {
+                let deadline = Instant::now() + self.limits.keepalive + self.limits.header;
+                tokio::pin!(serving);
+                tokio::select! {
+                    biased;
+                    done = &mut serving => done,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        if !parsed.0.load(Ordering::Relaxed) {
+                            tracing::debug!("no complete request header in time: connection closed");
+                            return;
+                        }
+                        serving.await
+                    }
+                }
+            } else {
+                serving.await
+            };
+            let Some(reused) = done else {
                 return;
             };
             let (next, settings) = reused.consume();
             stream = next;
+            // A session that cannot be reused hands back no settings: the next request then
+            // starts as a first one would.
             persistent = settings;
-            first_by = Instant::now() + self.limits.keepalive;
         }
     }
 }

@@ -388,12 +388,42 @@ impl ProxyHttp for ScopeGate {
         RequestCtx::new()
     }
 
+    // The header of a request on a reused connection is parsed: the connection loop's
+    // deadline for it is met (see `limits::Limited::serve_http1`).
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        prev_ctx: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(parsed) = prev_ctx.downcast::<Arc<super::limits::HeaderParsed>>() {
+            parsed.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     async fn request_filter(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora_core::Result<bool> {
         let live = self.live.load_full();
+        // A header read by Pingora's session on a reused connection was held to its own, larger
+        // limit: past 64 KiB it is refused here as the first read of a connection is.
+        let header_bytes = session
+            .as_downstream()
+            .as_http1()
+            .map_or(0, |h1| h1.get_headers_raw_bytes().len());
+        if header_bytes > super::limits::MAX_HEADER {
+            ctx.live = Some(live);
+            ctx.decision = DecisionLabel::BadRequest;
+            let answer = Answer::error(
+                431,
+                "header_too_large",
+                "the request header is larger than 64 KiB",
+            );
+            send_answer(session, &answer).await?;
+            return Ok(true);
+        }
         let mut outcome = self.decide_and_record(request_of(session), &live, ctx);
         // An unknown `kid` may be a key the provider has just rotated in: refetch (once for all
         // requests waiting on it, at most once per cooldown) and decide again.
@@ -532,6 +562,19 @@ impl ProxyHttp for ScopeGate {
                 )
                 .into_up());
             }
+        }
+        // SPEC: a response header over 64 KiB breaks framing like a malformed one (502).
+        let head_bytes: usize = upstream_response
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if head_bytes > super::limits::MAX_HEADER {
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "upstream response header larger than 64 KiB",
+            )
+            .into_up());
         }
         // Hop-by-hop fields of the upstream's connection are not the client's (RFC 9110
         // §7.6.1); Pingora writes `Connection` itself.
