@@ -507,7 +507,20 @@ impl Fixture {
     }
 
     fn everywhere(&self, shape: &Shape) -> Vec<(Path, Outcome)> {
-        PATHS.iter().map(|&p| (p, self.run(shape, p))).collect()
+        let results: Vec<(Path, Outcome)> = PATHS.iter().map(|&p| (p, self.run(shape, p))).collect();
+        // DIFF_DUMP=1: every answer, for reading what a divergence report leaves out.
+        if std::env::var_os("DIFF_DUMP").is_some() {
+            for (p, o) in &results {
+                let answers: Vec<String> = o
+                    .answers
+                    .iter()
+                    .map(|a| format!("{} {}", a.verdict(), short(&a.body)))
+                    .collect();
+                let fwd: Vec<String> = o.forwarded.iter().map(|f| format!("{} {}", esc(&f.method), esc(&f.target))).collect();
+                println!("DUMP {:<44} {:<9} {answers:?} fwd={fwd:?} {}", shape.name, p.name(), o.skipped.as_deref().unwrap_or(""));
+            }
+        }
+        results
     }
 
     fn h2_connect(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
@@ -1186,7 +1199,8 @@ impl Shape {
             let same = uri.authority().map(|a| a.as_str()) == Some(host)
                 && uri.path_and_query().map(|p| p.as_str()) == Some(target);
             if !same {
-                return Err(format!("the http crate rewrites {host:?} {target:?} (e.g. drops a fragment)"));
+                // A fragment is dropped; a `/`, `?` or `#` in the host ends the authority.
+                return Err(format!("the http crate cannot carry {host:?} {target:?} as they are"));
             }
             uri
         };
@@ -1544,6 +1558,10 @@ fn divergences(shape: &Shape, results: &[(Path, Outcome)]) -> Vec<String> {
         if !(200..300).contains(&a.status) && !o.forwarded.is_empty() {
             say(*path, format!("forwarded although answered {}", a.verdict()));
         }
+        if a.status >= 400 && shape.method != b"HEAD" && a.is_json() != ref_answer.is_json() {
+            let json = |j: bool| if j { "a JSON body" } else { "no JSON body" };
+            say(*path, format!("{} with {} but {} on {}", a.status, json(a.is_json()), json(ref_answer.is_json()), ref_path.name()));
+        }
         if matches!(a.status, 401 | 403 | 404 | 405) && shape.method != b"HEAD" && !a.is_json() {
             say(*path, format!("{} without a JSON error body: {:?}", a.status, esc(&a.body)));
         }
@@ -1890,6 +1908,7 @@ fn idle_keep_alive_clients_hold_no_upstream_connections() {
             idle.push(c);
         }
         let opened = fx.upstream.accepted() - before;
+        println!("{:<9} {} idle clients, {opened} upstream connections", path.name(), idle.len());
         if opened > BOUND {
             rows.push(format!(
                 "{:<9} {} idle clients hold {opened} upstream connections (bound {BOUND})",
@@ -1921,6 +1940,7 @@ fn idle_keep_alive_clients_hold_no_upstream_connections() {
         idle.push(client);
     }
     let opened = fx.upstream.accepted() - before;
+    println!("h2        {} idle clients, {opened} upstream connections", idle.len());
     if opened > BOUND {
         rows.push(format!(
             "h2        {} idle clients hold {opened} upstream connections (bound {BOUND})",
@@ -2008,6 +2028,7 @@ fn a_header_over_64_kib_is_431_and_a_trickled_one_is_cut_off_in_time() {
     // header_timeout_seconds = 2 in the config; "about" that, with room for a busy machine.
     for path in [Path::Plain, Path::Tls] {
         let (took, how) = trickle(&fx, path);
+        println!("{:<9} trickled header: {how} after {took:?}", path.name());
         let ok = how.contains(" 431 ") || how.starts_with("closed");
         if !ok || took > Duration::from_millis(4500) {
             rows.push(format!("{:<9} trickled header: {how} after {took:?} (SPEC: 431 or closed within ~2 s)", path.name()));
