@@ -2062,10 +2062,14 @@ fn check_everywhere(
 /// 400 and nothing forwarded (and a JSON body when `json`), on every answer.
 fn refused_400(json: bool) -> impl Fn(Path, &Outcome) -> Option<String> {
     move |_, o| {
-        let bad: Vec<String> = o
-            .answers
+        // Both pipelined answers, unless the connection was closed after the first.
+        let answers = if o.second_closed() {
+            &o.answers[..1]
+        } else {
+            &o.answers[..]
+        };
+        let bad: Vec<String> = answers
             .iter()
-            .filter(|a| a.status != 0 || o.answers.len() == 1)
             .filter(|a| a.status != 400 || (json && !a.is_json()))
             .map(|a| format!("{} {:?}", a.verdict(), esc(&a.body)))
             .collect();
