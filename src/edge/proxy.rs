@@ -409,10 +409,17 @@ impl ProxyHttp for ScopeGate {
         let live = self.live.load_full();
         // A header read by Pingora's session on a reused connection was held to its own, larger
         // limit: past 64 KiB it is refused here as the first read of a connection is.
-        let header_bytes = session
-            .as_downstream()
-            .as_http1()
-            .map_or(0, |h1| h1.get_headers_raw_bytes().len());
+        let header_bytes = match session.as_downstream().as_http1() {
+            Some(h1) => h1.get_headers_raw_bytes().len(),
+            // RFC 9113 §6.5.2 counts a header list as names, values and 32 bytes a field.
+            None if session.req_header().version == http::Version::HTTP_2 => session
+                .req_header()
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .sum(),
+            None => 0,
+        };
         if header_bytes > super::limits::MAX_HEADER {
             ctx.live = Some(live);
             ctx.decision = DecisionLabel::BadRequest;

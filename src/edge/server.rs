@@ -176,6 +176,11 @@ fn proxy_service(
     // `Allow`); Pingora's own refusal has neither.
     options.allow_connect_method_proxying = true;
     http.server_options = Some(options);
+    // HTTP/2 header lists up to twice the limit reach the decision, which refuses those past
+    // 64 KiB with a JSON 431 as over HTTP/1 (beyond that, h2 refuses them itself).
+    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(2 * super::limits::MAX_HEADER as u32);
+    http.h2_options = Some(h2);
     let limits = ConnLimits {
         max_connections: connection_budget(
             process.max_connections,
