@@ -198,9 +198,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                 session.set_pipelined_prefix(read);
             }
             session.set_pipelining_enabled(true);
+            // Set on every session: Pingora's own carries no idle timeout over to the next.
             if *shutdown.borrow() {
                 session.set_keepalive(None);
-            } else if !reused {
+            } else {
                 session.set_keepalive(Some(self.limits.keepalive.as_secs().max(1)));
             }
             let serving = self.inner.process_new_http(session, shutdown);
