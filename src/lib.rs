@@ -15,4 +15,5 @@ pub mod openapi;
 pub mod policy;
 pub mod routing;
 pub mod snapshot;
+pub mod trusted;
 pub mod upstream;

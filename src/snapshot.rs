@@ -27,6 +27,8 @@ pub struct ProcessSettings {
     pub keepalive_timeout_seconds: u64,
     pub access_log: crate::config::AccessLogFormat,
     pub upgrade_socket: PathBuf,
+    /// Read per request, so a reload applies it at once.
+    pub trusted_proxies: crate::trusted::TrustedProxies,
 }
 
 #[derive(Debug)]

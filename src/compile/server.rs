@@ -7,6 +7,7 @@ use http::HeaderValue;
 use crate::auth::Rejection;
 use crate::config::{ConfigError, LoadedConfig};
 use crate::snapshot::{quoted, Challenges, ProcessSettings};
+use crate::trusted::TrustedProxies;
 
 pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, ConfigError> {
     let (server, src) = (&loaded.config.server, &loaded.source);
@@ -49,6 +50,11 @@ pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, Config
             return Err(src.error(None, format!("server.{key} must be at least 1")));
         }
     }
+    let trusted_proxies = match &server.trusted_proxies {
+        Some(blocks) => TrustedProxies::parse(blocks.get_ref())
+            .map_err(|m| src.error(Some(blocks.span()), format!("server.trusted_proxies: {m}")))?,
+        None => TrustedProxies::default(),
+    };
     Ok(ProcessSettings {
         listen,
         admin_listen: server.admin_listen.as_ref().map(|a| a.get_ref().clone()),
@@ -60,6 +66,7 @@ pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, Config
         keepalive_timeout_seconds: server.keepalive_timeout_seconds,
         access_log: server.access_log,
         upgrade_socket: loaded.resolve(&server.upgrade_socket),
+        trusted_proxies,
     })
 }
 

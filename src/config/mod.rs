@@ -148,6 +148,9 @@ pub struct ServerConfig {
     /// Where the listening sockets are handed to a new process (`run --upgrade`).
     #[serde(default = "default_upgrade_socket")]
     pub upgrade_socket: PathBuf,
+    /// Load balancers whose forwarding headers are believed (v3), as CIDR blocks.
+    #[serde(default)]
+    pub trusted_proxies: Option<Spanned<Vec<String>>>,
 }
 
 /// `[server] access_log`.

@@ -47,6 +47,8 @@ pub struct Entry<'a> {
     pub latency_us: u64,
     /// The `sub` of a valid token.
     pub sub: Option<&'a str>,
+    /// The client address scopegate believes (SPEC "Behind a load balancer"), no port.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// One worker's pending lines.
@@ -245,6 +247,13 @@ pub fn text_line(s: &mut Vec<u8>, e: &Entry<'_>) {
         Some(sub) => push_quoted(s, sub),
         None => s.push(b'-'),
     }
+    s.extend_from_slice(b" client=");
+    match e.client {
+        Some(ip) => {
+            let _ = write!(s, "{ip}");
+        }
+        None => s.push(b'-'),
+    }
     s.push(b'\n');
 }
 
@@ -268,6 +277,13 @@ pub fn json_line(s: &mut Vec<u8>, e: &Entry<'_>) {
     let _ = serde_json::to_writer(&mut *s, &e.upstream);
     let _ = write!(s, ",\"latency_us\":{},\"sub\":", e.latency_us);
     let _ = serde_json::to_writer(&mut *s, &e.sub);
+    s.extend_from_slice(b",\"client\":");
+    match e.client {
+        Some(ip) => {
+            let _ = write!(s, "\"{ip}\"");
+        }
+        None => s.extend_from_slice(b"null"),
+    }
     for (key, value) in [(",\"would_be\":", e.would_be), (",\"reason\":", e.reason)] {
         if let Some(v) = value {
             s.extend_from_slice(key.as_bytes());
@@ -358,6 +374,7 @@ mod tests {
             upstream: None,
             latency_us: 42,
             sub: None,
+            client: Some(std::net::IpAddr::from([192, 0, 2, 7])),
         }
     }
 
@@ -392,11 +409,13 @@ mod tests {
                 "upstream",
                 "latency_us",
                 "sub",
+                "client",
                 "would_be",
                 "reason"
             ]
         );
         assert_eq!(v["upstream"], serde_json::Value::Null);
+        assert_eq!(v["client"], "192.0.2.7");
         let mut plain = entry();
         plain.would_be = None;
         plain.reason = None;

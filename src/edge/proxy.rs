@@ -92,6 +92,8 @@ pub struct RequestCtx {
     pub(super) normalized: Option<String>,
     /// What became of the upstream's response, when it broke HTTP framing.
     pub(super) upstream_failure: Option<UpstreamFailure>,
+    /// The client scopegate believes, for the access log.
+    pub(super) client: Option<std::net::IpAddr>,
 }
 
 /// An upstream response that broke HTTP framing (SPEC "Requests on the wire").
@@ -184,13 +186,36 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// The client's address as an `X-Forwarded-For` value.
-fn client_ip(session: &Session) -> Option<HeaderValue> {
+/// The address of the connection's peer.
+fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
     match session.client_addr()? {
-        PingoraAddr::Inet(a) => forwarded_for(a.ip()),
+        PingoraAddr::Inet(a) => Some(a.ip()),
         #[allow(unreachable_patterns)]
         _ => None,
     }
+}
+
+/// The peer is one of `[server] trusted_proxies`: its forwarding headers are believed.
+fn from_trusted(session: &Session, snapshot: &Snapshot) -> bool {
+    let trusted = &snapshot.process.trusted_proxies;
+    !trusted.is_empty() && peer_ip(session).is_some_and(|ip| trusted.contains(ip))
+}
+
+/// The client scopegate believes: the peer, or behind trusted proxies the rightmost
+/// `X-Forwarded-For` entry that is not one of them.
+fn believed_client(session: &Session, snapshot: &Snapshot) -> Option<std::net::IpAddr> {
+    let peer = peer_ip(session)?;
+    let trusted = &snapshot.process.trusted_proxies;
+    if trusted.is_empty() {
+        return Some(peer);
+    }
+    let chain = session
+        .req_header()
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    Some(trusted.client(peer, chain))
 }
 
 /// `ip` as an `X-Forwarded-For` value, rendered once per run of requests from one address.
@@ -215,11 +240,16 @@ fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
 /// strips hop-by-hop headers and those `Connection` names before this runs; the list holds
 /// them too, so what is never forwarded is written down in one place. `Connection` and
 /// `Upgrade` are Pingora's: it keeps them for a websocket handshake only.
-pub(super) fn not_forwarded(name: &str, snapshot: &Snapshot) -> bool {
-    const ALWAYS: [&str; 11] = [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
+pub(super) fn not_forwarded(name: &str, snapshot: &Snapshot, trusted_peer: bool) -> bool {
+    // From a trusted load balancer, its `X-Forwarded-*` and `Client-Cert` (RFC 9440) are
+    // passed on; from anyone else they are a client's claims about itself.
+    let forwarding = name.len() > 12 && name[..12].eq_ignore_ascii_case("x-forwarded-")
+        || name.eq_ignore_ascii_case("client-cert")
+        || name.eq_ignore_ascii_case("client-cert-chain");
+    if forwarding {
+        return !trusted_peer;
+    }
+    const ALWAYS: [&str; 8] = [
         "forwarded",
         "keep-alive",
         "proxy-connection",
@@ -249,15 +279,22 @@ const HOP_BY_HOP_RESPONSE: [&str; 5] = [
 
 /// The request as the decision reads it: the values Pingora's session parsed, and what of the
 /// target's wire form the parsed value does not show.
-fn request_of(session: &Session) -> Request<'_> {
+fn request_of<'s>(session: &'s Session, snapshot: &Snapshot) -> Request<'s> {
     let req = session.req_header();
+    // Behind a trusted balancer, the scheme the client used is the one it names.
+    let https = match req.headers.get("x-forwarded-proto") {
+        Some(proto) if from_trusted(session, snapshot) => {
+            proto.as_bytes().eq_ignore_ascii_case(b"https")
+        }
+        _ => session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+    };
     Request {
         method: &req.method,
         path: req.uri.path(),
         headers: &req.headers,
         authority: req.uri.authority().map(|a| a.as_str()),
         host_required: req.version == http::Version::HTTP_11,
-        https: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        https,
         target_flaw: target_flaw(session),
     }
 }
@@ -311,6 +348,7 @@ impl RequestCtx {
             principal: None,
             normalized: None,
             upstream_failure: None,
+            client: None,
         }
     }
 }
@@ -431,7 +469,7 @@ impl ProxyHttp for ScopeGate {
             send_answer(session, &answer).await?;
             return Ok(true);
         }
-        let mut outcome = self.decide_and_record(request_of(session), &live, ctx);
+        let mut outcome = self.decide_and_record(request_of(session, &live.snapshot), &live, ctx);
         // An unknown `kid` may be a key the provider has just rotated in: refetch (once for all
         // requests waiting on it, at most once per cooldown) and decide again.
         if let Outcome::RefreshKeys(i, response) = outcome {
@@ -441,7 +479,7 @@ impl ProxyHttp for ScopeGate {
                 .refresh_for_unknown_kid(issuer, issuer.keys.version())
                 .await
             {
-                self.decide_and_record(request_of(session), &live, ctx)
+                self.decide_and_record(request_of(session, &live.snapshot), &live, ctx)
             } else {
                 Outcome::Reply(response)
             };
@@ -516,10 +554,11 @@ impl ProxyHttp for ScopeGate {
             upstream.set_uri(uri);
         }
 
+        let trusted = from_trusted(session, snapshot);
         let dropped: Vec<HeaderName> = upstream
             .headers
             .keys()
-            .filter(|n| not_forwarded(n.as_str(), snapshot))
+            .filter(|n| not_forwarded(n.as_str(), snapshot, trusted))
             .cloned()
             .collect();
         for name in dropped {
@@ -530,20 +569,43 @@ impl ProxyHttp for ScopeGate {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
         }
-        if let Some(ip) = client_ip(session) {
+        let peer = peer_ip(session);
+        if trusted {
+            // The balancer's chain, with the balancer itself appended.
+            let mut chain: Vec<u8> = Vec::new();
+            for v in session.req_header().headers.get_all("x-forwarded-for") {
+                if !chain.is_empty() {
+                    chain.extend_from_slice(b", ");
+                }
+                chain.extend_from_slice(v.as_bytes());
+            }
+            if let Some(ip) = peer {
+                if !chain.is_empty() {
+                    chain.extend_from_slice(b", ");
+                }
+                chain.extend_from_slice(ip.to_string().as_bytes());
+            }
+            if let Ok(v) = HeaderValue::from_bytes(&chain) {
+                upstream.insert_header("x-forwarded-for", v)?;
+            }
+        } else if let Some(ip) = peer.and_then(forwarded_for) {
             upstream.insert_header("x-forwarded-for", ip)?;
         }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
-        let host = session.req_header().headers.get(HOST).cloned().or_else(|| {
-            session
-                .req_header()
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        if let Some(h) = host {
-            upstream.insert_header("x-forwarded-host", h)?;
+        if !trusted || !upstream.headers.contains_key("x-forwarded-proto") {
+            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+            upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        }
+        if !trusted || !upstream.headers.contains_key("x-forwarded-host") {
+            let host = session.req_header().headers.get(HOST).cloned().or_else(|| {
+                session
+                    .req_header()
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+            if let Some(h) = host {
+                upstream.insert_header("x-forwarded-host", h)?;
+            }
         }
         // A tunnel is never checked again: only routes that say so may switch protocols.
         if !forward.websocket {
@@ -684,6 +746,11 @@ impl ProxyHttp for ScopeGate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(live) = &ctx.live {
+            ctx.client = believed_client(session, &live.snapshot);
+        } else {
+            ctx.client = peer_ip(session);
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
         let host = req
@@ -752,6 +819,7 @@ impl Gate {
             upstream: upstream.map(|u| live.snapshot.upstreams[u].name.as_str()),
             latency_us: elapsed.as_micros() as u64,
             sub: ctx.principal.as_ref().and_then(|p| p.sub.as_deref()),
+            client: ctx.client,
         });
     }
 }
