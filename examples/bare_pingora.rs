@@ -2,7 +2,7 @@
 //! unchanged, built from the same crate versions with scopegate's runtime settings (current-
 //! thread workers, no downstream compression module, mimalloc, no L4 read buffer).
 //!
-//!   bare_pingora LISTEN UPSTREAM [THREADS]
+//!   bare_pingora LISTEN UPSTREAM [THREADS [CERT KEY]]   (with CERT and KEY: TLS, HTTP/2 by ALPN)
 
 use std::sync::Arc;
 
@@ -54,10 +54,15 @@ fn main() {
     server.bootstrap();
     let conf: Arc<ServerConf> = server.configuration.clone();
     let mut proxy = pingora_proxy::http_proxy_service(&conf, PassThrough { upstream });
-    proxy.add_listener(
-        ListenerConfig::tcp(listen)
-            .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
-    );
+    let mut listener = ListenerConfig::tcp(&listen)
+        .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
+    if let (Some(cert), Some(key)) = (args.get(4), args.get(5)) {
+        let mut tls = pingora_core::listeners::tls::TlsSettings::intermediate(cert, key)
+            .expect("CERT and KEY");
+        tls.enable_h2();
+        listener = listener.tls(tls);
+    }
+    proxy.add_listener(listener);
     server.add_service(proxy);
     server.run_forever();
 }

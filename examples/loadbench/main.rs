@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use scopegate::cli::mint;
 
+mod tls;
+
 const ISS: &str = "https://issuer.bench/";
 const AUD: &str = "https://api.bench";
 
@@ -127,7 +129,8 @@ fn wrk(url: &str, script: Option<&Path>, header: Option<&str>, secs: u64, conns:
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
     }
-    if let Some(h) = header {
+    // Several headers, one a line.
+    for h in header.into_iter().flat_map(str::lines) {
         cmd.args(["-H", h]);
     }
     cmd.arg(url);
@@ -193,6 +196,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    if std::env::var("BENCH_MODE").as_deref() == Ok("tls") {
+        return tls::run(secs, rounds);
+    }
     let conns: u32 = 50;
     let bin = std::env::var("SCOPEGATE_BIN").unwrap_or_else(|_| "target/release/scopegate".into());
     let bare =
