@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end load bench (see examples/loadbench.rs). BENCH_SECONDS and BENCH_ROUNDS tune it.
+# End-to-end load bench (see examples/loadbench/). BENCH_MODE=tls: the TLS and HTTP/2 rows. BENCH_SECONDS and BENCH_ROUNDS tune it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v wrk >/dev/null 2>&1 || ! command -v haproxy >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1 || ! command -v h2load >/dev/null 2>&1; then
