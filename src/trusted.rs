@@ -43,18 +43,24 @@ impl TrustedProxies {
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.0.iter().any(|&(net, bits)| match (canonical(net), ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
-            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
-            _ => false,
-        })
+        self.0
+            .iter()
+            .any(|&(net, bits)| match (canonical(net), ip) {
+                (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
+                (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
+                _ => false,
+            })
     }
 
     /// The client scopegate believes for a connection from `peer` whose `X-Forwarded-For`
     /// values are `chain` (in order): the rightmost entry not itself a trusted proxy, walking
     /// left only through trusted ones; the peer when it is not trusted or the chain is empty.
     /// An entry that is not an address stops the walk at the last one believed.
-    pub fn client<'a>(&self, peer: IpAddr, chain: impl DoubleEndedIterator<Item = &'a str>) -> IpAddr {
+    pub fn client<'a>(
+        &self,
+        peer: IpAddr,
+        chain: impl DoubleEndedIterator<Item = &'a str>,
+    ) -> IpAddr {
         if !self.contains(peer) {
             return peer;
         }
@@ -112,8 +118,9 @@ mod tests {
 
     #[test]
     fn blocks_match_by_prefix() {
-        let t = TrustedProxies::parse(&["10.0.0.0/8".into(), "192.168.1.128/25".into(), "::1".into()])
-            .unwrap();
+        let t =
+            TrustedProxies::parse(&["10.0.0.0/8".into(), "192.168.1.128/25".into(), "::1".into()])
+                .unwrap();
         assert!(t.contains(ip("10.200.3.4")));
         assert!(!t.contains(ip("11.0.0.1")));
         assert!(t.contains(ip("192.168.1.200")));
@@ -137,13 +144,19 @@ mod tests {
             ip("203.0.113.9")
         );
         // From anyone else the chain is not read at all.
-        assert_eq!(t.client(ip("198.51.100.1"), ["1.1.1.1"].into_iter()), ip("198.51.100.1"));
+        assert_eq!(
+            t.client(ip("198.51.100.1"), ["1.1.1.1"].into_iter()),
+            ip("198.51.100.1")
+        );
         // No chain, or only trusted entries: the last one believed.
         assert_eq!(t.client(lb, std::iter::empty()), lb);
         assert_eq!(t.client(lb, ["10.0.0.9"].into_iter()), ip("10.0.0.9"));
         // Garbage stops the walk.
         assert_eq!(t.client(lb, ["1.1.1.1, junk"].into_iter()), lb);
-        assert_eq!(t.client(lb, ["[2001:db8::1]:443"].into_iter()), ip("2001:db8::1"));
+        assert_eq!(
+            t.client(lb, ["[2001:db8::1]:443"].into_iter()),
+            ip("2001:db8::1")
+        );
         assert!(TrustedProxies::default().is_empty());
     }
 }

@@ -588,7 +588,10 @@ fn the_access_log_is_json_text_or_off() {
                 "client"
             ]
         );
-        assert_eq!(allowed["client"], "127.0.0.1", "the peer: no trusted proxies");
+        assert_eq!(
+            allowed["client"], "127.0.0.1",
+            "the peer: no trusted proxies"
+        );
         assert_eq!(allowed["path"], "/contacts/7", "normalized, no query");
         assert_eq!(allowed["route"], "GET /contacts/{id}");
         assert_eq!(allowed["upstream"], "contacts");

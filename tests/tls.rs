@@ -171,3 +171,75 @@ fn tls_to_the_upstream_is_verified_with_its_ca_file() {
         200
     );
 }
+
+/// A returning client resumes its TLS session (a ticket from the first connection) instead of
+/// a full handshake; a client that never finishes its handshake is closed within the header
+/// deadline, under the connection limit.
+#[test]
+fn sessions_resume_and_a_stalled_handshake_is_cut_off() {
+    use rustls_pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    let (cert, key_pem) = self_signed();
+    let upstream = start_echo("a");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), &key().jwks).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
+    let text = config_full(port, None, &[upstream], &file_issuer(), "").replacen(
+        "threads = 1",
+        "threads = 1\nheader_timeout_seconds = 2\ntls = { cert = \"cert.pem\", key = \"key.pem\" }",
+        1,
+    );
+    std::fs::write(dir.path().join("scopegate.toml"), text).unwrap();
+    let p = Proxy::start_in(dir, port);
+
+    let mut roots = rustls::RootCertStore::empty();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+    roots.add(der).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let connect = || {
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let tcp = std::net::TcpStream::connect(p.addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET /health HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer);
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+        tls.conn.handshake_kind()
+    };
+    assert_eq!(connect(), Some(rustls::HandshakeKind::Full));
+    assert_eq!(
+        connect(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the second connection resumes with the first one's ticket"
+    );
+
+    // A TCP connection that never sends a ClientHello.
+    let started = std::time::Instant::now();
+    let mut silent = std::net::TcpStream::connect(p.addr).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}

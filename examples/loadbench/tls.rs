@@ -32,7 +32,12 @@ fn h2load(url: &str, header: &str, secs: u64) -> Run {
         // "finished in 6.00s, 41234.50 req/s, 1.23MB/s"
         if let Some(rest) = l.strip_prefix("finished in") {
             if let Some(rps) = rest.split(',').nth(1) {
-                run.rps = rps.trim().trim_end_matches("req/s").trim().parse().unwrap_or(0.0);
+                run.rps = rps
+                    .trim()
+                    .trim_end_matches("req/s")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0.0);
             }
         // "status codes: 1000 2xx, 0 3xx, 0 4xx, 0 5xx"
         } else if let Some(rest) = l.strip_prefix("status codes:") {
@@ -51,7 +56,10 @@ fn h2load(url: &str, header: &str, secs: u64) -> Run {
         }
     }
     if run.rps == 0.0 {
-        eprintln!("h2load said:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "h2load said:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     run
 }
@@ -87,7 +95,15 @@ pub fn run(secs: u64, rounds: usize) {
     std::fs::write(d.join("pub.pem"), &public.stdout).unwrap();
     // ECDSA P-256, as the figures.
     let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
         .args(["-days", "1", "-subj", "/CN=localhost", "-keyout"])
         .arg(d.join("tls.key"))
         .arg("-out")
@@ -153,7 +169,11 @@ pub fn run(secs: u64, rounds: usize) {
         d.join("tls.crt").display(),
         d.join("tls.key").display()
     );
-    let text = scopegate_config(sg, sg_admin, up, "").replacen("\n[[issuers]]", &format!("\n{tls}\n[[issuers]]"), 1);
+    let text = scopegate_config(sg, sg_admin, up, "").replacen(
+        "\n[[issuers]]",
+        &format!("\n{tls}\n[[issuers]]"),
+        1,
+    );
     std::fs::write(d.join("defaults.toml"), text).unwrap();
     let sg_log = std::fs::File::create(d.join("scopegate.log")).unwrap();
     let scopegate = Kill(
@@ -172,7 +192,14 @@ pub fn run(secs: u64, rounds: usize) {
     );
     let bare_pingora = spawn(
         "0",
-        &[&bare, &format!("127.0.0.1:{bp}"), &format!("127.0.0.1:{up}"), "1", &crt, &key],
+        &[
+            &bare,
+            &format!("127.0.0.1:{bp}"),
+            &format!("127.0.0.1:{up}"),
+            "1",
+            &crt,
+            &key,
+        ],
     );
     let (hp, hj) = (free_port(), free_port());
     let tls_pem = d.join("tls.pem").display().to_string();

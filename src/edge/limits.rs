@@ -20,10 +20,11 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{timeout, timeout_at, Instant};
 
 /// The `[server]` limits, in force from process start.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +55,8 @@ content-type: application/json\r\ncontent-length: 91\r\ncache-control: no-store\
 pub struct Limited<A> {
     pub inner: Arc<A>,
     pub limits: ConnLimits,
+    /// HTTPS listeners: the TLS handshake, done here under the connection limit.
+    pub tls: Option<Arc<pingora_core::listeners::tls::Acceptor>>,
 }
 
 struct Open;
@@ -91,7 +94,11 @@ async fn preread_header(
     loop {
         let scan_from = buf.len().saturating_sub(2);
         if buf.capacity() == buf.len() {
-            let grow = if buf.is_empty() { FIRST_READ } else { buf.len() };
+            let grow = if buf.is_empty() {
+                FIRST_READ
+            } else {
+                buf.len()
+            };
             buf.reserve(grow.min(MAX_HEADER + 1 - buf.len()));
         }
         let read = tokio::select! {
@@ -173,27 +180,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                 );
             } else {
                 let first_by = Instant::now() + self.limits.header;
-                let read = match preread_header(
-                    &mut stream,
-                    first_by,
-                    self.limits.header,
-                    &mut stopping,
-                )
-                .await
-                {
-                    Ok(read) => read,
-                    Err(NoRequest::Closed) => return,
-                    Err(NoRequest::Late) => {
-                        tracing::debug!("no complete request header in time: connection closed");
-                        return;
-                    }
-                    Err(NoRequest::TooLarge) => {
-                        let _ = stream.write_all(TOO_LARGE).await;
-                        let _ = stream.flush().await;
-                        let _ = stream.shutdown().await;
-                        return;
-                    }
-                };
+                let read =
+                    match preread_header(&mut stream, first_by, self.limits.header, &mut stopping)
+                        .await
+                    {
+                        Ok(read) => read,
+                        Err(NoRequest::Closed) => return,
+                        Err(NoRequest::Late) => {
+                            tracing::debug!(
+                                "no complete request header in time: connection closed"
+                            );
+                            return;
+                        }
+                        Err(NoRequest::TooLarge) => {
+                            let _ = stream.write_all(TOO_LARGE).await;
+                            let _ = stream.flush().await;
+                            let _ = stream.shutdown().await;
+                            return;
+                        }
+                    };
                 session = ServerSession::new_http1(stream);
                 session.set_pipelined_prefix(read);
             }
@@ -250,6 +255,29 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             return None; // dropping the stream closes it
         }
         let _open = Open;
+        let stream = match &self.tls {
+            // The handshake is bounded like a request header: a client that stalls in it holds a
+            // counted connection for `header` at most.
+            Some(acceptor) => {
+                let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
+                    return None;
+                };
+                // Boxed: a plain connection's future does not carry a handshake's state.
+                let handshake = Box::pin(acceptor.tls_handshake(*tcp));
+                match timeout(self.limits.header, handshake).await {
+                    Ok(Ok(tls)) => Box::new(tls) as Stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return None;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake not done in time: connection closed");
+                        return None;
+                    }
+                }
+            }
+            None => stream,
+        };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2 multiplexes: Pingora's own loop, with `h2_idle_timeout` set to keepalive.
             return self.inner.process_new(stream, shutdown).await;

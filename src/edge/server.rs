@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
@@ -76,7 +75,7 @@ pub fn run_with(
     let fetcher = Arc::new(JwksFetcher::new(Box::new(move |issuer, ok| {
         observer.jwks_refresh(issuer, ok)
     })));
-    let proxy = proxy_service(&server, &live, &metrics, &fetcher, config_path)?;
+    let proxy = proxy_service(&server, &live, &metrics, &fetcher);
     server.add_service(proxy);
     let reloaded = Arc::new(tokio::sync::Notify::new());
     server.add_service(background_service(
@@ -158,8 +157,7 @@ fn proxy_service(
     live: &LiveConfig,
     metrics: &Arc<Metrics>,
     fetcher: &Arc<JwksFetcher>,
-    config_path: &Path,
-) -> Result<ProxyService, ConfigError> {
+) -> ProxyService {
     let current = live.load();
     let process = &current.snapshot.process;
     let gate = Arc::new(Gate {
@@ -189,39 +187,45 @@ fn proxy_service(
         header: Duration::from_secs(process.header_timeout_seconds),
         keepalive,
     };
+    let tls = current
+        .snapshot
+        .tls
+        .as_ref()
+        .map(|_| Arc::new(tls_acceptor(live)));
     let limited = Limited {
         inner: Arc::new(http),
         limits,
+        tls,
     };
     let mut proxy = Service::new("scopegate".to_string(), limited);
-    let listen = &current.snapshot.process.listen;
-    let Some(tls) = &current.snapshot.tls else {
-        for addr in listen {
-            proxy.add_listener(ListenerConfig::tcp(addr).l4_buffer(l4_buffer()));
-        }
-        return Ok(proxy);
-    };
-    let (cert, key) = (
-        tls.cert.display().to_string(),
-        tls.key.display().to_string(),
-    );
-    for addr in listen {
-        let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|e| ConfigError {
-            file: config_path.display().to_string(),
-            line: 1,
-            col: 1,
-            message: format!("server.tls: {e}"),
-        })?;
-        // The certificate comes from the live snapshot, so a reload serves renewed files.
-        settings.set_cert_resolver(Arc::new(LiveCertificate(live.clone())));
-        settings.enable_h2();
-        proxy.add_listener(
-            ListenerConfig::tcp(addr)
-                .tls(settings)
-                .l4_buffer(l4_buffer()),
-        );
+    // TLS is accepted by `Limited`, after the connection is counted and within the header
+    // deadline (Pingora's listener would give a handshake 60 s, outside any limit).
+    for addr in &current.snapshot.process.listen {
+        proxy.add_listener(ListenerConfig::tcp(addr).l4_buffer(l4_buffer()));
     }
-    Ok(proxy)
+    proxy
+}
+
+/// The TLS server: TLS 1.2 and 1.3 with rustls' default (ring) provider, the certificate of the
+/// live snapshot (a reload serves renewed files), HTTP/2 by ALPN, and session resumption:
+/// stateless tickets (rotated every 6 hours by rustls' ticketer), so a returning client skips
+/// the full handshake on any worker.
+fn tls_acceptor(live: &LiveConfig) -> pingora_core::listeners::tls::Acceptor {
+    pingora_rustls::install_default_crypto_provider();
+    let mut config = pingora_rustls::ServerConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS12,
+        &rustls::version::TLS13,
+    ])
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(LiveCertificate(live.clone())));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    match rustls::crypto::ring::Ticketer::new() {
+        Ok(ticketer) => config.ticketer = ticketer,
+        Err(e) => {
+            tracing::warn!(error = %e, "TLS session tickets unavailable; resumption by session cache only")
+        }
+    }
+    pingora_core::listeners::tls::Acceptor::from_server_config(Arc::new(config))
 }
 
 /// No buffers below the HTTP session. Reads: the parser reads into a growing buffer of its own
@@ -279,7 +283,10 @@ fn connection_budget(max_connections: usize, idle_pool: usize) -> usize {
         .saturating_sub(FD_RESERVE)
         .saturating_sub(idle_pool as u64) as usize;
     let fit = (spare / 2).max(1);
-    super::proxy::FORWARD_BUDGET.store(spare.saturating_sub(max_connections.min(fit)).max(1), Ordering::Relaxed);
+    super::proxy::FORWARD_BUDGET.store(
+        spare.saturating_sub(max_connections.min(fit)).max(1),
+        Ordering::Relaxed,
+    );
     if fit < max_connections {
         tracing::warn!(
             max_connections,
