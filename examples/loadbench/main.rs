@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use scopegate::cli::mint;
 
+mod features;
 mod tls;
 
 const ISS: &str = "https://issuer.bench/";
@@ -196,8 +197,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    if std::env::var("BENCH_MODE").as_deref() == Ok("tls") {
-        return tls::run(secs, rounds);
+    match std::env::var("BENCH_MODE").as_deref() {
+        Ok("tls") => return tls::run(secs, rounds),
+        Ok("features") => return features::run(secs, rounds),
+        _ => {}
     }
     let conns: u32 = 50;
     let bin = std::env::var("SCOPEGATE_BIN").unwrap_or_else(|_| "target/release/scopegate".into());

@@ -1,0 +1,222 @@
+//! `BENCH_MODE=features`: what the v3 features cost on the request path, against the shipped
+//! defaults in the same run. A route under one `sub` quota that is never exceeded, counted
+//! in-process and shared on Redis (redis-server on core 1), for one caller and for 10,000
+//! callers; tracing to an OTLP/HTTP sink (nginx answering 200 on core 1) at `sample_ratio`
+//! 0.01 and 1.0; refusals (a forged signature), which the console's ring records. Every
+//! scopegate on core 0, wrk + nginx (+ redis) on core 1; CPU per request beside rps.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use scopegate::cli::mint;
+
+use super::{
+    cpu_us, free_port, median, peak_rss_kb, scopegate_config, wait_port, wrk, Kill, Run, AUD, ISS,
+};
+
+struct Row {
+    name: &'static str,
+    runs: Vec<Run>,
+    cpu: Vec<f64>,
+    peak_kb: u64,
+}
+
+pub fn run(secs: u64, rounds: usize) {
+    let bin = std::env::var("SCOPEGATE_BIN").unwrap_or_else(|_| "target/release/scopegate".into());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (pem, jwks) = mint::generate_rsa_key("bench");
+    std::fs::write(d.join("jwks.json"), jwks).unwrap();
+
+    // nginx: the upstream, and an OTLP sink that takes every export.
+    let (up, otlp) = (free_port(), free_port());
+    std::fs::write(
+        d.join("nginx.conf"),
+        format!("daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx.err;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_buffer_size 1m;\n  server {{\n    listen 127.0.0.1:{up};\n    location / {{ default_type application/json; return 200 '{{\"ok\":true}}'; }}\n  }}\n  server {{\n    listen 127.0.0.1:{otlp};\n    location / {{ return 200; }}\n  }}\n}}\n", dir = d.display()),
+    )
+    .unwrap();
+    let spawn = |core: &str, args: &[&str]| {
+        Kill(
+            Command::new("taskset")
+                .args(["-c", core])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(args[0]),
+        )
+    };
+    let nginx_conf = d.join("nginx.conf").display().to_string();
+    let _nginx = spawn("1", &["nginx", "-c", &nginx_conf]);
+    let redis_port = free_port();
+    let _redis = spawn(
+        "1",
+        &["redis-server", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"],
+    );
+    wait_port(up);
+    wait_port(otlp);
+    wait_port(redis_port);
+
+    let quota = "[quotas.per_user]\nkey = \"sub\"\nlimit = 1000000000\nwindow_seconds = 60\n";
+    let variants: [(&str, String); 5] = [
+        ("defaults", String::new()),
+        ("quota in-process", quota.to_string()),
+        (
+            "quota on Redis",
+            format!("{quota}\n[shared_state]\nurl = \"redis://127.0.0.1:{redis_port}/0\"\n"),
+        ),
+        (
+            "tracing 0.01",
+            format!("[tracing]\notlp_endpoint = \"http://127.0.0.1:{otlp}\"\nsample_ratio = 0.01\n"),
+        ),
+        (
+            "tracing 1.0",
+            format!("[tracing]\notlp_endpoint = \"http://127.0.0.1:{otlp}\"\nsample_ratio = 1.0\n"),
+        ),
+    ];
+    let mut procs = Vec::new();
+    for (i, (_, extra)) in variants.iter().enumerate() {
+        let (port, admin) = (free_port(), free_port());
+        let text = scopegate_config(port, admin, up, "");
+        // Top-level sections go after the routes, so they are not read as part of one.
+        let path = d.join(format!("v{i}.toml"));
+        std::fs::write(&path, format!("{text}\n{extra}")).unwrap();
+        let log = std::fs::File::create(d.join(format!("v{i}.log"))).unwrap();
+        let child = Kill(
+            Command::new("taskset")
+                .args(["-c", "0", &bin, "run", "--config"])
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        wait_port(port);
+        procs.push((port, child));
+    }
+
+    let now = scopegate::snapshot::unix_now();
+    let sign = |sub: String| {
+        let req = mint::TokenRequest {
+            kid: Some("bench".into()),
+            scope: "read:contacts".into(),
+            iss: ISS.into(),
+            aud: AUD.into(),
+            sub,
+            ttl: Duration::from_secs(3 * 3600),
+            claims: Vec::new(),
+        };
+        mint::mint(pem.as_bytes(), &req, now).unwrap()
+    };
+    let one = sign("bench-user".into());
+    let pool: Vec<String> = (0..10_000).map(|i| sign(format!("user-{i}"))).collect();
+    std::fs::write(d.join("tokens.txt"), pool.join("\n") + "\n").unwrap();
+    let script = d.join("pool.lua");
+    let mut f = std::fs::File::create(&script).unwrap();
+    write!(
+        f,
+        "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\nlocal i = 0\nrequest = function()\n  i = i % #tokens + 1\n  return wrk.format(\"GET\", \"/contacts\", {{ [\"Authorization\"] = \"Bearer \" .. tokens[i] }})\nend\n",
+        d.join("tokens.txt").display()
+    )
+    .unwrap();
+    drop(f);
+    let mut bad = one.clone().into_bytes();
+    let n = bad.len();
+    bad[n - 10] = if bad[n - 10] == b'A' { b'B' } else { b'A' };
+    let bad = String::from_utf8(bad).unwrap();
+    let one_h = format!("Authorization: Bearer {one}");
+    let bad_h = format!("Authorization: Bearer {bad}");
+    let url = |port: u16| format!("http://127.0.0.1:{port}/contacts");
+
+    enum Load {
+        One,
+        Pool,
+        Bad,
+    }
+    // (name, variant, load)
+    let plan: [(&str, usize, Load); 9] = [
+        ("defaults, one token", 0, Load::One),
+        ("quota in-process, one caller", 1, Load::One),
+        ("quota on Redis, one caller", 2, Load::One),
+        ("defaults, 10,000 tokens", 0, Load::Pool),
+        ("quota in-process, 10,000 callers", 1, Load::Pool),
+        ("quota on Redis, 10,000 callers", 2, Load::Pool),
+        ("tracing sample_ratio 0.01", 3, Load::One),
+        ("tracing sample_ratio 1.0", 4, Load::One),
+        ("defaults, bad signature (refusals)", 0, Load::Bad),
+    ];
+    let mut rows: Vec<Row> = plan
+        .iter()
+        .map(|(name, ..)| Row {
+            name,
+            runs: Vec::new(),
+            cpu: Vec::new(),
+            peak_kb: 0,
+        })
+        .collect();
+    for (port, _) in &procs {
+        wrk(&url(*port), None, Some(&one_h), 2, 50);
+        wrk(&url(*port), Some(&script), None, 2, 50);
+    }
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds} ...", round + 1);
+        for (i, (_, v, load)) in plan.iter().enumerate() {
+            let (port, child) = &procs[*v];
+            let pid = child.0.id();
+            let cpu0 = cpu_us(pid);
+            let started = Instant::now();
+            let run = match load {
+                Load::One => wrk(&url(*port), None, Some(&one_h), secs, 50),
+                Load::Pool => wrk(&url(*port), Some(&script), None, secs, 50),
+                Load::Bad => wrk(&url(*port), None, Some(&bad_h), secs, 50),
+            };
+            let cpu = (cpu_us(pid) - cpu0) as f64 / started.elapsed().as_micros() as f64;
+            rows[i].runs.push(run);
+            rows[i].cpu.push(cpu);
+            rows[i].peak_kb = peak_rss_kb(pid);
+        }
+    }
+    println!(
+        "\nfeatures bench: {rounds} interleaved rounds of {secs}s, wrk -t1 -c50 keep-alive; every scopegate on core 0, wrk + nginx + redis on core 1; medians"
+    );
+    println!(
+        "{:<38} {:>9} {:>8} {:>8} {:>6} {:>10} {:>9} {:>8}",
+        "system", "req/s", "p50 ms", "p99 ms", "CPU", "us CPU/req", "peak RSS", "non-2xx"
+    );
+    let per_req = |r: &Row| {
+        median(
+            r.runs
+                .iter()
+                .zip(&r.cpu)
+                .map(|(run, cpu)| cpu * 1e6 / run.rps.max(1.0))
+                .collect(),
+        )
+    };
+    for r in &rows {
+        let med = |f: &dyn Fn(&Run) -> f64| median(r.runs.iter().map(f).collect());
+        println!(
+            "{:<38} {:>9.0} {:>8.3} {:>8.3} {:>5.0}% {:>10.1} {:>6} MB {:>8}",
+            r.name,
+            med(&|x| x.rps),
+            med(&|x| x.p50_ms),
+            med(&|x| x.p99_ms),
+            median(r.cpu.clone()) * 100.0,
+            per_req(r),
+            r.peak_kb / 1024,
+            r.runs.iter().map(|x| x.non_2xx).sum::<u64>()
+        );
+    }
+    let cost = |i: usize, base: usize| per_req(&rows[i]) / per_req(&rows[base]) - 1.0;
+    println!("\nextra CPU per request against the defaults (targets in brackets):");
+    for (what, i, base, target) in [
+        ("quota in-process, one caller", 1, 0, "[<= 5 %]"),
+        ("quota on Redis, one caller", 2, 0, "[<= 15 %]"),
+        ("quota in-process, 10,000 callers", 4, 3, "[<= 5 %]"),
+        ("quota on Redis, 10,000 callers", 5, 3, "[<= 15 %]"),
+        ("tracing sample_ratio 0.01", 6, 0, "[<= 3 %]"),
+        ("tracing sample_ratio 1.0", 7, 0, "[<= 20 %]"),
+    ] {
+        println!("  {what:<36} {:+.1} % {target}", cost(i, base) * 100.0);
+    }
+}
