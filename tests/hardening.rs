@@ -389,12 +389,18 @@ fn a_fifo_at_the_config_path_fails_a_reload_and_blocks_nothing() {
             "scopegate_config_reloads_total{result=\"error\"}",
         )
     };
+    // The watcher is in place (its readiness is part of /readyz) before the file is replaced.
+    assert!(
+        eventually(30, || http_get(admin_addr(admin), "/readyz").status == 200),
+        "{}",
+        p.log()
+    );
     let fifo = path.with_extension("fifo");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: mkfifo on a path we own.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     std::fs::rename(&fifo, &path).unwrap();
-    assert!(eventually(10, || errors() >= 1.0), "{}", p.log());
+    assert!(eventually(30, || errors() >= 1.0), "{}", p.log());
     assert!(p.log().contains("not a regular file"), "{}", p.log());
     assert_eq!(p.get("/health", None).status, 200);
     // A valid edit afterwards is picked up: the watcher is not stuck in open().
