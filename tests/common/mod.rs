@@ -302,6 +302,16 @@ impl Proxy {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // With an admin listener, also until the config watcher is in place (/readyz stops
+        // saying "starting"), so a test's first edit of the file is seen.
+        if let Some(admin) = admin {
+            while Instant::now() < deadline
+                && String::from_utf8_lossy(&http_get(admin, "/readyz").body)
+                    .contains("not ready: starting")
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     pub fn log(&self) -> String {
