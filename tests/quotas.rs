@@ -292,3 +292,34 @@ fn replicas_share_a_limit_through_redis_and_count_in_process_when_it_is_gone() {
     assert!(metric(&metrics(aa), errors) >= 1.0, "{errors}");
     assert!(a.log().contains("shared state unreachable"), "{}", a.log());
 }
+
+#[test]
+fn check_and_explain_show_the_quotas_a_route_is_under() {
+    let upstream = start_echo("a");
+    let extra = "[quotas.per_user]\nkey = \"sub\"\nlimit = 600\nwindow_seconds = 60\nmethods = [\"POST\"]\n\
+                 [quotas.per_ip]\nkey = \"client_ip\"\nlimit = 100\nwindow_seconds = 1\n";
+    let (ok, out, err, path, _dir) = check(
+        &config_full(free_port(), None, &[upstream], &file_issuer(), extra),
+        &[("jwks.json", &key().jwks)],
+    );
+    assert!(ok, "{err}");
+    let row = |path: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(path))
+            .unwrap_or_else(|| panic!("{path} in {out}"))
+            .to_string()
+    };
+    assert!(row("/contacts").ends_with("per_user per_ip"), "{out}");
+    assert!(row("/health").ends_with("per_ip"), "{out}");
+    assert!(out.contains("quota per_user 600 per 60 s by sub, POST only"), "{out}");
+    assert!(out.contains("quota per_ip 100 per 1 s by client_ip"), "{out}");
+    let explained = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(["explain", "--config"])
+        .arg(&path)
+        .args(["POST", "/contacts", "--scopes", "write:contacts"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explained.stdout);
+    assert!(text.contains("quota:    per_user 600 per 60 s by sub, POST only"), "{text}");
+    assert!(text.contains("quota:    per_ip 100 per 1 s by client_ip"), "{text}");
+}

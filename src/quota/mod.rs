@@ -234,6 +234,9 @@ impl Quotas {
         ip: Option<IpAddr>,
         now_ms: u64,
     ) -> Verdict {
+        // Only a route under several quotas may have to take a request back (no allocation
+        // for the usual one quota).
+        let several = route_quotas.len() > 1;
         let mut counted: Vec<Counted> = Vec::new();
         let mut best: Option<Standing> = None;
         for &q in route_quotas {
@@ -248,7 +251,9 @@ impl Quotas {
             };
             match outcome {
                 Ok((c, remaining, reset_ms)) => {
-                    counted.push(c);
+                    if several {
+                        counted.push(c);
+                    }
                     let standing = Standing {
                         quota: q,
                         remaining,
