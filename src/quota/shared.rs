@@ -115,6 +115,11 @@ impl Lease {
         take_one: bool,
     ) -> (Option<Step>, Option<(u64, u32)>) {
         let until = asked_ms + grant.ms_left;
+        // A top-up that arrives after a newer bucket's lease: handed back whole.
+        if !take_one && grant.bucket < self.bucket {
+            self.refilling = false;
+            return (None, (grant.granted > 0).then_some((grant.bucket, grant.granted)));
+        }
         let mut give_back = None;
         if grant.bucket == self.bucket && self.until_ms > asked_ms {
             self.granted += grant.granted;
@@ -219,6 +224,10 @@ mod tests {
         // The next bucket's lease hands back what the old one did not use.
         let (_, back) = l.install(grant(5, 11, 100, 17), 100, 1_050, true);
         assert_eq!(back, Some((10, 7)));
+        // A late top-up of the old bucket goes back whole; the new lease stays.
+        let (_, back) = l.install(grant(3, 10, 0, 17), 100, 1_040, false);
+        assert_eq!(back, Some((10, 3)));
+        assert!(matches!(l.take(100, 1_060), Step::Allowed { bucket: 11, .. }));
     }
 
     #[test]
