@@ -323,3 +323,30 @@ fn check_and_explain_show_the_quotas_a_route_is_under() {
     assert!(text.contains("quota:    per_user 600 per 60 s by sub, POST only"), "{text}");
     assert!(text.contains("quota:    per_ip 100 per 1 s by client_ip"), "{text}");
 }
+
+#[test]
+fn a_store_that_never_answers_holds_a_request_at_most_its_timeout() {
+    // Accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let store = silent.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for conn in silent.incoming().flatten() {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let (port, admin) = (free_port(), free_port());
+    let extra = format!(
+        "[shared_state]\nurl = \"redis://{store}/0\"\ntimeout_ms = 200\n\
+         [quotas.per_user]\nkey = \"sub\"\nlimit = 3\nwindow_seconds = 60\n"
+    );
+    let p = Proxy::start(&quota_config(port, admin, start_echo("a"), &extra), port);
+    let hana = reader("hana");
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = (0..5).map(|_| p.get("/contacts", Some(&hana)).status).collect();
+    // The first waits the timeout, then counts in-process; the others do not wait at all.
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    metric_reaches(admin, "scopegate_shared_state_errors_total{op=\"quota\"}", 1.0);
+}
