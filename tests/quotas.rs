@@ -73,7 +73,11 @@ fn a_used_up_quota_is_a_429_with_retry_after_and_the_ratelimit_fields() {
         assert_eq!(p.get("/contacts", Some(t)).status, 200);
     }
     assert_eq!(p.get("/contacts", Some(&text)).status, 429);
-    metric_reaches(admin, "scopegate_quota_rejections_total{quota=\"per_user\"}", 2.0);
+    metric_reaches(
+        admin,
+        "scopegate_quota_rejections_total{quota=\"per_user\"}",
+        2.0,
+    );
     metric_reaches(
         admin,
         "scopegate_requests_total{decision=\"rate_limited\",route=\"GET /contacts\"}",
@@ -89,14 +93,21 @@ fn a_refused_request_spends_no_quota() {
     let carol = reader("carol");
     // 403s (no delete scope) and 404s are decided before quotas: none of them counts.
     for _ in 0..5 {
-        assert_eq!(p.request("DELETE", "/contacts/7", Some(&carol), "").status, 403);
+        assert_eq!(
+            p.request("DELETE", "/contacts/7", Some(&carol), "").status,
+            403
+        );
         assert_eq!(p.get("/nowhere", Some(&carol)).status, 404);
     }
     assert_eq!(p.get("/contacts", Some(&carol)).status, 200);
     assert_eq!(p.get("/contacts/1", Some(&carol)).status, 200);
     assert_eq!(p.get("/contacts", Some(&carol)).status, 429);
     // A 429 spends nothing either: still refused, no more than before.
-    metric_reaches(admin, "scopegate_quota_rejections_total{quota=\"per_user\"}", 1.0);
+    metric_reaches(
+        admin,
+        "scopegate_quota_rejections_total{quota=\"per_user\"}",
+        1.0,
+    );
 }
 
 #[test]
@@ -145,7 +156,11 @@ public = true
     );
     let p = Proxy::start(&config, port);
     let t = reader("gina");
-    assert_eq!(p.request("POST", "/a", Some(&t), "Content-Length: 0\r\n").status, 200);
+    assert_eq!(
+        p.request("POST", "/a", Some(&t), "Content-Length: 0\r\n")
+            .status,
+        200
+    );
     let r = p.request("POST", "/a", Some(&t), "Content-Length: 0\r\n");
     assert_eq!(r.status, 429);
     assert_eq!(r.header("RateLimit-Policy"), Some("\"writes\";q=1;w=60"));
@@ -158,10 +173,22 @@ public = true
     }
     // A public route is under the API's client_ip quotas only, and shares this address's count.
     assert_eq!(p.get("/open", None).status, 429);
-    metric_reaches(admin, "scopegate_quota_rejections_total{quota=\"contacts writes\"}", 1.0);
-    metric_reaches(admin, "scopegate_quota_rejections_total{quota=\"contacts per_ip\"}", 2.0);
+    metric_reaches(
+        admin,
+        "scopegate_quota_rejections_total{quota=\"contacts writes\"}",
+        1.0,
+    );
+    metric_reaches(
+        admin,
+        "scopegate_quota_rejections_total{quota=\"contacts per_ip\"}",
+        2.0,
+    );
     // Without `[shared_state]` nothing is counted as a store error.
-    metric_reaches(admin, "scopegate_shared_state_errors_total{op=\"quota\"}", 0.0);
+    metric_reaches(
+        admin,
+        "scopegate_shared_state_errors_total{op=\"quota\"}",
+        0.0,
+    );
 }
 
 #[test]
@@ -193,7 +220,14 @@ impl Redis {
     fn start() -> Redis {
         let port = free_port();
         let guard = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--bind", "127.0.0.1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -217,7 +251,8 @@ impl Redis {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut buf = [0u8; 16];
         s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+            && s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
     }
 
     /// One command in Redis's inline form; the raw reply.
@@ -260,20 +295,36 @@ fn replicas_share_a_limit_through_redis_and_count_in_process_when_it_is_gone() {
     }
     eprintln!("{allowed} of 60 allowed by two replicas sharing a limit of 20");
     // Together at most the limit (SPEC allows 5 % more); leases may leave a few unused.
-    assert!((15..=21).contains(&allowed), "{allowed} allowed by two replicas");
+    assert!(
+        (15..=21).contains(&allowed),
+        "{allowed} allowed by two replicas"
+    );
     // The counters are the store's, under `scopegate:`, and expire on their own.
     let keys = redis.command("KEYS *");
-    let names: Vec<&str> = keys.lines().filter(|l| !l.starts_with(['*', '$'])).collect();
-    assert!(!names.is_empty() && names.iter().all(|k| k.starts_with("scopegate:q:")), "{keys}");
+    let names: Vec<&str> = keys
+        .lines()
+        .filter(|l| !l.starts_with(['*', '$']))
+        .collect();
+    assert!(
+        !names.is_empty() && names.iter().all(|k| k.starts_with("scopegate:q:")),
+        "{keys}"
+    );
     for k in names {
         let ttl = redis.command(&format!("PTTL {k}"));
         let ms: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
         assert!(ms > 0, "{k} has no expiry: {ttl}");
     }
     for admin in [aa, ab] {
-        metric_reaches(admin, "scopegate_shared_state_errors_total{op=\"quota\"}", 0.0);
+        metric_reaches(
+            admin,
+            "scopegate_shared_state_errors_total{op=\"quota\"}",
+            0.0,
+        );
         let series = "scopegate_quota_rejections_total{quota=\"per_user\"}";
-        assert!(eventually(10, || metric(&metrics(admin), series) > 0.0), "{series}");
+        assert!(
+            eventually(10, || metric(&metrics(admin), series) > 0.0),
+            "{series}"
+        );
     }
 
     // The store goes away: requests are still served, counted in-process, errors counted.
@@ -287,7 +338,10 @@ fn replicas_share_a_limit_through_redis_and_count_in_process_when_it_is_gone() {
             s => panic!("status {s}: {}", a.log()),
         }
     }
-    assert_eq!(served, 20, "in-process counting applies the limit per replica");
+    assert_eq!(
+        served, 20,
+        "in-process counting applies the limit per replica"
+    );
     let errors = "scopegate_shared_state_errors_total{op=\"quota\"}";
     assert!(metric(&metrics(aa), errors) >= 1.0, "{errors}");
     assert!(a.log().contains("shared state unreachable"), "{}", a.log());
@@ -311,8 +365,14 @@ fn check_and_explain_show_the_quotas_a_route_is_under() {
     };
     assert!(row("/contacts").ends_with("per_user per_ip"), "{out}");
     assert!(row("/health").ends_with("per_ip"), "{out}");
-    assert!(out.contains("quota per_user 600 per 60 s by sub, POST only"), "{out}");
-    assert!(out.contains("quota per_ip 100 per 1 s by client_ip"), "{out}");
+    assert!(
+        out.contains("quota per_user 600 per 60 s by sub, POST only"),
+        "{out}"
+    );
+    assert!(
+        out.contains("quota per_ip 100 per 1 s by client_ip"),
+        "{out}"
+    );
     let explained = Command::new(env!("CARGO_BIN_EXE_scopegate"))
         .args(["explain", "--config"])
         .arg(&path)
@@ -320,8 +380,14 @@ fn check_and_explain_show_the_quotas_a_route_is_under() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&explained.stdout);
-    assert!(text.contains("quota:    per_user 600 per 60 s by sub, POST only"), "{text}");
-    assert!(text.contains("quota:    per_ip 100 per 1 s by client_ip"), "{text}");
+    assert!(
+        text.contains("quota:    per_user 600 per 60 s by sub, POST only"),
+        "{text}"
+    );
+    assert!(
+        text.contains("quota:    per_ip 100 per 1 s by client_ip"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -344,9 +410,19 @@ fn a_store_that_never_answers_holds_a_request_at_most_its_timeout() {
     let p = Proxy::start(&quota_config(port, admin, start_echo("a"), &extra), port);
     let hana = reader("hana");
     let started = std::time::Instant::now();
-    let statuses: Vec<u16> = (0..5).map(|_| p.get("/contacts", Some(&hana)).status).collect();
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| p.get("/contacts", Some(&hana)).status)
+        .collect();
     // The first waits the timeout, then counts in-process; the others do not wait at all.
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
-    metric_reaches(admin, "scopegate_shared_state_errors_total{op=\"quota\"}", 1.0);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    metric_reaches(
+        admin,
+        "scopegate_shared_state_errors_total{op=\"quota\"}",
+        1.0,
+    );
 }

@@ -56,14 +56,27 @@ pub fn route_table(snap: &Snapshot) -> String {
                 snap.upstreams[r.upstream].name.clone(),
             ];
             if with_quotas {
-                let names: Vec<&str> = r.quotas.iter().map(|&q| snap.quotas[q].name.as_str()).collect();
-                row.push(if names.is_empty() { "-".to_string() } else { names.join(" ") });
+                let names: Vec<&str> = r
+                    .quotas
+                    .iter()
+                    .map(|&q| snap.quotas[q].name.as_str())
+                    .collect();
+                row.push(if names.is_empty() {
+                    "-".to_string()
+                } else {
+                    names.join(" ")
+                });
             }
             rows.push(row);
         }
         out.push_str(&render(&rows));
         let mut listed: Vec<usize> = Vec::new();
-        for q in snap.routes.iter().filter(|r| r.api == i).flat_map(|r| r.quotas.iter().copied()) {
+        for q in snap
+            .routes
+            .iter()
+            .filter(|r| r.api == i)
+            .flat_map(|r| r.quotas.iter().copied())
+        {
             if !listed.contains(&q) {
                 listed.push(q);
             }

@@ -13,13 +13,15 @@ use crate::snapshot::Route;
 /// The longest window: 30 days.
 const MAX_WINDOW_SECONDS: i64 = 30 * 86_400;
 
+type Group<'a> = (&'a [Spanned<RouteConfig>], Vec<usize>, Option<&'a str>);
+
 /// Compile every quota and set `Route::quotas` (routes in compile order: the top-level ones,
 /// then each API's).
 pub fn quotas(loaded: &LoadedConfig, routes: &mut [Route]) -> Result<Vec<Quota>, ConfigError> {
     let cfg = &loaded.config;
     let mut quotas = Vec::new();
-    // Per API in compile order: its route configs and the indices of its quotas.
-    let mut groups: Vec<(&[Spanned<RouteConfig>], Vec<usize>, Option<&str>)> = Vec::new();
+    // Per API in compile order: its route configs, the indices of its quotas, its name.
+    let mut groups: Vec<Group<'_>> = Vec::new();
     let top = compile_group(loaded, None, &cfg.quotas, &mut quotas)?;
     if !cfg.routes.is_empty() {
         groups.push((&cfg.routes, top, None));

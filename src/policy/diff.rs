@@ -379,21 +379,34 @@ fn quotas(old: &Snapshot, was: &Route, new: &Snapshot, now: &Route) -> Vec<(Chan
         match n.iter().find(|x| x.name == q.name) {
             None => out.push((Widened, format!("quota {} removed", q.name))),
             Some(x) => {
-                let per = |q: &crate::quota::Quota| format!("{} per {} s", q.limit, q.window_seconds);
+                let per =
+                    |q: &crate::quota::Quota| format!("{} per {} s", q.limit, q.window_seconds);
                 // Compare limit/window as fractions: more requests per second is wider.
                 let (was_rate, now_rate) = (
                     q.limit as u128 * x.window_seconds as u128,
                     x.limit as u128 * q.window_seconds as u128,
                 );
                 if now_rate > was_rate {
-                    out.push((Widened, format!("quota {} raised: {} -> {}", q.name, per(q), per(x))));
+                    out.push((
+                        Widened,
+                        format!("quota {} raised: {} -> {}", q.name, per(q), per(x)),
+                    ));
                 } else if now_rate < was_rate {
-                    out.push((Narrowed, format!("quota {} lowered: {} -> {}", q.name, per(q), per(x))));
+                    out.push((
+                        Narrowed,
+                        format!("quota {} lowered: {} -> {}", q.name, per(q), per(x)),
+                    ));
                 } else if q.window_seconds != x.window_seconds {
-                    out.push((Changed, format!("quota {}: {} -> {}", q.name, per(q), per(x))));
+                    out.push((
+                        Changed,
+                        format!("quota {}: {} -> {}", q.name, per(q), per(x)),
+                    ));
                 }
                 if q.key != x.key || !same_set(&q.methods, &x.methods) {
-                    out.push((Changed, format!("quota {}: {} -> {}", q.name, q.describe(), x.describe())));
+                    out.push((
+                        Changed,
+                        format!("quota {}: {} -> {}", q.name, q.describe(), x.describe()),
+                    ));
                 }
             }
         }

@@ -118,7 +118,10 @@ impl Lease {
         // A top-up that arrives after a newer bucket's lease: handed back whole.
         if !take_one && grant.bucket < self.bucket {
             self.refilling = false;
-            return (None, (grant.granted > 0).then_some((grant.bucket, grant.granted)));
+            return (
+                None,
+                (grant.granted > 0).then_some((grant.bucket, grant.granted)),
+            );
         }
         let mut give_back = None;
         if grant.bucket == self.bucket && self.until_ms > asked_ms {
@@ -227,7 +230,10 @@ mod tests {
         // A late top-up of the old bucket goes back whole; the new lease stays.
         let (_, back) = l.install(grant(3, 10, 0, 17), 100, 1_040, false);
         assert_eq!(back, Some((10, 3)));
-        assert!(matches!(l.take(100, 1_060), Step::Allowed { bucket: 11, .. }));
+        assert!(matches!(
+            l.take(100, 1_060),
+            Step::Allowed { bucket: 11, .. }
+        ));
     }
 
     #[test]
