@@ -94,7 +94,11 @@ async fn preread_header(
     loop {
         let scan_from = buf.len().saturating_sub(2);
         if buf.capacity() == buf.len() {
-            let grow = if buf.is_empty() { FIRST_READ } else { buf.len() };
+            let grow = if buf.is_empty() {
+                FIRST_READ
+            } else {
+                buf.len()
+            };
             buf.reserve(grow.min(MAX_HEADER + 1 - buf.len()));
         }
         let read = tokio::select! {
@@ -176,27 +180,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                 );
             } else {
                 let first_by = Instant::now() + self.limits.header;
-                let read = match preread_header(
-                    &mut stream,
-                    first_by,
-                    self.limits.header,
-                    &mut stopping,
-                )
-                .await
-                {
-                    Ok(read) => read,
-                    Err(NoRequest::Closed) => return,
-                    Err(NoRequest::Late) => {
-                        tracing::debug!("no complete request header in time: connection closed");
-                        return;
-                    }
-                    Err(NoRequest::TooLarge) => {
-                        let _ = stream.write_all(TOO_LARGE).await;
-                        let _ = stream.flush().await;
-                        let _ = stream.shutdown().await;
-                        return;
-                    }
-                };
+                let read =
+                    match preread_header(&mut stream, first_by, self.limits.header, &mut stopping)
+                        .await
+                    {
+                        Ok(read) => read,
+                        Err(NoRequest::Closed) => return,
+                        Err(NoRequest::Late) => {
+                            tracing::debug!(
+                                "no complete request header in time: connection closed"
+                            );
+                            return;
+                        }
+                        Err(NoRequest::TooLarge) => {
+                            let _ = stream.write_all(TOO_LARGE).await;
+                            let _ = stream.flush().await;
+                            let _ = stream.shutdown().await;
+                            return;
+                        }
+                    };
                 session = ServerSession::new_http1(stream);
                 session.set_pipelined_prefix(read);
             }

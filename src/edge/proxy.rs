@@ -317,7 +317,10 @@ fn target_flaw(session: &Session) -> Option<TargetFlaw> {
 
 /// The target the upstream receives: the path that was decided on (normalized) and the query,
 /// in origin form, whatever form the client sent.
-fn forwarded_target<'a>(uri: &'a http::Uri, rewritten: Option<&'a str>) -> (&'a str, Option<&'a str>) {
+fn forwarded_target<'a>(
+    uri: &'a http::Uri,
+    rewritten: Option<&'a str>,
+) -> (&'a str, Option<&'a str>) {
     (rewritten.unwrap_or_else(|| uri.path()), uri.query())
 }
 
@@ -722,7 +725,10 @@ impl ProxyHttp for ScopeGate {
         if from_upstream
             && matches!(
                 e.etype(),
-                ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error | ErrorType::InvalidH2
+                ErrorType::InvalidHTTPHeader
+                    | ErrorType::H1Error
+                    | ErrorType::H2Error
+                    | ErrorType::InvalidH2
             )
         {
             ctx.upstream_failure = Some(UpstreamFailure::Framing);

@@ -284,7 +284,10 @@ fn connection_budget(max_connections: usize, idle_pool: usize) -> usize {
         .saturating_sub(FD_RESERVE)
         .saturating_sub(idle_pool as u64) as usize;
     let fit = (spare / 2).max(1);
-    super::proxy::FORWARD_BUDGET.store(spare.saturating_sub(max_connections.min(fit)).max(1), Ordering::Relaxed);
+    super::proxy::FORWARD_BUDGET.store(
+        spare.saturating_sub(max_connections.min(fit)).max(1),
+        Ordering::Relaxed,
+    );
     if fit < max_connections {
         tracing::warn!(
             max_connections,

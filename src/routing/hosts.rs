@@ -32,7 +32,11 @@ pub fn is_valid_host(host: &[u8]) -> bool {
                 // characters IPvFuture adds.
                 if literal.is_empty()
                     || !literal.iter().all(|&b| {
-                        b.is_ascii_hexdigit() || b == b':' || b == b'.' || b == b'v' || b == b'V'
+                        b.is_ascii_hexdigit()
+                            || b == b':'
+                            || b == b'.'
+                            || b == b'v'
+                            || b == b'V'
                             || is_unreserved_or_sub_delim(b)
                     })
                 {
@@ -184,15 +188,36 @@ mod tests {
     #[test]
     fn hosts_are_uri_host_and_port_only() {
         for good in [
-            "a.example", "A.Example:8080", "127.0.0.1", "127.0.0.1:1", "[::1]", "[::1]:443",
-            "x-y_z~.example", "a.example:", "xn--bcher-kva.example", "%41.example",
+            "a.example",
+            "A.Example:8080",
+            "127.0.0.1",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:443",
+            "x-y_z~.example",
+            "a.example:",
+            "xn--bcher-kva.example",
+            "%41.example",
         ] {
             assert!(is_valid_host(good.as_bytes()), "{good}");
         }
         for bad in [
-            "x.b.example/.a.example", "x.b.example?.a.example", "x.b.example#.a.example",
-            "a\\b", "a b", "user@a.example", "a.example:80x", "a.example:80:80", "[::1",
-            "[::1]x", "[]", "a\tb", "%4", "%zz.example", "a\"b", "[::1/]",
+            "x.b.example/.a.example",
+            "x.b.example?.a.example",
+            "x.b.example#.a.example",
+            "a\\b",
+            "a b",
+            "user@a.example",
+            "a.example:80x",
+            "a.example:80:80",
+            "[::1",
+            "[::1]x",
+            "[]",
+            "a\tb",
+            "%4",
+            "%zz.example",
+            "a\"b",
+            "[::1/]",
         ] {
             assert!(!is_valid_host(bad.as_bytes()), "{bad}");
         }
