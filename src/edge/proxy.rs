@@ -492,12 +492,6 @@ impl ProxyHttp for ScopeGate {
                 Outcome::Reply(response)
             };
         }
-        // 7b. Quotas count only what is about to be forwarded: a refused request spends none.
-        if matches!(outcome, Outcome::Forward) {
-            if let Some(answer) = self.quota_step(session, &live, ctx).await {
-                outcome = Outcome::Reply(answer);
-            }
-        }
         ctx.live = Some(live);
         // Each request in flight may hold an upstream connection: past the descriptors there
         // are for them, refuse here rather than fail a connect with EMFILE.
@@ -511,6 +505,12 @@ impl ProxyHttp for ScopeGate {
                 "overloaded",
                 "too many requests in flight; try again",
             ));
+        }
+        // 7b. Quotas count only what is about to be forwarded: a refused request spends none.
+        if matches!(outcome, Outcome::Forward) {
+            if let Some(answer) = self.quota_step(session, ctx).await {
+                outcome = Outcome::Reply(answer);
+            }
         }
         match outcome {
             Outcome::Forward => Ok(false),

@@ -11,7 +11,6 @@ use pingora_proxy::Session;
 
 use super::metrics::Metrics;
 use super::proxy::{Gate, RequestCtx};
-use super::Live;
 use crate::decision::{Answer, Refusal};
 use crate::quota::{Quotas, Verdict};
 use crate::shared_state::SharedStore;
@@ -56,15 +55,17 @@ impl Gate {
     pub(super) async fn quota_step(
         &self,
         session: &Session,
-        live: &Live,
         ctx: &mut RequestCtx,
     ) -> Option<Answer> {
         let route = ctx.route?;
-        let snapshot = &live.snapshot;
-        let under = &snapshot.routes[route].quotas;
-        if under.is_empty() || ctx.report.is_some() || ctx.forward.is_none() {
+        // Decided at load: a route without quotas pays only this look.
+        let no_quota = ctx.live.as_ref()?.snapshot.routes[route].quotas.is_empty();
+        if no_quota || ctx.report.is_some() || ctx.forward.is_none() {
             return None;
         }
+        let live = ctx.live.clone()?;
+        let snapshot = &live.snapshot;
+        let under = &snapshot.routes[route].quotas;
         let principal = ctx.principal.clone();
         let claims = principal.as_ref().map(|p| p.claims.as_slice());
         // The address scopegate believes (behind `trusted_proxies`, from X-Forwarded-For).
