@@ -426,3 +426,29 @@ fn a_store_that_never_answers_holds_a_request_at_most_its_timeout() {
         1.0,
     );
 }
+
+#[test]
+fn client_ip_is_the_address_scopegate_believes() {
+    let (port, admin) = (free_port(), free_port());
+    let upstream = start_echo("a");
+    let extra = "[quotas.per_ip]\nkey = \"client_ip\"\nlimit = 1\nwindow_seconds = 60\n";
+    // Behind a trusted load balancer (here: loopback), the client is X-Forwarded-For's.
+    let config = quota_config(port, admin, upstream, extra).replace(
+        "threads = 1",
+        "threads = 1\ntrusted_proxies = [\"127.0.0.1/32\"]",
+    );
+    let p = Proxy::start(&config, port);
+    let from = |ip: &str| {
+        p.request_on(
+            "GET",
+            "api.test",
+            "/health",
+            None,
+            &format!("X-Forwarded-For: {ip}\r\n"),
+        )
+        .status
+    };
+    assert_eq!(from("198.51.100.1"), 200);
+    assert_eq!(from("198.51.100.2"), 200);
+    assert_eq!(from("198.51.100.1"), 429);
+}
