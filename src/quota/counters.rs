@@ -18,8 +18,35 @@ const PER_SHARD: usize = MAX_CALLERS / SHARDS;
 
 /// A bounded map from a caller's hash to `V`, least recently used out first.
 pub struct Counters<V> {
-    shards: Box<[Mutex<LruCache<u64, V>>]>,
+    shards: Box<[Mutex<LruCache<u64, V, PreHashed>>]>,
     hasher: ahash::RandomState,
+}
+
+/// The keys are hashes already: the map uses them as they are.
+#[derive(Clone, Copy, Default)]
+struct PreHashed;
+
+struct KeyHasher(u64);
+
+impl BuildHasher for PreHashed {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl<V: Default> Counters<V> {
@@ -28,7 +55,7 @@ impl<V: Default> Counters<V> {
             // Unbounded as the LRU sees it (so no table is allocated up front); `with` keeps
             // each shard within `PER_SHARD`.
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::unbounded()))
+                .map(|_| Mutex::new(LruCache::unbounded_with_hasher(PreHashed)))
                 .collect(),
             hasher: ahash::RandomState::new(),
         }
@@ -43,11 +70,14 @@ impl<V: Default> Counters<V> {
         h.finish()
     }
 
+    /// The shard of `key`: middle bits (the table inside uses the lowest and the top 7).
+    fn shard(&self, key: u64) -> &Mutex<LruCache<u64, V, PreHashed>> {
+        &self.shards[(key >> 32) as usize % SHARDS]
+    }
+
     /// Run `f` on the entry of `key`, made when missing.
     pub fn with<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> R {
-        let mut shard = self.shards[(key as usize) % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = shard.get_mut(&key) {
             return f(v);
         }
@@ -59,9 +89,7 @@ impl<V: Default> Counters<V> {
 
     /// Run `f` on the entry of `key` if there is one.
     pub fn with_existing<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
-        let mut shard = self.shards[(key as usize) % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         shard.get_mut(&key).map(f)
     }
 
