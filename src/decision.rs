@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http::header::{
     HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
     ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
-    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ALLOW, HOST, ORIGIN, VARY,
+    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ALLOW, HOST, ORIGIN, RETRY_AFTER, VARY,
     WWW_AUTHENTICATE,
 };
 use http::{HeaderMap, Method};
@@ -18,6 +18,10 @@ use crate::auth::{bearer, BearerError, Principal, Rejection, RejectionReason};
 use crate::routing::hosts::is_valid_host;
 use crate::routing::{normalize, Lookup, PathError};
 use crate::snapshot::{Cors, RouteSet, Snapshot};
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The request as far as the decision reads it.
 #[derive(Debug, Clone, Copy)]
@@ -119,10 +123,11 @@ pub enum DecisionLabel {
     BadRequest,
     Preflight,
     ReportOnly,
+    RateLimited,
 }
 
 impl DecisionLabel {
-    pub const ALL: [DecisionLabel; 9] = [
+    pub const ALL: [DecisionLabel; 10] = [
         DecisionLabel::Allowed,
         DecisionLabel::Public,
         DecisionLabel::Unauthenticated,
@@ -132,6 +137,7 @@ impl DecisionLabel {
         DecisionLabel::BadRequest,
         DecisionLabel::Preflight,
         DecisionLabel::ReportOnly,
+        DecisionLabel::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -145,6 +151,7 @@ impl DecisionLabel {
             DecisionLabel::BadRequest => "bad_request",
             DecisionLabel::Preflight => "preflight",
             DecisionLabel::ReportOnly => "report_only",
+            DecisionLabel::RateLimited => "rate_limited",
         }
     }
 
@@ -225,6 +232,13 @@ pub enum Refusal<'r> {
     AccessDenied { route: usize, condition: usize },
     /// 403 to a CORS preflight from an origin not allowed, or for a method without a route.
     CorsRejected { route: Option<usize> },
+    /// 429 (step 7b): over quota `quota` (index into `Snapshot::quotas`); one more request
+    /// fits in `retry_after` seconds.
+    RateLimited {
+        route: usize,
+        quota: usize,
+        retry_after: u64,
+    },
 }
 
 /// What to do with a request.
@@ -348,12 +362,15 @@ impl Refusal<'_> {
             Refusal::Forbidden { .. }
             | Refusal::AccessDenied { .. }
             | Refusal::CorsRejected { .. } => DecisionLabel::Forbidden,
+            Refusal::RateLimited { .. } => DecisionLabel::RateLimited,
         }
     }
 
     pub fn route(&self) -> Option<usize> {
         match self {
-            Refusal::Forbidden { route } | Refusal::AccessDenied { route, .. } => Some(*route),
+            Refusal::Forbidden { route }
+            | Refusal::AccessDenied { route, .. }
+            | Refusal::RateLimited { route, .. } => Some(*route),
             Refusal::CorsRejected { route } => *route,
             Refusal::Unauthenticated { route, .. } => *route,
             _ => None,
@@ -421,6 +438,23 @@ impl Refusal<'_> {
                 "cors_rejected",
                 "the origin or the requested method is not allowed",
             ),
+            Refusal::RateLimited {
+                quota, retry_after, ..
+            } => {
+                let q = &snapshot.quotas[*quota];
+                let description = format!(
+                    "quota {:?} allows {} requests per {} s; retry after {retry_after} s",
+                    q.name, q.limit, q.window_seconds
+                );
+                // draft-ietf-httpapi-ratelimit-headers: the policy exceeded and where it stands.
+                let mut answer = Answer::error(429, "rate_limited", description)
+                    .with(RETRY_AFTER, HeaderValue::from(*retry_after))
+                    .with(RATELIMIT_POLICY, q.policy.clone());
+                if let Some(v) = q.rate_limit(0, *retry_after) {
+                    answer = answer.with(RATELIMIT, v);
+                }
+                answer
+            }
         }
     }
 }

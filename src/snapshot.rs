@@ -52,6 +52,8 @@ pub struct Route {
     pub websocket: bool,
     /// `WWW-Authenticate` for a 403 on this route, built once.
     pub insufficient_scope_challenge: HeaderValue,
+    /// The quotas it is under (indices into `Snapshot::quotas`); empty for most routes.
+    pub quotas: Vec<usize>,
 }
 
 /// The `WWW-Authenticate` values of 401 answers, built once (RFC 6750 §3).
@@ -193,6 +195,10 @@ pub struct Snapshot {
     pub tls: Option<ServerTls>,
     /// What `check` warns about (`file:line:col: warning: ...`).
     pub warnings: Vec<String>,
+    /// Every API's quotas (v3).
+    pub quotas: Vec<crate::quota::Quota>,
+    /// `[shared_state]` (v3).
+    pub shared_state: Option<crate::shared_state::SharedStateSettings>,
 }
 
 /// The server certificate, loaded with the snapshot so a reload picks up renewed files.

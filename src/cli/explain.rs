@@ -70,6 +70,10 @@ fn describe(snapshot: &Snapshot, d: &Decision<'_>) -> String {
             "403 CORS preflight rejected (origin or method not allowed)".to_string()
         }
         Decision::Preflight(_) => "204 CORS preflight answered".to_string(),
+        Decision::Refuse(Refusal::RateLimited { quota, .. }) => format!(
+            "429 rate limited by quota {}",
+            snapshot.quotas[*quota].label
+        ),
     }
 }
 
@@ -85,6 +89,9 @@ fn describe_route(out: &mut String, snapshot: &Snapshot, method: &Method, lookup
                 let _ = writeln!(out, "requires: a valid token: {}", r.required);
             }
             let _ = writeln!(out, "upstream: {}", snapshot.upstreams[r.upstream].name);
+            for &q in &r.quotas {
+                let _ = writeln!(out, "quota:    {}", snapshot.quotas[q].describe());
+            }
         }
         Lookup::MethodNotAllowed(allow) => {
             let _ = writeln!(out, "route:    none for {method} (path allows {allow})");

@@ -30,47 +30,81 @@ pub fn route_table(snap: &Snapshot) -> String {
             api.display_name(),
             if api.cors.is_some() { ", cors" } else { "" }
         ));
-        let mut rows = vec![[
+        let routes: Vec<&crate::snapshot::Route> =
+            snap.routes.iter().filter(|r| r.api == i).collect();
+        // A QUOTAS column only for APIs with quotas; the quotas themselves listed below.
+        let with_quotas = routes.iter().any(|r| !r.quotas.is_empty());
+        let mut rows = vec![vec![
             "METHODS".to_string(),
             "PATH".to_string(),
             "REQUIRES".to_string(),
             "UPSTREAM".to_string(),
         ]];
-        for r in snap.routes.iter().filter(|r| r.api == i) {
+        if with_quotas {
+            rows[0].push("QUOTAS".to_string());
+        }
+        for r in routes {
             let requires = if r.public {
                 "public".to_string()
             } else {
                 r.required.to_string()
             };
-            rows.push([
+            let mut row = vec![
                 method_list(&r.methods),
                 r.path.clone(),
                 requires,
                 snap.upstreams[r.upstream].name.clone(),
-            ]);
+            ];
+            if with_quotas {
+                let names: Vec<&str> = r
+                    .quotas
+                    .iter()
+                    .map(|&q| snap.quotas[q].name.as_str())
+                    .collect();
+                row.push(if names.is_empty() {
+                    "-".to_string()
+                } else {
+                    names.join(" ")
+                });
+            }
+            rows.push(row);
         }
         out.push_str(&render(&rows));
+        let mut listed: Vec<usize> = Vec::new();
+        for q in snap
+            .routes
+            .iter()
+            .filter(|r| r.api == i)
+            .flat_map(|r| r.quotas.iter().copied())
+        {
+            if !listed.contains(&q) {
+                listed.push(q);
+            }
+        }
+        listed.sort_unstable();
+        for q in listed {
+            out.push_str(&format!("quota {}\n", snap.quotas[q].describe()));
+        }
     }
     out
 }
 
 /// Columns padded to their widest cell, two spaces apart.
-fn render(rows: &[[String; 4]]) -> String {
-    let widths: Vec<usize> = (0..4)
+fn render(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for row in rows {
-        let line = format!(
-            "{:w0$}  {:w1$}  {:w2$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        );
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 < columns {
+                line.push_str(&format!("{cell:w$}  ", w = widths[c]));
+            } else {
+                line.push_str(cell);
+            }
+        }
         out.push_str(line.trim_end());
         out.push('\n');
     }

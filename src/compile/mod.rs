@@ -4,8 +4,10 @@
 mod apis;
 mod forward;
 mod issuers;
+mod quotas;
 mod routes;
 mod server;
+mod shared_state;
 mod tls;
 mod upstreams;
 
@@ -42,9 +44,11 @@ pub fn build_with(
     let tls = tls::server_tls(loaded)?;
     let upstreams = upstreams::pools(loaded)?;
     let (issuers, audiences) = issuers::issuers(loaded, previous_keys)?;
-    let compiled = apis::apis(loaded, &upstreams, &issuers, audiences, &challenges)?;
+    let mut compiled = apis::apis(loaded, &upstreams, &issuers, audiences, &challenges)?;
+    let quotas = quotas::quotas(loaded, &mut compiled.routes)?;
+    let shared_state = shared_state::shared_state(loaded)?;
     let forward_claims = forward::claim_headers(loaded)?;
-    let kept = kept_claims(&compiled.routes);
+    let kept = kept_claims(&compiled.routes, &quotas);
     Ok(Snapshot {
         generation,
         process,
@@ -65,15 +69,27 @@ pub fn build_with(
         },
         challenges,
         tls,
+        quotas,
+        shared_state,
     })
 }
 
-/// Every claim a route's conditions name, once: verified principals keep these and no more.
-fn kept_claims(routes: &[crate::snapshot::Route]) -> Vec<String> {
+/// Every claim a route's conditions or a quota's key name, once: verified principals keep
+/// these and no more.
+fn kept_claims(routes: &[crate::snapshot::Route], quotas: &[crate::quota::Quota]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for c in routes.iter().flat_map(|r| &r.conditions) {
-        if !names.contains(&c.claim) {
-            names.push(c.claim.clone());
+    let keys = quotas.iter().filter_map(|q| match &q.key {
+        crate::quota::QuotaKey::Claim(c) => Some(c),
+        crate::quota::QuotaKey::ClientIp => None,
+    });
+    for claim in routes
+        .iter()
+        .flat_map(|r| &r.conditions)
+        .map(|c| &c.claim)
+        .chain(keys)
+    {
+        if !names.contains(claim) {
+            names.push(claim.clone());
         }
     }
     names

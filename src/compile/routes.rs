@@ -168,6 +168,7 @@ pub fn route(
         report_only: rc.report_only || cx.report_only,
         websocket: rc.websocket,
         insufficient_scope_challenge,
+        quotas: Vec::new(),
     })
 }
 

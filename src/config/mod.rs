@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod quotas;
 mod source;
+pub use quotas::{QuotaConfig, SharedStateConfig};
 pub use source::{default_path, load, parse, read_regular, ConfigError, LoadedConfig, Source};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -27,6 +29,11 @@ pub struct Config {
     /// `[apis.NAME]`, in the file's order (the order decides which API's 401 reason is given).
     #[serde(default)]
     pub apis: InOrder<Spanned<ApiConfig>>,
+    /// `[quotas.NAME]`: quotas of the top-level routes (v3).
+    #[serde(default)]
+    pub quotas: InOrder<Spanned<QuotaConfig>>,
+    /// `[shared_state]`: Redis/Valkey shared by every replica (v3).
+    pub shared_state: Option<Spanned<SharedStateConfig>>,
 }
 
 /// A TOML table read as a list of (key, value) in the file's order.
@@ -85,6 +92,9 @@ pub struct ApiConfig {
     /// Serve RFC 9728 protected resource metadata and point 401 challenges at it.
     #[serde(default)]
     pub resource_metadata: bool,
+    /// `[apis.NAME.quotas.QUOTA]` (v3).
+    #[serde(default)]
+    pub quotas: InOrder<Spanned<QuotaConfig>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
 }
@@ -241,6 +251,8 @@ pub struct RouteConfig {
     /// An `Upgrade: websocket` request may be forwarded (the 101 is checked).
     #[serde(default)]
     pub websocket: bool,
+    /// The API's quotas this route is under (default: all of them; `[]`: none) (v3).
+    pub quotas: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -51,7 +51,12 @@ pub struct Metrics {
     config_generation: IntGauge,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    quota_rejections: IntCounterVec,
+    shared_state_errors: IntCounterVec,
 }
+
+/// The `op` label of `scopegate_shared_state_errors_total`.
+pub const SHARED_STATE_OPS: [&str; 3] = ["replay", "quota", "nonce"];
 
 /// From 100 µs to 10 s: an edge proxy's own work is sub-millisecond, its upstreams take longer.
 const BUCKETS: [f64; 16] = [
@@ -94,6 +99,19 @@ impl Metrics {
             "Config reloads by result.",
             &["result"],
         );
+        let quota_rejections = counters(
+            "scopegate_quota_rejections_total",
+            "Requests refused (429) by quota.",
+            &["quota"],
+        );
+        let shared_state_errors = counters(
+            "scopegate_shared_state_errors_total",
+            "Shared state operations that failed or timed out, by operation.",
+            &["op"],
+        );
+        for op in SHARED_STATE_OPS {
+            shared_state_errors.with_label_values(&[op]);
+        }
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "scopegate_request_duration_seconds",
@@ -138,7 +156,19 @@ impl Metrics {
             config_reloads,
             config_generation,
             access_log_dropped,
+            quota_rejections,
+            shared_state_errors,
         }
+    }
+
+    /// A 429 of the quota labelled `quota` (`API NAME`, or `NAME` at the top level).
+    pub fn quota_rejected(&self, quota: &str) {
+        self.quota_rejections.with_label_values(&[quota]).inc();
+    }
+
+    /// A failed operation on the shared store (`op` one of `SHARED_STATE_OPS`).
+    pub fn shared_state_error(&self, op: &str) {
+        self.shared_state_errors.with_label_values(&[op]).inc();
     }
 
     /// Count a request under its route and decision. With the snapshot's `LabelCache` the

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod quota;
 pub mod reload;
 pub mod server;
 

@@ -33,6 +33,8 @@ pub struct Gate {
     pub metrics: Arc<Metrics>,
     pub fetcher: Arc<JwksFetcher>,
     pub access_log: AccessLog,
+    /// Per-caller quota counts (step 7b), kept across reloads.
+    pub quotas: crate::quota::Quotas,
 }
 
 /// The `ProxyHttp` that carries out decisions.
@@ -94,6 +96,8 @@ pub struct RequestCtx {
     pub(super) upstream_failure: Option<UpstreamFailure>,
     /// The client scopegate believes, for the access log.
     pub(super) client: Option<std::net::IpAddr>,
+    /// `RateLimit-Policy` and `RateLimit` for an allowed request under a quota.
+    pub(super) rate_limit: super::quota::RateLimitFields,
 }
 
 /// An upstream response that broke HTTP framing (SPEC "Requests on the wire").
@@ -203,7 +207,7 @@ fn from_trusted(session: &Session, snapshot: &Snapshot) -> bool {
 
 /// The client scopegate believes: the peer, or behind trusted proxies the rightmost
 /// `X-Forwarded-For` entry that is not one of them.
-fn believed_client(session: &Session, snapshot: &Snapshot) -> Option<std::net::IpAddr> {
+pub(super) fn believed_client(session: &Session, snapshot: &Snapshot) -> Option<std::net::IpAddr> {
     let peer = peer_ip(session)?;
     let trusted = &snapshot.process.trusted_proxies;
     if trusted.is_empty() {
@@ -352,6 +356,7 @@ impl RequestCtx {
             normalized: None,
             upstream_failure: None,
             client: None,
+            rate_limit: None,
         }
     }
 }
@@ -501,6 +506,12 @@ impl ProxyHttp for ScopeGate {
                 "too many requests in flight; try again",
             ));
         }
+        // 7b. Quotas count only what is about to be forwarded: a refused request spends none.
+        if matches!(outcome, Outcome::Forward) {
+            if let Some(answer) = self.quota_step(session, ctx).await {
+                outcome = Outcome::Reply(answer);
+            }
+        }
         match outcome {
             Outcome::Forward => Ok(false),
             Outcome::Reply(resp) | Outcome::RefreshKeys(_, resp) => {
@@ -647,6 +658,10 @@ impl ProxyHttp for ScopeGate {
                 "upstream response header larger than 64 KiB",
             )
             .into_up());
+        }
+        if let Some((policy, limit)) = &ctx.rate_limit {
+            upstream_response.insert_header(crate::decision::RATELIMIT_POLICY, policy.clone())?;
+            upstream_response.insert_header(crate::decision::RATELIMIT, limit.clone())?;
         }
         // Hop-by-hop fields of the upstream's connection are not the client's (RFC 9110
         // §7.6.1); Pingora writes `Connection` itself.

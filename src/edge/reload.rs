@@ -122,6 +122,7 @@ impl Reloader {
         match next {
             Ok((next_fp, next)) => {
                 warn_restart_only(&current.snapshot.process, &next.snapshot.process);
+                super::quota::warn_if_store_changed(&current.snapshot, &next.snapshot);
                 let (generation, routes) = (next.snapshot.generation, next.snapshot.routes.len());
                 // Files read while building count too: fingerprint what this snapshot used.
                 *fp = next_fp;

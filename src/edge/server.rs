@@ -165,6 +165,7 @@ fn proxy_service(
         metrics: metrics.clone(),
         fetcher: fetcher.clone(),
         access_log: AccessLog::start(process.access_log, metrics.access_log_dropped.clone()),
+        quotas: super::quota::quotas_for(&current.snapshot, metrics),
     });
     let mut http = pingora_proxy::http_proxy(&server.configuration, ScopeGate(gate));
     let keepalive = Duration::from_secs(process.keepalive_timeout_seconds);

@@ -345,6 +345,7 @@ fn compare(old: &Snapshot, was: &Route, new: &Snapshot, now: &Route) -> Vec<(Cha
         (true, false) => out.push((Narrowed, "CORS credentials no longer allowed".into())),
         _ => {}
     }
+    out.extend(quotas(old, was, new, now));
     match (was.websocket, now.websocket) {
         (false, true) => out.push((Widened, "websocket upgrades now allowed".into())),
         (true, false) => out.push((Narrowed, "websocket upgrades no longer allowed".into())),
@@ -361,6 +362,57 @@ fn compare(old: &Snapshot, was: &Route, new: &Snapshot, now: &Route) -> Vec<(Cha
     let (p_was, p_now) = (prefix(was_api), prefix(now_api));
     if p_was != p_now {
         out.push((Changed, format!("strip_prefix {p_was} -> {p_now}")));
+    }
+    out
+}
+
+/// The quotas a route is under, compared by name: one removed or raised (more requests per
+/// second) widens, one added or lowered narrows, another key or methods changes.
+fn quotas(old: &Snapshot, was: &Route, new: &Snapshot, now: &Route) -> Vec<(ChangeKind, String)> {
+    use ChangeKind::{Changed, Narrowed, Widened};
+    let mut out = Vec::new();
+    let (o, n): (Vec<_>, Vec<_>) = (
+        was.quotas.iter().map(|&q| &old.quotas[q]).collect(),
+        now.quotas.iter().map(|&q| &new.quotas[q]).collect(),
+    );
+    for q in &o {
+        match n.iter().find(|x| x.name == q.name) {
+            None => out.push((Widened, format!("quota {} removed", q.name))),
+            Some(x) => {
+                let per =
+                    |q: &crate::quota::Quota| format!("{} per {} s", q.limit, q.window_seconds);
+                // Compare limit/window as fractions: more requests per second is wider.
+                let (was_rate, now_rate) = (
+                    q.limit as u128 * x.window_seconds as u128,
+                    x.limit as u128 * q.window_seconds as u128,
+                );
+                if now_rate > was_rate {
+                    out.push((
+                        Widened,
+                        format!("quota {} raised: {} -> {}", q.name, per(q), per(x)),
+                    ));
+                } else if now_rate < was_rate {
+                    out.push((
+                        Narrowed,
+                        format!("quota {} lowered: {} -> {}", q.name, per(q), per(x)),
+                    ));
+                } else if q.window_seconds != x.window_seconds {
+                    out.push((
+                        Changed,
+                        format!("quota {}: {} -> {}", q.name, per(q), per(x)),
+                    ));
+                }
+                if q.key != x.key || !same_set(&q.methods, &x.methods) {
+                    out.push((
+                        Changed,
+                        format!("quota {}: {} -> {}", q.name, q.describe(), x.describe()),
+                    ));
+                }
+            }
+        }
+    }
+    for x in n.iter().filter(|x| !o.iter().any(|q| q.name == x.name)) {
+        out.push((Narrowed, format!("quota {} added", x.name)));
     }
     out
 }
@@ -612,6 +664,19 @@ any_scopes = ["admin", "owner"]
                 vec![format!("narrowed {DELETE}: any_scopes added: one of (admin | owner)")],
             ),
             (
+                "a quota of the API raised, for every route",
+                "upstream = \"one\"\n\n[apis.contacts.cors]",
+                "upstream = \"one\"\n\n[apis.contacts.quotas.per_user]\nkey = \"sub\"\nlimit = 10\nwindow_seconds = 60\n\n[apis.contacts.cors]",
+                vec![
+                    format!("narrowed {GET}: quota per_user added"),
+                    format!("narrowed {DELETE}: quota per_user added"),
+                ],
+                vec![
+                    format!("widened {GET}: quota per_user removed"),
+                    format!("widened {DELETE}: quota per_user removed"),
+                ],
+            ),
+            (
                 "a claim condition dropped",
                 "claims = { org = \"acme\", sub = \"{id}\" }",
                 "claims = { sub = \"{id}\" }",
@@ -794,6 +859,28 @@ any_scopes = ["admin", "owner"]
             assert_eq!(lines(BASE, &edited), forward, "{what}");
             assert_eq!(lines(&edited, BASE), backward, "{what}, reversed");
         }
+    }
+
+    #[test]
+    fn a_quota_raised_widens_and_lowered_narrows() {
+        let with = |limit: u32, window: u32| {
+            edit(
+                "upstream = \"one\"\n\n[apis.contacts.cors]",
+                &format!("upstream = \"one\"\n\n[apis.contacts.quotas.q]\nkey = \"sub\"\nlimit = {limit}\nwindow_seconds = {window}\n\n[apis.contacts.cors]"),
+            )
+        };
+        assert_eq!(
+            lines(&with(10, 60), &with(20, 60)),
+            vec![
+                format!("widened {GET}: quota q raised: 10 per 60 s -> 20 per 60 s"),
+                format!("widened {DELETE}: quota q raised: 10 per 60 s -> 20 per 60 s"),
+            ]
+        );
+        assert_eq!(
+            lines(&with(10, 60), &with(10, 120))[0],
+            format!("narrowed {GET}: quota q lowered: 10 per 60 s -> 10 per 120 s")
+        );
+        assert!(lines(&with(10, 60), &with(10, 60)).is_empty());
     }
 
     #[test]

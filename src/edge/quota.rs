@@ -1,0 +1,106 @@
+//! Step 7b on the request path: a request `decide` allowed is counted under its route's
+//! quotas (`crate::quota`); over one, it is answered 429 instead of forwarded. The counts live
+//! as long as the process (a reload keeps them); the shared store is the one of the config the
+//! process started with.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use http::HeaderValue;
+use pingora_proxy::Session;
+
+use super::metrics::Metrics;
+use super::proxy::{Gate, RequestCtx};
+use crate::decision::{Answer, Refusal};
+use crate::quota::{Quotas, Verdict};
+use crate::shared_state::SharedStore;
+use crate::snapshot::Snapshot;
+
+/// The process's quota counts, shared through the snapshot's `[shared_state]` when it has one.
+pub fn quotas_for(snapshot: &Snapshot, metrics: &Arc<Metrics>) -> Quotas {
+    let store = snapshot.shared_state.as_ref().and_then(|settings| {
+        let m = metrics.clone();
+        match SharedStore::start(settings, Box::new(move |op| m.shared_state_error(op))) {
+            Ok(store) => Some(Arc::new(store)),
+            Err(e) => {
+                tracing::error!(error = %e, "shared state: cannot start its thread; quotas are counted in-process");
+                None
+            }
+        }
+    });
+    Quotas::new(store)
+}
+
+/// The store is the one the process started with: say so when a reload names another.
+pub fn warn_if_store_changed(running: &Snapshot, next: &Snapshot) {
+    let url = |s: &Snapshot| s.shared_state.as_ref().map(|s| (s.url.clone(), s.timeout));
+    if url(running) != url(next) {
+        tracing::warn!(
+            setting = "shared_state.url, shared_state.timeout_ms",
+            "this setting applies at the next restart"
+        );
+    }
+}
+
+/// Milliseconds on a monotonic clock (quota windows must not move with the wall clock).
+fn monotonic_ms(at: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    at.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_millis() as u64
+}
+
+impl Gate {
+    /// Step 7b for a request about to be forwarded (report-only ones that would have been
+    /// refused are not counted): the 429 to send instead, when a quota is used up.
+    pub(super) async fn quota_step(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Option<Answer> {
+        let route = ctx.route?;
+        // Decided at load: a route without quotas pays only this look.
+        let no_quota = ctx.live.as_ref()?.snapshot.routes[route].quotas.is_empty();
+        if no_quota || ctx.report.is_some() || ctx.forward.is_none() {
+            return None;
+        }
+        let live = ctx.live.clone()?;
+        let snapshot = &live.snapshot;
+        let under = &snapshot.routes[route].quotas;
+        let principal = ctx.principal.clone();
+        let claims = principal.as_ref().map(|p| p.claims.as_slice());
+        // The address scopegate believes (behind `trusted_proxies`, from X-Forwarded-For).
+        let ip = super::proxy::believed_client(session, snapshot);
+        let method = &session.req_header().method;
+        let now = monotonic_ms(ctx.started);
+        let verdict = self
+            .quotas
+            .check(&snapshot.quotas, under, method, claims, ip, now)
+            .await;
+        match verdict {
+            Verdict::Allowed(standing) => {
+                ctx.rate_limit = standing.and_then(|s| {
+                    let q = &snapshot.quotas[s.quota];
+                    Some((q.policy.clone(), q.rate_limit(s.remaining, s.reset)?))
+                });
+                None
+            }
+            Verdict::Exceeded { quota, retry_after } => {
+                self.metrics.quota_rejected(&snapshot.quotas[quota].label);
+                let refusal = Refusal::RateLimited {
+                    route,
+                    quota,
+                    retry_after,
+                };
+                ctx.forward = None;
+                ctx.decision = refusal.label();
+                ctx.reason = refusal.reason();
+                let mut answer = refusal.response(snapshot);
+                answer.headers.extend(ctx.cors_headers.iter().cloned());
+                Some(answer)
+            }
+        }
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` of an allowed response.
+pub(super) type RateLimitFields = Option<(HeaderValue, HeaderValue)>;

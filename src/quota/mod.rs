@@ -1,0 +1,537 @@
+//! Per-caller request quotas (SPEC "Quotas", step 7b): at most `limit` requests per caller in
+//! any `window_seconds`, counted in-process (`window`, in a bounded map: `counters`), or
+//! shared by every replica through `[shared_state]` (`shared`), falling back to in-process
+//! counting whenever the store does not answer in time.
+//!
+//! Times are milliseconds on a monotonic clock, passed in.
+
+mod counters;
+pub mod shared;
+pub mod window;
+
+use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method};
+use serde_json::Value;
+
+use counters::Counters;
+pub use counters::MAX_CALLERS;
+use shared::{Lease, Step};
+use window::{Take, Window, SUB_BUCKETS};
+
+use crate::shared_state::SharedStore;
+
+/// A compiled quota.
+#[derive(Debug)]
+pub struct Quota {
+    /// `per_user`, as configured.
+    pub name: String,
+    /// The metric label: `API NAME`, or `NAME` for a top-level quota.
+    pub label: String,
+    pub key: QuotaKey,
+    pub limit: u64,
+    pub window_seconds: u64,
+    /// Only these count (empty: every method; GET also covers HEAD).
+    pub methods: Vec<Method>,
+    /// `RateLimit-Policy: "per_user";q=600;w=60`, built once.
+    pub policy: HeaderValue,
+    /// Who it is across reloads: its label and window (a new window starts new counts).
+    pub id: u64,
+    /// The key prefix of its counters in the shared store.
+    pub store_id: String,
+}
+
+/// What names the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaKey {
+    /// A claim whose string or number value names the caller.
+    Claim(String),
+    /// The address scopegate believes.
+    ClientIp,
+}
+
+impl Quota {
+    pub fn new(
+        name: &str,
+        label: String,
+        key: QuotaKey,
+        limit: u64,
+        window_seconds: u64,
+        methods: Vec<Method>,
+    ) -> Result<Quota, String> {
+        let policy = format!("{};q={limit};w={window_seconds}", sf_string(name));
+        let policy = HeaderValue::from_str(&policy)
+            .map_err(|_| format!("quota name {name:?} does not fit in a header"))?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&label, window_seconds).hash(&mut h);
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            format!("{label}\n{window_seconds}").as_bytes(),
+        );
+        let store_id: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Quota {
+            name: name.to_string(),
+            label,
+            key,
+            limit,
+            window_seconds,
+            methods,
+            policy,
+            id: h.finish(),
+            store_id,
+        })
+    }
+
+    fn width_ms(&self) -> u64 {
+        self.window_seconds * 1000 / SUB_BUCKETS
+    }
+
+    /// Whether a request with this method counts.
+    pub fn counts(&self, method: &Method) -> bool {
+        self.methods.is_empty()
+            || self.methods.contains(method)
+            || (*method == Method::HEAD && self.methods.contains(&Method::GET))
+    }
+
+    /// `RateLimit: "per_user";r=0;t=12`.
+    pub fn rate_limit(&self, remaining: u64, reset_seconds: u64) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{};r={remaining};t={reset_seconds}",
+            sf_string(&self.name)
+        ))
+        .ok()
+    }
+
+    /// `600 per 60 s by sub (POST, PUT)`, for `check` and `explain`.
+    pub fn describe(&self) -> String {
+        let by = match &self.key {
+            QuotaKey::Claim(c) => c.as_str(),
+            QuotaKey::ClientIp => "client_ip",
+        };
+        let methods = if self.methods.is_empty() {
+            String::new()
+        } else {
+            let m: Vec<&str> = self.methods.iter().map(Method::as_str).collect();
+            format!(", {} only", m.join(","))
+        };
+        format!(
+            "{} {} per {} s by {by}{methods}",
+            self.label, self.limit, self.window_seconds
+        )
+    }
+}
+
+/// An RFC 8941 sf-string: quoted, `"` and `\` escaped.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Who a quota counts a request against. A claim is compared as text (`"42"` and `42` are one
+/// caller); a token without it is counted by its address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Caller<'a> {
+    Claim(Cow<'a, str>),
+    Ip(Option<IpAddr>),
+}
+
+impl<'a> Caller<'a> {
+    pub fn of(
+        key: &QuotaKey,
+        claims: Option<&'a [(Box<str>, Value)]>,
+        ip: Option<IpAddr>,
+    ) -> Caller<'a> {
+        let QuotaKey::Claim(name) = key else {
+            return Caller::Ip(ip);
+        };
+        let value = claims
+            .and_then(|c| c.iter().find(|(n, _)| **n == **name))
+            .map(|(_, v)| v);
+        match value {
+            Some(Value::String(s)) => Caller::Claim(Cow::Borrowed(s)),
+            Some(Value::Number(n)) => Caller::Claim(Cow::Owned(n.to_string())),
+            _ => Caller::Ip(ip),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Caller::Claim(c) => format!("c:{c}"),
+            Caller::Ip(Some(ip)) => format!("ip:{ip}"),
+            Caller::Ip(None) => "ip:".to_string(),
+        }
+    }
+}
+
+/// Where a request stands under the quotas of its route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed; the quota (index into the snapshot's) with the smallest remaining fraction.
+    Allowed(Option<Standing>),
+    /// Over quota `quota`: one more request fits in `retry_after` seconds.
+    Exceeded { quota: usize, retry_after: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    pub quota: usize,
+    pub remaining: u64,
+    /// Seconds until a counted request leaves the window.
+    pub reset: u64,
+}
+
+/// The counts of a process, kept across reloads (a quota is known by its label and window).
+pub struct Quotas {
+    local: Counters<Window>,
+    shared: Option<Shared>,
+}
+
+struct Shared {
+    store: Arc<SharedStore>,
+    leases: Arc<Counters<Lease>>,
+}
+
+/// A request counted under one quota, to take back if another refuses it.
+enum Counted {
+    Local(u64, u64),
+    Leased(u64, u64),
+}
+
+impl Quotas {
+    /// In-process counting, shared through `store` when there is one.
+    pub fn new(store: Option<Arc<SharedStore>>) -> Quotas {
+        Quotas {
+            local: Counters::new(),
+            shared: store.map(|store| Shared {
+                store,
+                leases: Arc::new(Counters::new()),
+            }),
+        }
+    }
+
+    /// Step 7b: count a request under `route_quotas` (indices into `quotas`) at `now_ms`. A
+    /// request refused by one quota is taken back from the others (it spends nothing).
+    pub async fn check(
+        &self,
+        quotas: &[Quota],
+        route_quotas: &[usize],
+        method: &Method,
+        claims: Option<&[(Box<str>, Value)]>,
+        ip: Option<IpAddr>,
+        now_ms: u64,
+    ) -> Verdict {
+        // Only a route under several quotas may have to take a request back (no allocation
+        // for the usual one quota).
+        let several = route_quotas.len() > 1;
+        let mut counted: Vec<Counted> = Vec::new();
+        let mut best: Option<Standing> = None;
+        for &q in route_quotas {
+            let quota = &quotas[q];
+            if !quota.counts(method) {
+                continue;
+            }
+            let caller = Caller::of(&quota.key, claims, ip);
+            let outcome = match &self.shared {
+                Some(shared) => self.shared_take(shared, quota, &caller, now_ms).await,
+                None => self.local_take(quota, &caller, now_ms),
+            };
+            match outcome {
+                Ok((c, remaining, reset_ms)) => {
+                    if several {
+                        counted.push(c);
+                    }
+                    let standing = Standing {
+                        quota: q,
+                        remaining,
+                        reset: reset_ms.div_ceil(1000).max(1),
+                    };
+                    // The smallest remaining fraction: r1/q1 < r2/q2.
+                    let smaller = best.is_none_or(|b| {
+                        (remaining as u128) * (quotas[b.quota].limit as u128)
+                            < (b.remaining as u128) * (quota.limit as u128)
+                    });
+                    if smaller {
+                        best = Some(standing);
+                    }
+                }
+                Err(retry_ms) => {
+                    for c in counted {
+                        self.undo(c);
+                    }
+                    return Verdict::Exceeded {
+                        quota: q,
+                        retry_after: retry_ms.div_ceil(1000).max(1),
+                    };
+                }
+            }
+        }
+        Verdict::Allowed(best)
+    }
+
+    fn local_take(
+        &self,
+        quota: &Quota,
+        caller: &Caller<'_>,
+        now_ms: u64,
+    ) -> Result<(Counted, u64, u64), u64> {
+        let key = self.local.key(quota.id, caller);
+        match self
+            .local
+            .with(key, |w| w.take(quota.limit, quota.width_ms(), now_ms))
+        {
+            Take::Allowed {
+                bucket,
+                remaining,
+                reset_ms,
+            } => Ok((Counted::Local(key, bucket), remaining, reset_ms)),
+            Take::Refused { retry_ms } => Err(retry_ms),
+        }
+    }
+
+    async fn shared_take(
+        &self,
+        shared: &Shared,
+        quota: &Quota,
+        caller: &Caller<'_>,
+        now_ms: u64,
+    ) -> Result<(Counted, u64, u64), u64> {
+        let key = shared.leases.key(quota.id, caller);
+        let step = shared.leases.with(key, |l| l.take(quota.limit, now_ms));
+        let step = match step {
+            Step::Ask { want } => {
+                if !shared.store.usable() {
+                    return self.local_take(quota, caller, now_ms);
+                }
+                let prefix = store_key(quota, caller);
+                let Some(grant) = shared
+                    .store
+                    .quota_take(prefix.clone(), quota.limit, quota.width_ms(), want)
+                    .await
+                else {
+                    return self.local_take(quota, caller, now_ms);
+                };
+                let (step, give_back) = shared
+                    .leases
+                    .with(key, |l| l.install(grant, quota.limit, now_ms, true));
+                if let Some((bucket, n)) = give_back {
+                    shared.store.quota_give_back(prefix, bucket, n);
+                }
+                step.unwrap_or(Step::Refused { retry_ms: 1000 })
+            }
+            step => step,
+        };
+        match step {
+            Step::Allowed {
+                bucket,
+                remaining,
+                reset_ms,
+                refill,
+            } => {
+                if let Some(want) = refill {
+                    self.refill(shared, quota, caller, key, want, now_ms);
+                }
+                Ok((Counted::Leased(key, bucket), remaining, reset_ms))
+            }
+            Step::Refused { retry_ms } => Err(retry_ms),
+            Step::Ask { .. } => Err(1000),
+        }
+    }
+
+    /// Top up a lease in the background.
+    fn refill(
+        &self,
+        shared: &Shared,
+        quota: &Quota,
+        caller: &Caller<'_>,
+        key: u64,
+        want: u32,
+        now_ms: u64,
+    ) {
+        let (store, leases) = (shared.store.clone(), shared.leases.clone());
+        let (prefix, limit, width) = (store_key(quota, caller), quota.limit, quota.width_ms());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            leases.with(key, Lease::refill_failed);
+            return;
+        };
+        runtime.spawn(async move {
+            let grant = if store.usable() {
+                store.quota_take(prefix.clone(), limit, width, want).await
+            } else {
+                None
+            };
+            match grant {
+                Some(g) => {
+                    let (_, give_back) = leases.with(key, |l| l.install(g, limit, now_ms, false));
+                    if let Some((bucket, n)) = give_back {
+                        store.quota_give_back(prefix, bucket, n);
+                    }
+                }
+                None => {
+                    leases.with_existing(key, Lease::refill_failed);
+                }
+            }
+        });
+    }
+
+    fn undo(&self, counted: Counted) {
+        match counted {
+            Counted::Local(key, bucket) => {
+                self.local.with_existing(key, |w| w.undo(bucket));
+            }
+            Counted::Leased(key, bucket) => {
+                if let Some(shared) = &self.shared {
+                    shared.leases.with_existing(key, |l| l.undo(bucket));
+                }
+            }
+        }
+    }
+}
+
+/// `scopegate:q:{ID}:` : the caller's counters in the store (one per sub-bucket follows), a
+/// hash of the quota and the caller (no claim value in the store), in one hash slot.
+fn store_key(quota: &Quota, caller: &Caller<'_>) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, caller.text().as_bytes());
+    let caller: String = digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("scopegate:q:{{{}{caller}}}:", quota.store_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota(name: &str, key: QuotaKey, limit: u64, methods: Vec<Method>) -> Quota {
+        Quota::new(name, format!("api {name}"), key, limit, 1, methods).unwrap()
+    }
+
+    fn claims(sub: Value) -> Vec<(Box<str>, Value)> {
+        vec![(Box::from("sub"), sub)]
+    }
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn callers_are_counted_apart_and_claim_values_compare_as_text() {
+        let quotas = vec![quota("per_user", QuotaKey::Claim("sub".into()), 2, vec![])];
+        let q = Quotas::new(None);
+        let get = Method::GET;
+        let (a, a_num, b) = (claims("42".into()), claims(42.into()), claims("7".into()));
+        let check =
+            |c: &[(Box<str>, Value)], t| block(q.check(&quotas, &[0], &get, Some(c), None, t));
+        assert!(matches!(
+            check(&a, 0),
+            Verdict::Allowed(Some(Standing { remaining: 1, .. }))
+        ));
+        assert!(matches!(
+            check(&a_num, 0),
+            Verdict::Allowed(Some(Standing { remaining: 0, .. }))
+        ));
+        assert_eq!(
+            check(&a, 10),
+            Verdict::Exceeded {
+                quota: 0,
+                retry_after: 2
+            }
+        );
+        assert!(matches!(check(&b, 10), Verdict::Allowed(_)));
+        // A token without the claim is counted by address.
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let none: Vec<(Box<str>, Value)> = Vec::new();
+        let by_ip = |t| block(q.check(&quotas, &[0], &get, Some(&none), Some(ip), t));
+        assert!(matches!(by_ip(0), Verdict::Allowed(_)));
+        assert!(matches!(by_ip(0), Verdict::Allowed(_)));
+        assert!(matches!(by_ip(0), Verdict::Exceeded { .. }));
+        // The window recovers (the sub-bucket of t=0 leaves at 1_100 ms).
+        assert!(matches!(check(&a, 1_099), Verdict::Exceeded { .. }));
+        assert!(matches!(check(&a, 1_100), Verdict::Allowed(_)));
+    }
+
+    #[test]
+    fn a_request_one_quota_refuses_spends_nothing_of_the_others_and_methods_filter() {
+        let quotas = vec![
+            quota(
+                "writes",
+                QuotaKey::Claim("sub".into()),
+                10,
+                vec![Method::POST],
+            ),
+            quota("per_ip", QuotaKey::ClientIp, 1, vec![]),
+            quota("reads", QuotaKey::ClientIp, 5, vec![Method::GET]),
+        ];
+        let q = Quotas::new(None);
+        let c = claims("u".into());
+        let check = |m: &Method| block(q.check(&quotas, &[0, 1], m, Some(&c), None, 0));
+        match check(&Method::POST) {
+            Verdict::Allowed(Some(s)) => {
+                assert_eq!(s.quota, 1, "0 of 1 left is the smallest fraction")
+            }
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(
+            check(&Method::POST),
+            Verdict::Exceeded {
+                quota: 1,
+                retry_after: 2
+            }
+        );
+        assert_eq!(
+            check(&Method::POST),
+            Verdict::Exceeded {
+                quota: 1,
+                retry_after: 2
+            }
+        );
+        // `writes` counted only the allowed POST: 9 left.
+        let only_writes = block(q.check(&quotas, &[0], &Method::POST, Some(&c), None, 0));
+        assert!(matches!(
+            only_writes,
+            Verdict::Allowed(Some(Standing { remaining: 8, .. }))
+        ));
+        // GET does not count under `writes`; HEAD counts as GET under `reads`.
+        assert_eq!(
+            block(q.check(&quotas, &[0], &Method::GET, Some(&c), None, 0)),
+            Verdict::Allowed(None)
+        );
+        let head = block(q.check(&quotas, &[2], &Method::HEAD, None, None, 0));
+        assert!(matches!(
+            head,
+            Verdict::Allowed(Some(Standing { remaining: 4, .. }))
+        ));
+    }
+
+    #[test]
+    fn headers_are_written_as_the_ratelimit_draft_spells_them() {
+        let q = Quota::new(
+            "per_user",
+            "per_user".into(),
+            QuotaKey::ClientIp,
+            600,
+            60,
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(q.policy, "\"per_user\";q=600;w=60");
+        assert_eq!(q.rate_limit(0, 12).unwrap(), "\"per_user\";r=0;t=12");
+    }
+}

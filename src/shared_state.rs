@@ -1,0 +1,348 @@
+//! `[shared_state]`: the Redis/Valkey store every replica shares (quotas now, DPoP replay
+//! detection and nonces later). `SharedStateSettings` is what a snapshot keeps of the section;
+//! `SharedStore` talks to the store from a thread of its own, so no worker thread ever does
+//! Redis I/O: a request hands an operation over a bounded channel and waits for the answer at
+//! most `timeout_ms`. A failed or late operation is counted (`on_error(op)`), logged once per
+//! outage, and its caller falls back (quotas: in-process counting); it never fails a request.
+//! While the store is down no request waits on it: one probe a second, off the request path,
+//! finds it again.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+/// What a snapshot keeps of `[shared_state]`.
+#[derive(Clone)]
+pub struct SharedStateSettings {
+    pub url: String,
+    /// The variable named by `secret_env` (for the DPoP nonces).
+    pub secret_env: Option<String>,
+    /// Its value, read at load.
+    pub secret: Option<Vec<u8>>,
+    /// Per operation.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SharedStateSettings {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStateSettings")
+            .field("url", &self.url)
+            .field("secret_env", &self.secret_env)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Operations queued at most; past it an operation fails at once (and its caller falls back).
+const QUEUE: usize = 4096;
+/// While the store is down, how often a probe looks for it.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// A lease of quota from the store (see `quota::shared` for the scheme).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Requests granted in `bucket` (0: the quota is used up there).
+    pub granted: u32,
+    /// The sub-bucket, on the store's clock.
+    pub bucket: u64,
+    /// Milliseconds left in `bucket` when the store answered.
+    pub ms_left: u64,
+    /// Milliseconds until the count over the window drops: below the limit when it is used up
+    /// (the `Retry-After`), else the next time a counted request leaves the window.
+    pub free_in_ms: u64,
+    /// Requests counted over the window, this grant included.
+    pub counted: u64,
+}
+
+enum Job {
+    QuotaTake {
+        key: String,
+        limit: u64,
+        width_ms: u64,
+        want: u32,
+        reply: oneshot::Sender<redis::RedisResult<Grant>>,
+    },
+    QuotaGiveBack {
+        key: String,
+        bucket: u64,
+        count: u32,
+    },
+    Probe,
+}
+
+/// Counts one sub-bucket's lease atomically on the store's clock (`TIME`): sums the window's
+/// sub-buckets `i-B..=i`, grants `min(want, limit - sum)`, adds it to bucket `i`, and says how
+/// long until the count drops. KEYS[1] is the caller's key prefix; ARGV: limit, width in ms,
+/// B (sub-buckets per window), want.
+const TAKE: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, w, b, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local i = math.floor(now / w)
+local keys = {}
+for j = i - b, i do keys[#keys + 1] = KEYS[1] .. j end
+local vals = redis.call('MGET', unpack(keys))
+local counts, sum = {}, 0
+for k = 1, #vals do counts[k] = tonumber(vals[k]) or 0; sum = sum + counts[k] end
+local grant = math.min(want, math.max(limit - sum, 0))
+if grant > 0 then
+  redis.call('INCRBY', keys[#keys], grant)
+  redis.call('PEXPIRE', keys[#keys], w * (b + 2))
+  counts[#counts] = counts[#counts] + grant
+  sum = sum + grant
+end
+local free, s = 0, sum
+for k = 1, #counts do
+  s = s - counts[k]
+  if (sum >= limit and s < limit) or (sum < limit and counts[k] > 0) then
+    free = (i + k) * w - now
+    break
+  end
+end
+return {grant, i, (i + 1) * w - now, free, sum}
+"#;
+
+/// Hands back what a lease did not use once its sub-bucket is over, never below zero.
+const GIVE_BACK: &str = r#"
+local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+local d = math.min(v, tonumber(ARGV[1]))
+if d > 0 then redis.call('DECRBY', KEYS[1], d) end
+return d
+"#;
+
+/// Sub-buckets per window, as in `quota::window`.
+pub const SUB_BUCKETS: u64 = 10;
+
+struct Health {
+    up: AtomicBool,
+    /// While down: when (ms since `epoch`) the next probe may go.
+    probe_at_ms: AtomicU64,
+    epoch: Instant,
+    on_error: Box<dyn Fn(&'static str) + Send + Sync>,
+}
+
+impl Health {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn failed(&self, op: &'static str, why: &str) {
+        (self.on_error)(op);
+        self.down(why);
+    }
+
+    fn down(&self, why: &str) {
+        self.probe_at_ms.store(
+            self.now_ms() + PROBE_EVERY.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                error = why,
+                "shared state unreachable: quotas are counted in-process until it is back"
+            );
+        }
+    }
+
+    fn reached(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("shared state reachable again: quotas are shared again");
+        }
+    }
+}
+
+/// The client of the shared store; cheap to share (`Arc` it).
+pub struct SharedStore {
+    jobs: mpsc::Sender<Job>,
+    timeout: Duration,
+    health: Arc<Health>,
+}
+
+impl SharedStore {
+    /// Start the store's thread; it connects on first use and reconnects on its own.
+    /// `on_error(op)` counts each failed operation.
+    pub fn start(
+        settings: &SharedStateSettings,
+        on_error: Box<dyn Fn(&'static str) + Send + Sync>,
+    ) -> std::io::Result<SharedStore> {
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        let health = Arc::new(Health {
+            up: AtomicBool::new(true),
+            probe_at_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            on_error,
+        });
+        let (url, timeout, h) = (settings.url.clone(), settings.timeout, health.clone());
+        std::thread::Builder::new()
+            .name("shared-state".into())
+            .spawn(move || serve(url, timeout, rx, h))?;
+        Ok(SharedStore {
+            jobs,
+            timeout: settings.timeout,
+            health,
+        })
+    }
+
+    /// Whether to ask the store now. While it is down: no, and at most once a second a probe
+    /// (not awaited) looks whether it is back.
+    pub fn usable(&self) -> bool {
+        if self.health.up.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = self.health.now_ms();
+        let at = self.health.probe_at_ms.load(Ordering::Relaxed);
+        if now >= at
+            && self
+                .health
+                .probe_at_ms
+                .compare_exchange(
+                    at,
+                    now + PROBE_EVERY.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            let _ = self.jobs.try_send(Job::Probe);
+        }
+        false
+    }
+
+    /// Take a lease of up to `want` requests of a quota for the caller whose keys start with
+    /// `key` (see `quota::shared`). `None` when the store did not answer within the timeout
+    /// (counted as a failed `quota` operation).
+    pub async fn quota_take(
+        &self,
+        key: String,
+        limit: u64,
+        width_ms: u64,
+        want: u32,
+    ) -> Option<Grant> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::QuotaTake {
+            key,
+            limit,
+            width_ms,
+            want,
+            reply,
+        };
+        if self.jobs.try_send(job).is_err() {
+            self.health.failed("quota", "too many operations queued");
+            return None;
+        }
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(Ok(grant))) => {
+                self.health.reached();
+                Some(grant)
+            }
+            Ok(Ok(Err(e))) => {
+                self.health.failed("quota", &e.to_string());
+                None
+            }
+            Ok(Err(_)) => {
+                self.health.failed("quota", "the store's thread is gone");
+                None
+            }
+            Err(_) => {
+                self.health.failed("quota", "timed out");
+                None
+            }
+        }
+    }
+
+    /// Hand back `count` unused requests of a lease for `bucket` (not awaited).
+    pub fn quota_give_back(&self, key: String, bucket: u64, count: u32) {
+        let _ = self
+            .jobs
+            .try_send(Job::QuotaGiveBack { key, bucket, count });
+    }
+}
+
+/// The store's thread: one current-thread runtime and a connection manager that reconnects.
+fn serve(url: String, timeout: Duration, mut rx: mpsc::Receiver<Job>, health: Arc<Health>) {
+    // rediss:// needs a process-wide rustls provider; an error means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "shared state: no runtime; quotas stay in-process");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(PROBE_EVERY);
+        let manager = redis::Client::open(url.as_str())
+            .and_then(|c| redis::aio::ConnectionManager::new_lazy_with_config(c, config));
+        let manager = match manager {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "shared state: cannot use the URL; quotas stay in-process");
+                health.down(&e.to_string());
+                return;
+            }
+        };
+        let take = redis::Script::new(TAKE);
+        let give_back = redis::Script::new(GIVE_BACK);
+        while let Some(job) = rx.recv().await {
+            let mut con = manager.clone();
+            let (take, give_back, health) = (take.clone(), give_back.clone(), health.clone());
+            // Each operation on its own task: one slow answer holds up no other.
+            tokio::spawn(async move {
+                match job {
+                    Job::QuotaTake {
+                        key,
+                        limit,
+                        width_ms,
+                        want,
+                        reply,
+                    } => {
+                        let r: redis::RedisResult<(u32, u64, u64, u64, u64)> = take
+                            .key(key)
+                            .arg(limit)
+                            .arg(width_ms)
+                            .arg(SUB_BUCKETS)
+                            .arg(want)
+                            .invoke_async(&mut con)
+                            .await;
+                        let _ = reply.send(r.map(|(granted, bucket, ms_left, free_in_ms, counted)| Grant {
+                            granted,
+                            bucket,
+                            ms_left,
+                            free_in_ms,
+                            counted,
+                        }));
+                    }
+                    Job::QuotaGiveBack { key, bucket, count } => {
+                        let r: redis::RedisResult<i64> = give_back
+                            .key(format!("{key}{bucket}"))
+                            .arg(count)
+                            .invoke_async(&mut con)
+                            .await;
+                        if let Err(e) = r {
+                            health.failed("quota", &e.to_string());
+                        }
+                    }
+                    Job::Probe => {
+                        let r: redis::RedisResult<String> =
+                            redis::cmd("PING").query_async(&mut con).await;
+                        match r {
+                            Ok(_) => health.reached(),
+                            Err(e) => health.down(&e.to_string()),
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
