@@ -51,6 +51,8 @@ pub struct Metrics {
     config_generation: IntGauge,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Spans that did not fit the exporter's queue.
+    pub spans_dropped: IntCounter,
 }
 
 /// From 100 µs to 10 s: an edge proxy's own work is sub-millisecond, its upstreams take longer.
@@ -113,10 +115,16 @@ impl Metrics {
             "Access-log lines dropped because the writer could not keep up.",
         )
         .expect("metric definition");
+        let spans_dropped = IntCounter::new(
+            "scopegate_spans_dropped_total",
+            "Trace spans dropped because the exporter's queue was full.",
+        )
+        .expect("metric definition");
         for m in [
             Box::new(duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(config_generation.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(spans_dropped.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -138,7 +146,31 @@ impl Metrics {
             config_reloads,
             config_generation,
             access_log_dropped,
+            spans_dropped,
         }
+    }
+
+    /// Every `scopegate_requests_total` series: (route, decision, count), for the console.
+    pub fn request_counts(&self) -> Vec<(String, String, u64)> {
+        use prometheus::core::Collector;
+        let mut counts = Vec::new();
+        for family in self.requests.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                counts.push((
+                    label("route"),
+                    label("decision"),
+                    m.get_counter().get_value() as u64,
+                ));
+            }
+        }
+        counts
     }
 
     /// Count a request under its route and decision. With the snapshot's `LabelCache` the
