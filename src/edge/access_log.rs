@@ -367,6 +367,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn line_of(format: Format, e: &Entry<'_>) -> String {
+        line(format, e)
+    }
+
     fn line(format: Format, e: &Entry<'_>) -> String {
         let mut s = Vec::new();
         format(&mut s, e);
@@ -457,6 +461,13 @@ mod tests {
         assert!(line.contains(
             "decision=\"report_only\" would_be=\"forbidden\" reason=\"insufficient_scope\""
         ));
+        assert!(
+            line.ends_with(" sub=- trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"\n"),
+            "{line}"
+        );
+        let mut untraced = entry();
+        untraced.trace_id = None;
+        assert!(!line_of(text_line, &untraced).contains("trace_id"));
     }
 
     #[test]
