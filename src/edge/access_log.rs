@@ -462,7 +462,7 @@ mod tests {
             "decision=\"report_only\" would_be=\"forbidden\" reason=\"insufficient_scope\""
         ));
         assert!(
-            line.ends_with(" sub=- trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"\n"),
+            line.ends_with(" sub=- client=192.0.2.7 trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"\n"),
             "{line}"
         );
         let mut untraced = entry();
