@@ -208,10 +208,10 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
     assert_eq!(p.request("DELETE", "/contacts/7", Some(&reader), "").status, 403);
 
     // The route table with what each route requires, and the counts of this traffic.
-    let first = dump_until(&console, "the counts of GET /contacts", |dom| {
+    let first = dump_until(&console, "the counts of this traffic", |dom| {
         route_row(dom, "GET /contacts").is_some_and(|row| {
             count(row, "allowed") == Some(1) && count(row, "unauthenticated") == Some(1)
-        })
+        }) && route_row(dom, "DELETE /contacts/{id}").and_then(|r| count(r, "forbidden")) == Some(1)
     });
     let dom = &first.dom;
     assert!(dom.contains("data-state=\"ready\""), "{dom}");
@@ -310,6 +310,7 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
         r.json(),
         json!({"status": 200, "decision": "allowed", "reason": null, "route": "DELETE /contacts/{id}"})
     );
+    assert!(!p.log().contains(&deleter), "a pasted token is never logged");
     let r = post_json(admin_addr, "/api/explain", &json!({"method": "GET", "path": "/contacts"}));
     assert_eq!(r.json()["decision"], "unauthenticated");
     assert_eq!(post_json(admin_addr, "/api/explain", &json!({"path": "/"})).status, 400);
@@ -358,4 +359,33 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
 
     stop.send(()).unwrap();
     traffic.join().unwrap();
+}
+
+#[test]
+fn keys_show_their_refresh_times_and_failed_fetches() {
+    let jwks = JwksServer::start(&key().jwks, 1);
+    let (_p, admin) = url_proxy(&jwks.url());
+    let keys = || http_get(admin_addr(admin), "/api/keys").json()["issuers"][0].clone();
+    assert!(
+        eventually(30, || keys()["last_refresh"].is_string()),
+        "{}",
+        keys()
+    );
+    let issuer = keys();
+    assert_eq!(issuer["issuer"], ISS);
+    assert_eq!(issuer["source"]["jwks_url"], jwks.url());
+    assert_eq!(issuer["keys"], json!([{"kid": KID, "alg": "RS256"}]), "{issuer}");
+    assert!(issuer["next_refresh"].as_str().unwrap() > issuer["last_refresh"].as_str().unwrap());
+    assert_eq!(issuer["failures"], 0);
+    // The provider breaks: the next refresh fails, is counted with its error, and the last good
+    // keys stay.
+    jwks.set("not json");
+    assert!(
+        eventually(30, || keys()["failures"].as_u64() >= Some(1)),
+        "{}",
+        keys()
+    );
+    let issuer = keys();
+    assert!(issuer["last_error"].as_str().unwrap().contains(&jwks.url()), "{issuer}");
+    assert_eq!(issuer["keys"][0]["kid"], KID, "the last good keys are kept");
 }
