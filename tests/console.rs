@@ -50,7 +50,10 @@ fn dump(url: &str) -> Dump {
             "--virtual-time-budget=4000",
             "--dump-dom",
         ])
-        .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            profile.path().join("profile").display()
+        ))
         .arg(url)
         .stdout(Stdio::piped())
         .stderr(log_file)
@@ -182,8 +185,14 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
     // The page and its assets: one origin, no inline script, under a strict CSP.
     let page = http_get(admin_addr, "/");
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
-    let csp = page.header("content-security-policy").expect("a CSP").to_string();
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = page
+        .header("content-security-policy")
+        .expect("a CSP")
+        .to_string();
     assert!(csp.contains("default-src 'self'"), "{csp}");
     for banned in ["unsafe-inline", "unsafe-eval", "http:", "https:", "*"] {
         assert!(!csp.contains(banned), "{banned} in {csp}");
@@ -195,17 +204,26 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
         "only the script asset, no inline script: {html}"
     );
     assert!(!html.contains("style="), "no inline style either");
-    for (asset, kind) in [("/console.js", "text/javascript"), ("/console.css", "text/css")] {
+    for (asset, kind) in [
+        ("/console.js", "text/javascript"),
+        ("/console.css", "text/css"),
+    ] {
         let r = http_get(admin_addr, asset);
         assert_eq!(r.status, 200, "{asset}");
-        assert!(r.header("content-type").unwrap().starts_with(kind), "{asset}");
+        assert!(
+            r.header("content-type").unwrap().starts_with(kind),
+            "{asset}"
+        );
     }
 
     let (stop, traffic) = background_traffic(p.addr);
     let reader = token("read:contacts");
     assert_eq!(p.get("/contacts", Some(&reader)).status, 200);
     assert_eq!(p.get("/contacts", None).status, 401);
-    assert_eq!(p.request("DELETE", "/contacts/7", Some(&reader), "").status, 403);
+    assert_eq!(
+        p.request("DELETE", "/contacts/7", Some(&reader), "").status,
+        403
+    );
 
     // The route table with what each route requires, and the counts of this traffic.
     let first = dump_until(&console, "the counts of this traffic", |dom| {
@@ -222,15 +240,24 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
         "DELETE /contacts/{id}",
         "GET /admin/{*rest}",
     ] {
-        assert!(route_row(dom, label).is_some(), "route {label} listed: {dom}");
+        assert!(
+            route_row(dom, label).is_some(),
+            "route {label} listed: {dom}"
+        );
     }
     let delete = route_row(dom, "DELETE /contacts/{id}").unwrap();
     assert!(delete.contains("delete:contacts"), "{delete}");
     assert_eq!(count(delete, "forbidden"), Some(1), "{delete}");
     let admin_route = route_row(dom, "GET /admin/{*rest}").unwrap();
-    assert!(text_of(admin_route).contains("one of: admin contacts:all"), "{admin_route}");
+    assert!(
+        text_of(admin_route).contains("one of: admin contacts:all"),
+        "{admin_route}"
+    );
     assert!(route_row(dom, "GET /health").unwrap().contains("public"));
-    assert!(dom.contains(AUD) && dom.contains(ISS), "the API's audience and issuer");
+    assert!(
+        dom.contains(AUD) && dom.contains(ISS),
+        "the API's audience and issuer"
+    );
     assert!(
         !first.log.contains("Content Security Policy"),
         "the page runs under its own CSP: {}",
@@ -257,12 +284,21 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
         .unwrap_or_else(|| panic!("a 403 among the refusals: {rows:?}"));
     assert_eq!(
         &forbidden[1..],
-        ["DELETE", "api.test", "/contacts/7", "DELETE /contacts/{id}", "403", "insufficient_scope", "user-1"],
+        [
+            "DELETE",
+            "api.test",
+            "/contacts/7",
+            "DELETE /contacts/{id}",
+            "403",
+            "insufficient_scope",
+            "user-1"
+        ],
         "{rows:?}"
     );
     assert!(
-        rows.iter().any(|r| r.get(5).map(String::as_str) == Some("401")
-            && r.get(6).map(String::as_str) == Some("missing")),
+        rows.iter()
+            .any(|r| r.get(5).map(String::as_str) == Some("401")
+                && r.get(6).map(String::as_str) == Some("missing")),
         "{rows:?}"
     );
     assert!(
@@ -277,13 +313,25 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
         .iter()
         .map(|r| r["time"].as_str().unwrap())
         .collect();
-    assert!(times.len() >= 2 && times.windows(2).all(|w| w[0] >= w[1]), "newest first: {api}");
-    assert!(!api.to_string().contains(&reader), "no token in the JSON either");
+    assert!(
+        times.len() >= 2 && times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {api}"
+    );
+    assert!(
+        !api.to_string().contains(&reader),
+        "no token in the JSON either"
+    );
 
     // Explain: the page fills its form from the URL's fragment and submits it.
     let form = &moved.dom;
-    assert!(form.contains("<form id=\"explain-form\""), "the explain form");
-    assert!(form.contains("<textarea name=\"token\""), "a token can be pasted");
+    assert!(
+        form.contains("<form id=\"explain-form\""),
+        "the explain form"
+    );
+    assert!(
+        form.contains("<textarea name=\"token\""),
+        "a token can be pasted"
+    );
     let explained = dump_until(
         &format!("{console}#explain?method=DELETE&path=/contacts/7&scopes=read:contacts%20write:contacts"),
         "an explain answer",
@@ -291,13 +339,26 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
     );
     let answer = |class: &str| {
         let dom = &explained.dom;
-        let start = dom.find(&format!("class=\"{class}\">")).map(|i| i + class.len() + 9)?;
+        let start = dom
+            .find(&format!("class=\"{class}\">"))
+            .map(|i| i + class.len() + 9)?;
         Some(text_of(&dom[start..start + dom[start..].find('<')?]))
     };
-    assert_eq!(answer("explain-status").as_deref(), Some("403"), "{}", explained.dom);
+    assert_eq!(
+        answer("explain-status").as_deref(),
+        Some("403"),
+        "{}",
+        explained.dom
+    );
     assert_eq!(answer("explain-decision").as_deref(), Some("forbidden"));
-    assert_eq!(answer("explain-reason").as_deref(), Some("insufficient_scope"));
-    assert_eq!(answer("explain-route").as_deref(), Some("DELETE /contacts/{id}"));
+    assert_eq!(
+        answer("explain-reason").as_deref(),
+        Some("insufficient_scope")
+    );
+    assert_eq!(
+        answer("explain-route").as_deref(),
+        Some("DELETE /contacts/{id}")
+    );
     // The same decision through the JSON endpoint, with a pasted token, which is not logged.
     let deleter = token("delete:contacts");
     let r = post_json(
@@ -310,10 +371,20 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
         r.json(),
         json!({"status": 200, "decision": "allowed", "reason": null, "route": "DELETE /contacts/{id}"})
     );
-    assert!(!p.log().contains(&deleter), "a pasted token is never logged");
-    let r = post_json(admin_addr, "/api/explain", &json!({"method": "GET", "path": "/contacts"}));
+    assert!(
+        !p.log().contains(&deleter),
+        "a pasted token is never logged"
+    );
+    let r = post_json(
+        admin_addr,
+        "/api/explain",
+        &json!({"method": "GET", "path": "/contacts"}),
+    );
     assert_eq!(r.json()["decision"], "unauthenticated");
-    assert_eq!(post_json(admin_addr, "/api/explain", &json!({"path": "/"})).status, 400);
+    assert_eq!(
+        post_json(admin_addr, "/api/explain", &json!({"path": "/"})).status,
+        400
+    );
 
     // A reload that narrows a route lists what changed; a bad edit lists its error.
     let good = text.replace(
@@ -328,7 +399,10 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
         "{}",
         p.log()
     );
-    let bad = good.replace("scopes = [\"write:contacts\"]", "scopez = [\"write:contacts\"]");
+    let bad = good.replace(
+        "scopes = [\"write:contacts\"]",
+        "scopez = [\"write:contacts\"]",
+    );
     std::fs::write(p.config_path(), &bad).unwrap();
     assert!(
         eventually(30, || {
@@ -340,14 +414,22 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
     let reloads = http_get(admin_addr, "/api/reloads").json();
     let error = reloads["reloads"][0]["error"].as_str().unwrap().to_string();
     assert!(error.contains("unknown field `scopez`"), "{reloads}");
-    assert_eq!(reloads["reloads"][0]["generation"], 2, "the running config is kept");
-    let shown = dump_until(&console, "the failed reload", |dom| dom.contains("reload failed"));
+    assert_eq!(
+        reloads["reloads"][0]["generation"], 2,
+        "the running config is kept"
+    );
+    let shown = dump_until(&console, "the failed reload", |dom| {
+        dom.contains("reload failed")
+    });
     let dom = &shown.dom;
     let failed = &dom[dom.find("data-result=\"error\"").expect("a failed reload")..];
     let failed = text_of(&failed[..failed.find("</li>").unwrap()]);
     assert!(failed.contains("generation 2"), "{failed}");
     assert!(failed.contains("unknown field `scopez`"), "{failed}");
-    assert!(failed.contains("scopegate.toml:"), "file:line:col: {failed}");
+    assert!(
+        failed.contains("scopegate.toml:"),
+        "file:line:col: {failed}"
+    );
     let narrowed = &dom[dom.find("data-result=\"ok\"").expect("the good reload")..];
     let narrowed = text_of(&narrowed[..narrowed.find("</ul>").unwrap()]);
     assert!(
@@ -355,7 +437,10 @@ fn the_console_shows_routes_live_counts_refusals_explain_and_reloads_in_a_browse
         "{narrowed}"
     );
     // The keys of the issuer, from jwks.json.
-    assert!(dom.contains(KID) && dom.contains("RS256"), "the issuer's key: {dom}");
+    assert!(
+        dom.contains(KID) && dom.contains("RS256"),
+        "the issuer's key: {dom}"
+    );
 
     stop.send(()).unwrap();
     traffic.join().unwrap();
@@ -374,7 +459,11 @@ fn keys_show_their_refresh_times_and_failed_fetches() {
     let issuer = keys();
     assert_eq!(issuer["issuer"], ISS);
     assert_eq!(issuer["source"]["jwks_url"], jwks.url());
-    assert_eq!(issuer["keys"], json!([{"kid": KID, "alg": "RS256"}]), "{issuer}");
+    assert_eq!(
+        issuer["keys"],
+        json!([{"kid": KID, "alg": "RS256"}]),
+        "{issuer}"
+    );
     assert!(issuer["next_refresh"].as_str().unwrap() > issuer["last_refresh"].as_str().unwrap());
     assert_eq!(issuer["failures"], 0);
     // The provider breaks: the next refresh fails, is counted with its error, and the last good
@@ -386,6 +475,9 @@ fn keys_show_their_refresh_times_and_failed_fetches() {
         keys()
     );
     let issuer = keys();
-    assert!(issuer["last_error"].as_str().unwrap().contains(&jwks.url()), "{issuer}");
+    assert!(
+        issuer["last_error"].as_str().unwrap().contains(&jwks.url()),
+        "{issuer}"
+    );
     assert_eq!(issuer["keys"][0]["kid"], KID, "the last good keys are kept");
 }

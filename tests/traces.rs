@@ -27,7 +27,13 @@ struct Received {
 
 impl Received {
     fn attr(&self, key: &str) -> Option<String> {
-        let value = self.span.attributes.iter().find(|kv| kv.key == key)?.value.clone()?;
+        let value = self
+            .span
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)?
+            .value
+            .clone()?;
         Some(match value.value? {
             AnyValue::StringValue(s) => s,
             AnyValue::IntValue(i) => i.to_string(),
@@ -60,7 +66,10 @@ fn otlp_receiver() -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
     let spans = Arc::new(Mutex::new(Vec::new()));
     let seen = spans.clone();
     let addr = spawn_upstream(Arc::new(move |req: &EchoRequest| {
-        assert_eq!((req.method.as_str(), req.target.as_str()), ("POST", "/v1/traces"));
+        assert_eq!(
+            (req.method.as_str(), req.target.as_str()),
+            ("POST", "/v1/traces")
+        );
         assert_eq!(req.header("content-type"), Some("application/x-protobuf"));
         let export = ExportTraceServiceRequest::decode(req.body.as_slice()).expect("protobuf");
         let mut seen = seen.lock().unwrap();
@@ -141,11 +150,23 @@ fn spans_continue_the_clients_trace_are_sent_upstream_and_sampled_by_their_paren
     let sampled = format!("traceparent: 00-{TRACE}-{CLIENT_SPAN}-01\r\ntracestate: vendor=abc\r\n");
     let r = p.request("GET", "/contacts", Some(&reader), &sampled);
     assert_eq!(r.status, 200);
-    let sent = r.upstream_header("traceparent").expect("traceparent sent upstream");
+    let sent = r
+        .upstream_header("traceparent")
+        .expect("traceparent sent upstream");
     let parts: Vec<&str> = sent.split('-').collect();
-    assert_eq!((parts[0], parts[1], parts[3]), ("00", TRACE, "01"), "{sent}");
-    assert_ne!(parts[2], CLIENT_SPAN, "the upstream's parent is scopegate's span: {sent}");
-    assert_eq!(r.upstream_header("tracestate").as_deref(), Some("vendor=abc"));
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", TRACE, "01"),
+        "{sent}"
+    );
+    assert_ne!(
+        parts[2], CLIENT_SPAN,
+        "the upstream's parent is scopegate's span: {sent}"
+    );
+    assert_eq!(
+        r.upstream_header("tracestate").as_deref(),
+        Some("vendor=abc")
+    );
 
     let trace = trace_of(&spans, TRACE);
     assert!(
@@ -153,10 +174,19 @@ fn spans_continue_the_clients_trace_are_sent_upstream_and_sampled_by_their_paren
         "SERVER and CLIENT: {trace:?}"
     );
     let trace = trace_of(&spans, TRACE);
-    let server = trace.iter().find(|s| s.span.kind == SpanKind::Server as i32).unwrap();
-    let client = trace.iter().find(|s| s.span.kind == SpanKind::Client as i32).unwrap();
+    let server = trace
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Server as i32)
+        .unwrap();
+    let client = trace
+        .iter()
+        .find(|s| s.span.kind == SpanKind::Client as i32)
+        .unwrap();
     assert_eq!(server.service, "edge-under-test");
-    assert_eq!(server.span.name, "GET /contacts", "named by the route label");
+    assert_eq!(
+        server.span.name, "GET /contacts",
+        "named by the route label"
+    );
     assert_eq!(server.parent(), CLIENT_SPAN, "continues the client's span");
     for (key, want) in [
         ("http.request.method", "GET"),
@@ -169,10 +199,21 @@ fn spans_continue_the_clients_trace_are_sent_upstream_and_sampled_by_their_paren
     ] {
         assert_eq!(server.attr(key).as_deref(), Some(want), "{key}: {server:?}");
     }
-    assert_eq!(client.parent(), server.span_id(), "the CLIENT span is the SERVER's child");
-    assert_eq!(client.span_id(), parts[2], "the upstream's traceparent names the CLIENT span");
+    assert_eq!(
+        client.parent(),
+        server.span_id(),
+        "the CLIENT span is the SERVER's child"
+    );
+    assert_eq!(
+        client.span_id(),
+        parts[2],
+        "the upstream's traceparent names the CLIENT span"
+    );
     assert_eq!(client.attr("server.address").as_deref(), Some("127.0.0.1"));
-    assert_eq!(client.attr("http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(
+        client.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
     assert!(client.span.start_time_unix_nano >= server.span.start_time_unix_nano);
     assert!(client.span.end_time_unix_nano <= server.span.end_time_unix_nano);
 
@@ -185,9 +226,18 @@ fn spans_continue_the_clients_trace_are_sent_upstream_and_sampled_by_their_paren
     assert_eq!(refused.len(), 1, "nothing was sent upstream: {refused:?}");
     let span = &refused[0];
     assert_eq!(span.span.name, "DELETE /contacts/{id}");
-    assert_eq!(span.attr("http.response.status_code").as_deref(), Some("403"));
-    assert_eq!(span.attr("scopegate.decision").as_deref(), Some("forbidden"));
-    assert_eq!(span.attr("scopegate.reason").as_deref(), Some("insufficient_scope"));
+    assert_eq!(
+        span.attr("http.response.status_code").as_deref(),
+        Some("403")
+    );
+    assert_eq!(
+        span.attr("scopegate.decision").as_deref(),
+        Some("forbidden")
+    );
+    assert_eq!(
+        span.attr("scopegate.reason").as_deref(),
+        Some("insufficient_scope")
+    );
     assert_eq!(span.attr("scopegate.upstream").as_deref(), Some(""));
 
     // An unsampled parent is not sampled, and a request without a parent is sampled at
@@ -196,24 +246,41 @@ fn spans_continue_the_clients_trace_are_sent_upstream_and_sampled_by_their_paren
     let header = format!("traceparent: 00-{unsampled}-2222222222222222-00\r\n");
     let r = p.request("GET", "/contacts", Some(&reader), &header);
     let sent = r.upstream_header("traceparent").unwrap();
-    assert!(sent.starts_with(&format!("00-{unsampled}-")) && sent.ends_with("-00"), "{sent}");
+    assert!(
+        sent.starts_with(&format!("00-{unsampled}-")) && sent.ends_with("-00"),
+        "{sent}"
+    );
     let r = p.get("/contacts", Some(&reader));
-    let root = r.upstream_header("traceparent").expect("a trace of its own, unsampled");
+    let root = r
+        .upstream_header("traceparent")
+        .expect("a trace of its own, unsampled");
     assert!(root.ends_with("-00"), "{root}");
     // A later sampled request is exported after them (the export queue keeps its order).
     let last = "99999999999999999999999999999999";
     let header = format!("traceparent: 00-{last}-3333333333333333-01\r\n");
     p.request("GET", "/contacts", Some(&reader), &header);
     trace_of(&spans, last);
-    let exported: Vec<String> = spans.lock().unwrap().iter().map(Received::trace_id).collect();
+    let exported: Vec<String> = spans
+        .lock()
+        .unwrap()
+        .iter()
+        .map(Received::trace_id)
+        .collect();
     assert!(!exported.contains(&unsampled.to_string()), "{exported:?}");
     let root_trace = root.split('-').nth(1).unwrap().to_string();
     assert!(!exported.contains(&root_trace), "{exported:?}");
 
     // The access log names the trace of sampled requests only.
-    assert!(eventually(10, || access_lines(&p).len() >= 5), "{}", p.log());
+    assert!(
+        eventually(10, || access_lines(&p).len() >= 5),
+        "{}",
+        p.log()
+    );
     let lines = access_lines(&p);
-    let traced: Vec<&str> = lines.iter().filter_map(|l| l["trace_id"].as_str()).collect();
+    let traced: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["trace_id"].as_str())
+        .collect();
     assert_eq!(traced, [TRACE, refused_trace, last], "{lines:?}");
 
     let metrics = http_get(admin_addr(admin), "/metrics");
@@ -239,9 +306,18 @@ fn without_tracing_a_clients_trace_headers_pass_through_untouched() {
 fn a_bad_tracing_section_is_a_config_error() {
     let upstream: SocketAddr = "127.0.0.1:1".parse().unwrap();
     for (tracing, want) in [
-        ("otlp_endpoint = \"127.0.0.1:4318\"", "tracing.otlp_endpoint"),
-        ("otlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 1.5", "tracing.sample_ratio"),
-        ("otlp_endpoint = \"http://127.0.0.1:4318\"\nsampling = 1", "unknown field `sampling`"),
+        (
+            "otlp_endpoint = \"127.0.0.1:4318\"",
+            "tracing.otlp_endpoint",
+        ),
+        (
+            "otlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 1.5",
+            "tracing.sample_ratio",
+        ),
+        (
+            "otlp_endpoint = \"http://127.0.0.1:4318\"\nsampling = 1",
+            "unknown field `sampling`",
+        ),
     ] {
         let text = config(free_port(), &[upstream], &format!("[tracing]\n{tracing}\n"));
         let (ok, _, stderr, _, _dir) = check(&text, &[("jwks.json", &key().jwks)]);

@@ -441,7 +441,10 @@ mod tests {
         plain.trace_id = None;
         let v: serde_json::Value = serde_json::from_str(&line(json_line, &plain)).unwrap();
         assert!(v.get("would_be").is_none() && v.get("reason").is_none());
-        assert!(v.get("trace_id").is_none(), "only for a request with a trace");
+        assert!(
+            v.get("trace_id").is_none(),
+            "only for a request with a trace"
+        );
     }
 
     #[test]
@@ -462,7 +465,9 @@ mod tests {
             "decision=\"report_only\" would_be=\"forbidden\" reason=\"insufficient_scope\""
         ));
         assert!(
-            line.ends_with(" sub=- client=192.0.2.7 trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"\n"),
+            line.ends_with(
+                " sub=- client=192.0.2.7 trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"\n"
+            ),
             "{line}"
         );
         let mut untraced = entry();

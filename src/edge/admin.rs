@@ -78,17 +78,23 @@ impl Admin {
         let post = session.req_header().method == http::Method::POST;
         Some(match (path, post) {
             ("/", false) => console_reply("text/html; charset=utf-8", console::INDEX_HTML),
-            ("/console.css", false) => console_reply("text/css; charset=utf-8", console::CONSOLE_CSS),
+            ("/console.css", false) => {
+                console_reply("text/css; charset=utf-8", console::CONSOLE_CSS)
+            }
             ("/console.js", false) => {
                 console_reply("text/javascript; charset=utf-8", console::CONSOLE_JS)
             }
             ("/api/routes", false) => {
                 let live = self.live.load();
-                json_reply(200, &console::routes(&live.snapshot, &self.metrics.request_counts()))
+                json_reply(
+                    200,
+                    &console::routes(&live.snapshot, &self.metrics.request_counts()),
+                )
             }
-            ("/api/refusals", false) => {
-                json_reply(200, &serde_json::json!({ "refusals": self.refusals.latest() }))
-            }
+            ("/api/refusals", false) => json_reply(
+                200,
+                &serde_json::json!({ "refusals": self.refusals.latest() }),
+            ),
             ("/api/keys", false) => json_reply(200, &console::keys(&self.live.load().snapshot)),
             ("/api/reloads", false) => {
                 json_reply(200, &serde_json::json!({ "reloads": self.reloads.list() }))

@@ -458,7 +458,8 @@ impl ProxyHttp for ScopeGate {
     ) -> pingora_core::Result<bool> {
         let live = self.live.load_full();
         if let Some(traces) = &self.traces {
-            ctx.trace = Some(traces.start_request(&session.req_header().headers, wall_at(ctx.started)));
+            ctx.trace =
+                Some(traces.start_request(&session.req_header().headers, wall_at(ctx.started)));
         }
         // A header read by Pingora's session on a reused connection was held to its own, larger
         // limit: past 64 KiB it is refused here as the first read of a connection is.

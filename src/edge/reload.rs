@@ -148,7 +148,8 @@ impl Reloader {
             Err(e) => {
                 *fp = new_fp;
                 self.metrics.config_reload(false);
-                self.history.failed(current.snapshot.generation, e.to_string());
+                self.history
+                    .failed(current.snapshot.generation, e.to_string());
                 tracing::error!(
                     "config reload failed, keeping generation {}: {e}",
                     current.snapshot.generation

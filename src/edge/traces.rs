@@ -181,7 +181,10 @@ impl RequestTrace {
                 KeyValue::new("url.path", done.path.to_string()),
                 KeyValue::new("scopegate.decision", done.decision.to_string()),
                 KeyValue::new("scopegate.reason", done.reason.unwrap_or("").to_string()),
-                KeyValue::new("scopegate.upstream", done.upstream.unwrap_or("").to_string()),
+                KeyValue::new(
+                    "scopegate.upstream",
+                    done.upstream.unwrap_or("").to_string(),
+                ),
             ]);
         }
         span.end_with_timestamp(at);

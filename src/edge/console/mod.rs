@@ -42,7 +42,10 @@ pub fn routes(snapshot: &Snapshot, counts: &[(String, String, u64)]) -> Value {
         .enumerate()
         .map(|(a, api)| {
             let (audiences, trusted): (Vec<&str>, Vec<&str>) = match &api.accepts {
-                Accepts::Audience { audience, issuers: i } => (
+                Accepts::Audience {
+                    audience,
+                    issuers: i,
+                } => (
                     vec![audience.as_str()],
                     i.iter().map(|&i| issuers[i].issuer.as_str()).collect(),
                 ),
@@ -187,7 +190,10 @@ pub fn explain(snapshot: &Snapshot, body: &[u8], now: u64) -> Result<Value, Expl
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let mut headers = HeaderMap::new();
     if let Some(h) = host {
-        headers.insert(HOST, HeaderValue::from_str(h).map_err(|_| ExplainError::Host)?);
+        headers.insert(
+            HOST,
+            HeaderValue::from_str(h).map_err(|_| ExplainError::Host)?,
+        );
     }
     let verified = match (&req.token, &req.scopes) {
         (Some(_), Some(_)) => return Err(ExplainError::TokenAndScopes),
@@ -265,13 +271,22 @@ public = true
         assert_eq!(denied["status"], 403);
         assert_eq!(denied["reason"], "insufficient_scope");
         let none = ask(json!({"method": "GET", "host": "", "path": "/contacts/7"}));
-        assert_eq!((none["status"].as_u64(), none["decision"].as_str()), (Some(401), Some("unauthenticated")));
+        assert_eq!(
+            (none["status"].as_u64(), none["decision"].as_str()),
+            (Some(401), Some("unauthenticated"))
+        );
         let bad = ask(json!({"method": "GET", "path": "/contacts/7", "token": "Bearer not.a.jwt"}));
-        assert_eq!((bad["status"].as_u64(), bad["reason"].as_str()), (Some(401), Some("malformed")));
+        assert_eq!(
+            (bad["status"].as_u64(), bad["reason"].as_str()),
+            (Some(401), Some("malformed"))
+        );
         let public = ask(json!({"method": "POST", "path": "/open"}));
         assert_eq!(public["decision"], "public");
         let missing = ask(json!({"method": "GET", "path": "/nope", "scopes": []}));
-        assert_eq!((missing["status"].as_u64(), missing["route"].as_str()), (Some(404), Some("none")));
+        assert_eq!(
+            (missing["status"].as_u64(), missing["route"].as_str()),
+            (Some(404), Some("none"))
+        );
     }
 
     #[test]
@@ -283,7 +298,10 @@ public = true
             json!({"method": "GET", "path": "/", "token": "t", "scopes": []}),
             json!({"method": "GET", "path": "/", "tokn": "t"}),
         ] {
-            assert!(explain(&snap, body.to_string().as_bytes(), 0).is_err(), "{body}");
+            assert!(
+                explain(&snap, body.to_string().as_bytes(), 0).is_err(),
+                "{body}"
+            );
         }
     }
 

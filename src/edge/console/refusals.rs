@@ -125,11 +125,7 @@ impl RefusalLog {
 
     /// The last `KEPT` refusals of every worker, newest first.
     pub fn latest(&self) -> Vec<Refused> {
-        let rings: Vec<Ring> = self
-            .rings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let rings: Vec<Ring> = self.rings.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut all: Vec<Refused> = rings
             .iter()
             .flat_map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
@@ -194,6 +190,9 @@ mod tests {
         let long = "/é".repeat(400);
         log.record(&refused(1, &long));
         let path = &log.latest()[0].path;
-        assert!(path.len() <= MAX_TEXT + "…".len() && path.ends_with('…'), "{path}");
+        assert!(
+            path.len() <= MAX_TEXT + "…".len() && path.ends_with('…'),
+            "{path}"
+        );
     }
 }
