@@ -29,7 +29,22 @@ pub struct ProcessSettings {
     pub upgrade_socket: PathBuf,
     /// Read per request, so a reload applies it at once.
     pub trusted_proxies: crate::trusted::TrustedProxies,
+    /// `[tracing]`: whether and where spans are exported (decided at start).
+    pub tracing: Option<TracingSettings>,
 }
+
+/// `[tracing]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// `{otlp_endpoint}/v1/traces`.
+    pub traces_url: String,
+    /// In 0..=1 (checked at load, so never NaN).
+    pub sample_ratio: f64,
+    pub service_name: String,
+}
+
+// The ratio is checked to be a number in 0..=1 at load: equality is total on it.
+impl Eq for TracingSettings {}
 
 #[derive(Debug)]
 pub struct Route {

@@ -218,7 +218,11 @@ fn sessions_resume_and_a_stalled_handshake_is_cut_off() {
             .unwrap();
         let mut answer = Vec::new();
         let _ = tls.read_to_end(&mut answer);
-        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
         tls.conn.handshake_kind()
     };
     assert_eq!(connect(), Some(rustls::HandshakeKind::Full));

@@ -52,7 +52,15 @@ pub fn run(secs: u64, rounds: usize) {
     let redis_port = free_port();
     let _redis = spawn(
         "1",
-        &["redis-server", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"],
+        &[
+            "redis-server",
+            "--port",
+            &redis_port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
     );
     wait_port(up);
     wait_port(otlp);
@@ -68,7 +76,9 @@ pub fn run(secs: u64, rounds: usize) {
         ),
         (
             "tracing 0.01",
-            format!("[tracing]\notlp_endpoint = \"http://127.0.0.1:{otlp}\"\nsample_ratio = 0.01\n"),
+            format!(
+                "[tracing]\notlp_endpoint = \"http://127.0.0.1:{otlp}\"\nsample_ratio = 0.01\n"
+            ),
         ),
         (
             "tracing 1.0",

@@ -155,6 +155,7 @@ impl JwksFetcher {
                     .clamp(issuer.refresh.min, issuer.refresh.max);
                 state.next_due = Some(Instant::now() + every);
                 state.failures = 0;
+                store.note_fetch(Ok(()), every);
                 (self.observe)(&issuer.issuer, true);
                 tracing::info!(issuer = %issuer.issuer, keys = n, next_refresh_s = every.as_secs(), "JWKS loaded");
                 true
@@ -163,7 +164,9 @@ impl JwksFetcher {
                 state.failures = state.failures.saturating_add(1);
                 // Discovery may have moved the JWKS: look it up again next time.
                 state.jwks_uri = None;
-                state.next_due = Some(Instant::now() + backoff(&issuer.refresh, state.failures));
+                let retry = backoff(&issuer.refresh, state.failures);
+                state.next_due = Some(Instant::now() + retry);
+                store.note_fetch(Err(&e), retry);
                 (self.observe)(&issuer.issuer, false);
                 tracing::warn!(issuer = %issuer.issuer, error = %e, "JWKS fetch failed; keeping the last good keys");
                 false

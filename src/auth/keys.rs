@@ -193,6 +193,24 @@ pub struct KeyStore {
     version: std::sync::atomic::AtomicU64,
     /// Held while fetching: one fetch at a time per store (single flight).
     pub(crate) fetch: tokio::sync::Mutex<FetchState>,
+    /// What the console shows; never held across a fetch.
+    status: std::sync::Mutex<RefreshStatus>,
+}
+
+/// When the keys were loaded and fetched, in wall-clock time (for the console).
+#[derive(Debug, Clone, Default)]
+pub struct RefreshStatus {
+    /// The current key set was loaded (read from a file, or fetched).
+    pub loaded_at: Option<std::time::SystemTime>,
+    /// The last fetch, ok or not.
+    pub last_attempt: Option<std::time::SystemTime>,
+    /// The next periodic fetch.
+    pub next_due: Option<std::time::SystemTime>,
+    /// Failed fetches since start, and in a row now.
+    pub failures: u64,
+    pub failing_in_a_row: u32,
+    /// The last failed fetch's error.
+    pub last_error: Option<String>,
 }
 
 /// Bookkeeping of the fetches of one store.
@@ -218,6 +236,7 @@ impl KeyStore {
             loaded: std::sync::atomic::AtomicBool::new(false),
             version: std::sync::atomic::AtomicU64::new(0),
             fetch: tokio::sync::Mutex::new(FetchState::default()),
+            status: std::sync::Mutex::new(RefreshStatus::default()),
         }
     }
 
@@ -232,6 +251,7 @@ impl KeyStore {
     }
 
     pub fn replace(&self, keys: KeySet) {
+        self.status().loaded_at = Some(std::time::SystemTime::now());
         self.current.store(Arc::new(keys));
         self.version
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -246,6 +266,31 @@ impl KeyStore {
     /// The URL-based source, if keys come from the network.
     pub fn is_remote(&self) -> bool {
         matches!(self.source, KeySource::Url(_) | KeySource::Discovery(_))
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, RefreshStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the keys were loaded and fetched.
+    pub fn refresh_status(&self) -> RefreshStatus {
+        self.status().clone()
+    }
+
+    /// A fetch is over: `Err` with why it failed; the next one is due in `next`.
+    pub fn note_fetch(&self, result: Result<(), &str>, next: std::time::Duration) {
+        let now = std::time::SystemTime::now();
+        let mut status = self.status();
+        status.last_attempt = Some(now);
+        status.next_due = Some(now + next);
+        match result {
+            Ok(()) => status.failing_in_a_row = 0,
+            Err(e) => {
+                status.failures += 1;
+                status.failing_in_a_row = status.failing_in_a_row.saturating_add(1);
+                status.last_error = Some(e.to_string());
+            }
+        }
     }
 
     /// True once a key set has been loaded (for `/readyz`).

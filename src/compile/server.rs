@@ -6,7 +6,7 @@ use http::HeaderValue;
 
 use crate::auth::Rejection;
 use crate::config::{ConfigError, LoadedConfig};
-use crate::snapshot::{quoted, Challenges, ProcessSettings};
+use crate::snapshot::{quoted, Challenges, ProcessSettings, TracingSettings};
 use crate::trusted::TrustedProxies;
 
 pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, ConfigError> {
@@ -67,7 +67,45 @@ pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, Config
         access_log: server.access_log,
         upgrade_socket: loaded.resolve(&server.upgrade_socket),
         trusted_proxies,
+        tracing: tracing_settings(loaded)?,
     })
+}
+
+/// `[tracing]`: an http(s) base URL and a ratio between 0 and 1.
+fn tracing_settings(loaded: &LoadedConfig) -> Result<Option<TracingSettings>, ConfigError> {
+    let Some(t) = &loaded.config.tracing else {
+        return Ok(None);
+    };
+    let src = &loaded.source;
+    let t = t.get_ref();
+    let endpoint = t.otlp_endpoint.get_ref().trim_end_matches('/');
+    let uri = endpoint.parse::<http::Uri>().ok();
+    let usable = uri.as_ref().is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.host().is_some()
+            && u.query().is_none()
+    });
+    if !usable {
+        return Err(src.error(
+            Some(t.otlp_endpoint.span()),
+            format!(
+                "tracing.otlp_endpoint: {:?} is not a URL like \"http://127.0.0.1:4318\" (the collector's OTLP/HTTP base; /v1/traces is added)",
+                t.otlp_endpoint.get_ref()
+            ),
+        ));
+    }
+    let ratio = *t.sample_ratio.get_ref();
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(src.error(
+            Some(t.sample_ratio.span()),
+            format!("tracing.sample_ratio: {ratio} is not between 0 and 1 (0.01 samples 1 request in 100)"),
+        ));
+    }
+    Ok(Some(TracingSettings {
+        traces_url: format!("{endpoint}/v1/traces"),
+        sample_ratio: ratio,
+        service_name: t.service_name.clone(),
+    }))
 }
 
 /// Every 401 challenge, one per rejection.

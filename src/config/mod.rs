@@ -34,6 +34,28 @@ pub struct Config {
     pub quotas: InOrder<Spanned<QuotaConfig>>,
     /// `[shared_state]`: Redis/Valkey shared by every replica (v3).
     pub shared_state: Option<Spanned<SharedStateConfig>>,
+    /// (v3) OpenTelemetry traces; none without it.
+    pub tracing: Option<Spanned<TracingConfig>>,
+}
+
+/// `[tracing]`: spans exported over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's base URL; spans go to `{otlp_endpoint}/v1/traces`.
+    pub otlp_endpoint: Spanned<String>,
+    /// Of requests without a sampled parent, the share sampled (0 to 1).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: Spanned<f64>,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+fn default_sample_ratio() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
+}
+fn default_service_name() -> String {
+    "scopegate".into()
 }
 
 /// A TOML table read as a list of (key, value) in the file's order.

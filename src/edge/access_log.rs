@@ -49,6 +49,8 @@ pub struct Entry<'a> {
     pub sub: Option<&'a str>,
     /// The client address scopegate believes (SPEC "Behind a load balancer"), no port.
     pub client: Option<std::net::IpAddr>,
+    /// The trace of a sampled request (`[tracing]`), 32 hex digits.
+    pub trace_id: Option<&'a str>,
 }
 
 /// One worker's pending lines.
@@ -222,6 +224,7 @@ fn push_quoted(out: &mut Vec<u8>, v: &str) {
 pub fn text_line(s: &mut Vec<u8>, e: &Entry<'_>) {
     push_timestamp(s, e.ts);
     let optional = [(" would_be=", e.would_be), (" reason=", e.reason)];
+    let trace = [(" trace_id=", e.trace_id)];
     for (key, value) in [
         (" access method=", Some(e.method)),
         (" host=", Some(e.host)),
@@ -254,6 +257,12 @@ pub fn text_line(s: &mut Vec<u8>, e: &Entry<'_>) {
         }
         None => s.push(b'-'),
     }
+    for (key, value) in trace {
+        if let Some(value) = value {
+            s.extend_from_slice(key.as_bytes());
+            push_quoted(s, value);
+        }
+    }
     s.push(b'\n');
 }
 
@@ -284,7 +293,11 @@ pub fn json_line(s: &mut Vec<u8>, e: &Entry<'_>) {
         }
         None => s.extend_from_slice(b"null"),
     }
-    for (key, value) in [(",\"would_be\":", e.would_be), (",\"reason\":", e.reason)] {
+    for (key, value) in [
+        (",\"would_be\":", e.would_be),
+        (",\"reason\":", e.reason),
+        (",\"trace_id\":", e.trace_id),
+    ] {
         if let Some(v) = value {
             s.extend_from_slice(key.as_bytes());
             let _ = serde_json::to_writer(&mut *s, v);
@@ -354,6 +367,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn line_of(format: Format, e: &Entry<'_>) -> String {
+        line(format, e)
+    }
+
     fn line(format: Format, e: &Entry<'_>) -> String {
         let mut s = Vec::new();
         format(&mut s, e);
@@ -375,6 +392,7 @@ mod tests {
             latency_us: 42,
             sub: None,
             client: Some(std::net::IpAddr::from([192, 0, 2, 7])),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
         }
     }
 
@@ -411,7 +429,8 @@ mod tests {
                 "sub",
                 "client",
                 "would_be",
-                "reason"
+                "reason",
+                "trace_id"
             ]
         );
         assert_eq!(v["upstream"], serde_json::Value::Null);
@@ -419,8 +438,13 @@ mod tests {
         let mut plain = entry();
         plain.would_be = None;
         plain.reason = None;
+        plain.trace_id = None;
         let v: serde_json::Value = serde_json::from_str(&line(json_line, &plain)).unwrap();
         assert!(v.get("would_be").is_none() && v.get("reason").is_none());
+        assert!(
+            v.get("trace_id").is_none(),
+            "only for a request with a trace"
+        );
     }
 
     #[test]
@@ -440,6 +464,15 @@ mod tests {
         assert!(line.contains(
             "decision=\"report_only\" would_be=\"forbidden\" reason=\"insufficient_scope\""
         ));
+        assert!(
+            line.ends_with(
+                " sub=- client=192.0.2.7 trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"\n"
+            ),
+            "{line}"
+        );
+        let mut untraced = entry();
+        untraced.trace_id = None;
+        assert!(!line_of(text_line, &untraced).contains("trace_id"));
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     quota_rejections: IntCounterVec,
     shared_state_errors: IntCounterVec,
+    /// Spans that did not fit the exporter's queue.
+    pub spans_dropped: IntCounter,
 }
 
 /// The `op` label of `scopegate_shared_state_errors_total`.
@@ -131,10 +133,16 @@ impl Metrics {
             "Access-log lines dropped because the writer could not keep up.",
         )
         .expect("metric definition");
+        let spans_dropped = IntCounter::new(
+            "scopegate_spans_dropped_total",
+            "Trace spans dropped because the exporter's queue was full.",
+        )
+        .expect("metric definition");
         for m in [
             Box::new(duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(config_generation.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(spans_dropped.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -158,6 +166,7 @@ impl Metrics {
             access_log_dropped,
             quota_rejections,
             shared_state_errors,
+            spans_dropped,
         }
     }
 
@@ -169,6 +178,28 @@ impl Metrics {
     /// A failed operation on the shared store (`op` one of `SHARED_STATE_OPS`).
     pub fn shared_state_error(&self, op: &str) {
         self.shared_state_errors.with_label_values(&[op]).inc();
+    }
+    /// Every `scopegate_requests_total` series: (route, decision, count), for the console.
+    pub fn request_counts(&self) -> Vec<(String, String, u64)> {
+        use prometheus::core::Collector;
+        let mut counts = Vec::new();
+        for family in self.requests.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                counts.push((
+                    label("route"),
+                    label("decision"),
+                    m.get_counter().get_value() as u64,
+                ));
+            }
+        }
+        counts
     }
 
     /// Count a request under its route and decision. With the snapshot's `LabelCache` the

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod clock;
+pub mod console;
 pub mod demo_api;
 pub mod keys;
 pub mod limits;
@@ -12,6 +13,7 @@ pub mod proxy;
 pub mod quota;
 pub mod reload;
 pub mod server;
+pub mod traces;
 
 use std::sync::Arc;
 use std::time::Duration;

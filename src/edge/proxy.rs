@@ -17,7 +17,9 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::access_log::{AccessLog, Entry};
 use super::clock::{unix_at, wall_at};
+use super::console::refusals::{RefusalLog, RefusedRef};
 use super::metrics::Metrics;
+use super::traces::{Finished, RequestTrace, Traces};
 use super::{Live, LiveConfig};
 use crate::auth::jwks::JwksFetcher;
 use crate::auth::{Principal, Rejection, RejectionReason};
@@ -35,6 +37,10 @@ pub struct Gate {
     pub access_log: AccessLog,
     /// Per-caller quota counts (step 7b), kept across reloads.
     pub quotas: crate::quota::Quotas,
+    /// The console's last refusals.
+    pub refusals: Arc<RefusalLog>,
+    /// `[tracing]`; `None`: no tracing work at all.
+    pub traces: Option<Traces>,
 }
 
 /// The `ProxyHttp` that carries out decisions.
@@ -98,6 +104,8 @@ pub struct RequestCtx {
     pub(super) client: Option<std::net::IpAddr>,
     /// `RateLimit-Policy` and `RateLimit` for an allowed request under a quota.
     pub(super) rate_limit: super::quota::RateLimitFields,
+    /// The request's spans, with `[tracing]`.
+    pub(super) trace: Option<Box<RequestTrace>>,
 }
 
 /// An upstream response that broke HTTP framing (SPEC "Requests on the wire").
@@ -357,6 +365,7 @@ impl RequestCtx {
             upstream_failure: None,
             client: None,
             rate_limit: None,
+            trace: None,
         }
     }
 }
@@ -453,6 +462,10 @@ impl ProxyHttp for ScopeGate {
         ctx: &mut RequestCtx,
     ) -> pingora_core::Result<bool> {
         let live = self.live.load_full();
+        if let Some(traces) = &self.traces {
+            ctx.trace =
+                Some(traces.start_request(&session.req_header().headers, wall_at(ctx.started)));
+        }
         // A header read by Pingora's session on a reused connection was held to its own, larger
         // limit: past 64 KiB it is refused here as the first read of a connection is.
         let header_bytes = match session.as_downstream().as_http1() {
@@ -624,6 +637,10 @@ impl ProxyHttp for ScopeGate {
         // A tunnel is never checked again: only routes that say so may switch protocols.
         if !forward.websocket {
             upstream.remove_header(&http::header::UPGRADE);
+        }
+        if let (Some(traces), Some(trace)) = (&self.traces, ctx.trace.as_mut()) {
+            let server = snapshot.upstreams[forward.upstream].servers[ctx.server].addr;
+            traces.start_upstream(trace, server, upstream);
         }
         Ok(())
     }
@@ -827,6 +844,33 @@ impl Gate {
         // One line per request; the token itself is never logged, only who it names.
         // Normalized by the decision; a request that failed before it is logged as received.
         let path = ctx.normalized.as_deref().unwrap_or(done.path);
+        let upstream_name = upstream.map(|u| live.snapshot.upstreams[u].name.as_str());
+        let trace_id = ctx.trace.take().and_then(|trace| {
+            let finished = Finished {
+                method: done.method,
+                path,
+                route: route_label,
+                status: done.status,
+                decision: ctx.decision.as_str(),
+                reason: ctx.reason,
+                upstream: upstream_name,
+            };
+            trace.finish(&finished, wall_at(end))
+        });
+        // The console's last refusals: only the 4xx answers scopegate gave itself.
+        if ctx.forward.is_none() && (400..500).contains(&done.status) {
+            self.refusals.record(&RefusedRef {
+                time: wall_at(end),
+                method: done.method,
+                host: done.host,
+                path,
+                route: route_label,
+                status: done.status,
+                decision: ctx.decision.as_str(),
+                reason: ctx.reason,
+                sub: ctx.principal.as_ref().and_then(|p| p.sub.as_deref()),
+            });
+        }
         self.access_log.record(&Entry {
             ts: wall_at(end),
             method: done.method,
@@ -837,10 +881,11 @@ impl Gate {
             would_be: ctx.report.map(|r| r.would_be.as_str()),
             reason: ctx.reason,
             status: done.status,
-            upstream: upstream.map(|u| live.snapshot.upstreams[u].name.as_str()),
+            upstream: upstream_name,
             latency_us: elapsed.as_micros() as u64,
             sub: ctx.principal.as_ref().and_then(|p| p.sub.as_deref()),
             client: ctx.client,
+            trace_id: trace_id.as_deref(),
         });
     }
 }

@@ -15,6 +15,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::sync::Mutex;
 
+use super::console::reloads::ReloadHistory;
 use super::metrics::Metrics;
 use super::{Live, LiveConfig};
 use crate::config::{self, ConfigError};
@@ -34,6 +35,8 @@ pub struct Reloader {
     fingerprint: Mutex<u64>,
     /// Told of every swap (the key refresher looks for new issuers).
     reloaded: Arc<tokio::sync::Notify>,
+    /// What the console lists of each reload.
+    history: Arc<ReloadHistory>,
 }
 
 /// The config text and every file it points to, hashed.
@@ -71,9 +74,11 @@ impl Reloader {
         metrics: Arc<Metrics>,
         fp: u64,
         reloaded: Arc<tokio::sync::Notify>,
+        history: Arc<ReloadHistory>,
     ) -> Reloader {
         Reloader {
             reloaded,
+            history,
             path,
             live,
             metrics,
@@ -128,7 +133,8 @@ impl Reloader {
                 *fp = next_fp;
                 let next = Arc::new(next);
                 self.live.store(next.clone());
-                log_access_changes(&current.snapshot, &next.snapshot);
+                let changes = log_access_changes(&current.snapshot, &next.snapshot);
+                self.history.succeeded(generation, changes);
                 self.reloaded.notify_one();
                 self.metrics.config_reload(true);
                 self.metrics.set_generation(generation);
@@ -143,6 +149,8 @@ impl Reloader {
             Err(e) => {
                 *fp = new_fp;
                 self.metrics.config_reload(false);
+                self.history
+                    .failed(current.snapshot.generation, e.to_string());
                 tracing::error!(
                     "config reload failed, keeping generation {}: {e}",
                     current.snapshot.generation
@@ -166,11 +174,16 @@ impl Reloader {
 }
 
 /// SPEC "Policy as code": every reload logs what it changed in who may do what, one line per
-/// change, as `scopegate diff` prints it.
-fn log_access_changes(running: &Snapshot, next: &Snapshot) {
-    for change in crate::policy::diff::diff(running, next) {
+/// change, as `scopegate diff` prints it (and the console lists).
+fn log_access_changes(running: &Snapshot, next: &Snapshot) -> Vec<String> {
+    let changes: Vec<String> = crate::policy::diff::diff(running, next)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for change in &changes {
         tracing::info!(generation = next.generation, "{change}");
     }
+    changes
 }
 
 /// Settings the running process keeps until restart: say which ones the file changes.
@@ -207,6 +220,11 @@ fn warn_restart_only(running: &ProcessSettings, configured: &ProcessSettings) {
         "server.tls (on/off)",
         running.tls.to_string(),
         configured.tls.to_string(),
+    );
+    changed(
+        "tracing",
+        format!("{:?}", running.tracing),
+        format!("{:?}", configured.tracing),
     );
 }
 

@@ -16,11 +16,14 @@ use pingora_core::services::listening::Service;
 
 use super::access_log::AccessLog;
 use super::admin::Admin;
+use super::console::refusals::RefusalLog;
+use super::console::reloads::ReloadHistory;
 use super::keys::KeyRefresher;
 use super::limits::{ConnLimits, Limited, OPEN_CONNECTIONS};
 use super::metrics::Metrics;
 use super::proxy::{Gate, ScopeGate, IN_FLIGHT};
 use super::reload::{ConfigWatcher, Reloader};
+use super::traces::Traces;
 use super::{Live, LiveConfig};
 use crate::auth::jwks::JwksFetcher;
 use crate::compile;
@@ -75,9 +78,27 @@ pub fn run_with(
     let fetcher = Arc::new(JwksFetcher::new(Box::new(move |issuer, ok| {
         observer.jwks_refresh(issuer, ok)
     })));
-    let proxy = proxy_service(&server, &live, &metrics, &fetcher);
+    let refusals = Arc::new(RefusalLog::new());
+    let traces = match &process.tracing {
+        Some(settings) => {
+            let traces = Traces::start(settings, metrics.spans_dropped.clone()).map_err(|e| {
+                ConfigError {
+                    file: config_path.display().to_string(),
+                    line: 1,
+                    col: 1,
+                    message: e.to_string(),
+                }
+            })?;
+            tracing::info!(url = %settings.traces_url, sample_ratio = settings.sample_ratio, "exporting traces");
+            Some(traces)
+        }
+        None => None,
+    };
+    let proxy = proxy_service(&server, &live, &metrics, &fetcher, &refusals, traces);
     server.add_service(proxy);
     let reloaded = Arc::new(tokio::sync::Notify::new());
+    let history = Arc::new(ReloadHistory::new());
+    history.started(1);
     server.add_service(background_service(
         "jwks refresher",
         KeyRefresher {
@@ -92,13 +113,14 @@ pub fn run_with(
         metrics.clone(),
         first_fingerprint,
         reloaded,
+        history.clone(),
     ));
     server.add_service(background_service(
         "config watcher",
         ConfigWatcher(reloader),
     ));
     if let Some(addr) = &process.admin_listen {
-        server.add_service(admin_service(addr, &live, &metrics));
+        server.add_service(admin_service(addr, &live, &metrics, refusals, history));
     }
     if let Some(listener) = demo_api {
         let api = super::demo_api::DemoApiService(std::sync::Mutex::new(Some(listener)));
@@ -136,13 +158,21 @@ fn pingora_server(process: &ProcessSettings, start: Start, idle_pool: usize) -> 
     Server::new_with_opt_and_conf(Some(opt), conf)
 }
 
-/// `/healthz`, `/readyz`, `/metrics` on their own listener and thread.
-fn admin_service(addr: &str, live: &LiveConfig, metrics: &Arc<Metrics>) -> Service<Admin> {
+/// `/healthz`, `/readyz`, `/metrics` and the console on their own listener and thread.
+fn admin_service(
+    addr: &str,
+    live: &LiveConfig,
+    metrics: &Arc<Metrics>,
+    refusals: Arc<RefusalLog>,
+    reloads: Arc<ReloadHistory>,
+) -> Service<Admin> {
     let mut admin = Service::new(
         "admin".to_string(),
         Admin {
             live: live.clone(),
             metrics: metrics.clone(),
+            refusals,
+            reloads,
         },
     );
     admin.add_tcp(addr);
@@ -157,6 +187,8 @@ fn proxy_service(
     live: &LiveConfig,
     metrics: &Arc<Metrics>,
     fetcher: &Arc<JwksFetcher>,
+    refusals: &Arc<RefusalLog>,
+    traces: Option<Traces>,
 ) -> ProxyService {
     let current = live.load();
     let process = &current.snapshot.process;
@@ -166,6 +198,8 @@ fn proxy_service(
         fetcher: fetcher.clone(),
         access_log: AccessLog::start(process.access_log, metrics.access_log_dropped.clone()),
         quotas: super::quota::quotas_for(&current.snapshot, metrics),
+        refusals: refusals.clone(),
+        traces,
     });
     let mut http = pingora_proxy::http_proxy(&server.configuration, ScopeGate(gate));
     let keepalive = Duration::from_secs(process.keepalive_timeout_seconds);

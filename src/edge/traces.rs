@@ -1,0 +1,296 @@
+//! OpenTelemetry traces (`[tracing]`): a `SERVER` span per request, named by its route label, and
+//! a `CLIENT` child for the upstream exchange; W3C `traceparent`/`tracestate` continued from the
+//! client and sent upstream; parent-based sampling at `sample_ratio`.
+//!
+//! Export is off the request path: an ended span is handed to a bounded queue with `try_send`
+//! (a span that does not fit is dropped and counted in `scopegate_spans_dropped_total`), and one
+//! exporter thread batches the queue and posts it over OTLP/HTTP (protobuf) with the async
+//! reqwest client on a runtime of its own. Without `[tracing]` the gate holds no `Traces` and
+//! the request path does no tracing work at all.
+
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor,
+};
+use opentelemetry_sdk::Resource;
+use pingora_http::RequestHeader;
+use prometheus::IntCounter;
+
+use crate::snapshot::TracingSettings;
+
+/// Ended spans waiting for the exporter; past it they are dropped (and counted).
+const QUEUE: usize = 2048;
+/// Spans in one export request at most.
+const MAX_BATCH: usize = 512;
+/// How long the exporter gathers spans after the first one before it sends them.
+const BATCH_WINDOW: Duration = Duration::from_secs(1);
+/// One export request's limit (the exporter thread waits for nothing else meanwhile).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The tracer of a process with `[tracing]`.
+pub struct Traces {
+    tracer: SdkTracer,
+    propagator: TraceContextPropagator,
+    /// Kept so the tracer's processor lives as long as the gate.
+    _provider: SdkTracerProvider,
+}
+
+/// One request's spans: the `SERVER` span (in its context) and the `CLIENT` span of the
+/// upstream exchange, once there is one.
+pub struct RequestTrace {
+    server: Context,
+    client: Option<Span>,
+}
+
+/// What the `SERVER` span is given when the request is over.
+pub struct Finished<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub route: &'a str,
+    pub status: u16,
+    pub decision: &'a str,
+    pub reason: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+}
+
+/// Why `[tracing]` could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("tracing: {0}")]
+pub struct TracingError(String);
+
+impl Traces {
+    /// The tracer, its bounded queue and the exporter thread.
+    pub fn start(settings: &TracingSettings, dropped: IntCounter) -> Result<Traces, TracingError> {
+        let client = reqwest::Client::builder()
+            .timeout(EXPORT_TIMEOUT)
+            .connect_timeout(Duration::from_secs(3))
+            .user_agent(concat!("scopegate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| TracingError(format!("no HTTP client for OTLP export: {e}")))?;
+        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(client)
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(settings.traces_url.clone())
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .map_err(|e| TracingError(format!("OTLP exporter for {}: {e}", settings.traces_url)))?;
+        let resource = Resource::builder_empty()
+            .with_service_name(settings.service_name.clone())
+            .build();
+        exporter.set_resource(&resource);
+        let (queue, spans) = sync_channel(QUEUE);
+        let url = settings.traces_url.clone();
+        std::thread::Builder::new()
+            .name("otlp-export".into())
+            .spawn(move || export_spans(spans, exporter, &url))
+            .map_err(|e| TracingError(format!("exporter thread: {e}")))?;
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(QueueProcessor { queue, dropped })
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                settings.sample_ratio,
+            ))))
+            .with_resource(resource)
+            .build();
+        Ok(Traces {
+            tracer: provider.tracer("scopegate"),
+            propagator: TraceContextPropagator::new(),
+            _provider: provider,
+        })
+    }
+
+    /// The request's `SERVER` span, continuing the client's `traceparent` when it sent one
+    /// (from any client: it only chooses the sampling and the ids).
+    pub fn start_request(&self, headers: &HeaderMap, started: SystemTime) -> Box<RequestTrace> {
+        let parent = self.propagator.extract(&Headers(headers));
+        let span = self.tracer.build_with_context(
+            SpanBuilder::from_name("request")
+                .with_kind(SpanKind::Server)
+                .with_start_time(started),
+            &parent,
+        );
+        Box::new(RequestTrace {
+            server: parent.with_span(span),
+            client: None,
+        })
+    }
+
+    /// The `CLIENT` span of the upstream exchange, and its `traceparent`/`tracestate` in the
+    /// upstream request (replacing the client's).
+    pub fn start_upstream(
+        &self,
+        trace: &mut RequestTrace,
+        server: std::net::SocketAddr,
+        upstream: &mut RequestHeader,
+    ) {
+        let method = upstream.method.as_str().to_string();
+        if let Some(mut earlier) = trace.client.take() {
+            // A retry on another server: the first attempt is over.
+            earlier.end();
+        }
+        let span = self.tracer.build_with_context(
+            SpanBuilder::from_name(method.clone())
+                .with_kind(SpanKind::Client)
+                .with_attributes([
+                    KeyValue::new("http.request.method", method),
+                    KeyValue::new("server.address", server.ip().to_string()),
+                    KeyValue::new("server.port", i64::from(server.port())),
+                ]),
+            &trace.server,
+        );
+        let cx = Context::new().with_remote_span_context(span.span_context().clone());
+        let mut fields = Fields(Vec::with_capacity(2));
+        self.propagator.inject_context(&cx, &mut fields);
+        for (name, value) in fields.0 {
+            let _ = upstream.insert_header(name, value);
+        }
+        trace.client = Some(span);
+    }
+}
+
+impl RequestTrace {
+    /// End both spans with what became of the request; the trace id when it is sampled (for
+    /// the access log).
+    pub fn finish(mut self, done: &Finished<'_>, at: SystemTime) -> Option<String> {
+        let status = i64::from(done.status);
+        if let Some(mut client) = self.client.take() {
+            if done.status > 0 {
+                client.set_attribute(KeyValue::new("http.response.status_code", status));
+            }
+            client.end_with_timestamp(at);
+        }
+        let span = self.server.span();
+        let sampled = span.span_context().is_sampled();
+        if span.is_recording() {
+            span.update_name(done.route.to_string());
+            span.set_attributes([
+                KeyValue::new("http.request.method", done.method.to_string()),
+                KeyValue::new("http.route", done.route.to_string()),
+                KeyValue::new("http.response.status_code", status),
+                KeyValue::new("url.path", done.path.to_string()),
+                KeyValue::new("scopegate.decision", done.decision.to_string()),
+                KeyValue::new("scopegate.reason", done.reason.unwrap_or("").to_string()),
+                KeyValue::new(
+                    "scopegate.upstream",
+                    done.upstream.unwrap_or("").to_string(),
+                ),
+            ]);
+        }
+        span.end_with_timestamp(at);
+        sampled.then(|| span.span_context().trace_id().to_string())
+    }
+}
+
+/// Request headers as the propagator reads them.
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The fields the propagator writes, to be set on the upstream request.
+struct Fields(Vec<(String, String)>);
+
+impl Injector for Fields {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_string(), value));
+    }
+}
+
+/// Hands ended spans to the exporter thread without ever waiting.
+struct QueueProcessor {
+    queue: SyncSender<SpanData>,
+    dropped: IntCounter,
+}
+
+impl std::fmt::Debug for QueueProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueProcessor")
+    }
+}
+
+impl SpanProcessor for QueueProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        if self.queue.try_send(span).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// The exporter thread: sleeps until a span arrives, gathers more for `BATCH_WINDOW` (or until
+/// `MAX_BATCH`), sends them, and again.
+fn export_spans(spans: Receiver<SpanData>, exporter: opentelemetry_otlp::SpanExporter, url: &str) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("tracing: no runtime for the OTLP exporter ({e}); spans are dropped");
+            return;
+        }
+    };
+    let mut failing = false;
+    while let Ok(first) = spans.recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + BATCH_WINDOW;
+        let mut open = true;
+        while batch.len() < MAX_BATCH {
+            match spans.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(span) => batch.push(span),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let n = batch.len();
+        match runtime.block_on(exporter.export(batch)) {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(url, "tracing: OTLP export works again");
+            }
+            Ok(()) => {}
+            // Once per outage, not once per batch.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(url, spans = n, "tracing: OTLP export failed: {e}");
+            }
+            Err(_) => {}
+        }
+        if !open {
+            return;
+        }
+    }
+}
