@@ -289,6 +289,86 @@ const HOP_BY_HOP_RESPONSE: [&str; 5] = [
     "trailer",
 ];
 
+/// The upstream receives exactly the target that was decided on, in origin form: the bytes
+/// Pingora would send are compared with it, and replaced when they differ (absolute form, a
+/// path that was normalized).
+fn set_decided_target(
+    upstream: &mut RequestHeader,
+    rewritten: Option<&str>,
+) -> pingora_core::Result<()> {
+    let (path, query) = forwarded_target(&upstream.uri, rewritten);
+    let wire = upstream.raw_path();
+    let same = match query {
+        None => wire == path.as_bytes(),
+        Some(q) => {
+            wire.len() == path.len() + 1 + q.len()
+                && wire.starts_with(path.as_bytes())
+                && wire[path.len()] == b'?'
+                && wire.ends_with(q.as_bytes())
+        }
+    };
+    if !same {
+        let target = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let uri: http::Uri = target
+            .parse()
+            .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?;
+        upstream.set_uri(uri);
+    }
+
+    Ok(())
+}
+
+/// `X-Forwarded-For`/`-Proto`/`-Host`: from the connection, or behind a trusted balancer its
+/// own (the chain with the balancer appended).
+fn set_forwarding_headers(
+    session: &Session,
+    upstream: &mut RequestHeader,
+    trusted: bool,
+) -> pingora_core::Result<()> {
+    let peer = peer_ip(session);
+    if trusted {
+        // The balancer's chain, with the balancer itself appended.
+        let mut chain: Vec<u8> = Vec::new();
+        for v in session.req_header().headers.get_all("x-forwarded-for") {
+            if !chain.is_empty() {
+                chain.extend_from_slice(b", ");
+            }
+            chain.extend_from_slice(v.as_bytes());
+        }
+        if let Some(ip) = peer {
+            if !chain.is_empty() {
+                chain.extend_from_slice(b", ");
+            }
+            chain.extend_from_slice(ip.to_string().as_bytes());
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&chain) {
+            upstream.insert_header("x-forwarded-for", v)?;
+        }
+    } else if let Some(ip) = peer.and_then(forwarded_for) {
+        upstream.insert_header("x-forwarded-for", ip)?;
+    }
+    if !trusted || !upstream.headers.contains_key("x-forwarded-proto") {
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+    }
+    if !trusted || !upstream.headers.contains_key("x-forwarded-host") {
+        let host = session.req_header().headers.get(HOST).cloned().or_else(|| {
+            session
+                .req_header()
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        if let Some(h) = host {
+            upstream.insert_header("x-forwarded-host", h)?;
+        }
+    }
+    Ok(())
+}
+
 /// The request as the decision reads it: the values Pingora's session parsed, and what of the
 /// target's wire form the parsed value does not show.
 fn request_of<'s>(session: &'s Session, snapshot: &Snapshot) -> Request<'s> {
@@ -556,30 +636,7 @@ impl ProxyHttp for ScopeGate {
             return Error::e_explain(ErrorType::InternalError, "no forwarding decision");
         };
         let snapshot = &live.snapshot;
-        // The upstream receives exactly the target that was decided on, in origin form: the
-        // bytes Pingora would send are compared with it, and replaced when they differ
-        // (absolute form, a path that was normalized).
-        let (path, query) = forwarded_target(&upstream.uri, forward.rewritten_path.as_deref());
-        let wire = upstream.raw_path();
-        let same = match query {
-            None => wire == path.as_bytes(),
-            Some(q) => {
-                wire.len() == path.len() + 1 + q.len()
-                    && wire.starts_with(path.as_bytes())
-                    && wire[path.len()] == b'?'
-                    && wire.ends_with(q.as_bytes())
-            }
-        };
-        if !same {
-            let target = match query {
-                Some(q) => format!("{path}?{q}"),
-                None => path.to_string(),
-            };
-            let uri: http::Uri = target
-                .parse()
-                .map_err(|_| Error::new(ErrorType::InvalidHTTPHeader))?;
-            upstream.set_uri(uri);
-        }
+        set_decided_target(upstream, forward.rewritten_path.as_deref())?;
 
         let trusted = from_trusted(session, snapshot);
         let dropped: Vec<HeaderName> = upstream
@@ -596,44 +653,7 @@ impl ProxyHttp for ScopeGate {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
         }
-        let peer = peer_ip(session);
-        if trusted {
-            // The balancer's chain, with the balancer itself appended.
-            let mut chain: Vec<u8> = Vec::new();
-            for v in session.req_header().headers.get_all("x-forwarded-for") {
-                if !chain.is_empty() {
-                    chain.extend_from_slice(b", ");
-                }
-                chain.extend_from_slice(v.as_bytes());
-            }
-            if let Some(ip) = peer {
-                if !chain.is_empty() {
-                    chain.extend_from_slice(b", ");
-                }
-                chain.extend_from_slice(ip.to_string().as_bytes());
-            }
-            if let Ok(v) = HeaderValue::from_bytes(&chain) {
-                upstream.insert_header("x-forwarded-for", v)?;
-            }
-        } else if let Some(ip) = peer.and_then(forwarded_for) {
-            upstream.insert_header("x-forwarded-for", ip)?;
-        }
-        if !trusted || !upstream.headers.contains_key("x-forwarded-proto") {
-            let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-            upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
-        }
-        if !trusted || !upstream.headers.contains_key("x-forwarded-host") {
-            let host = session.req_header().headers.get(HOST).cloned().or_else(|| {
-                session
-                    .req_header()
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
-            if let Some(h) = host {
-                upstream.insert_header("x-forwarded-host", h)?;
-            }
-        }
+        set_forwarding_headers(session, upstream, trusted)?;
         // A tunnel is never checked again: only routes that say so may switch protocols.
         if !forward.websocket {
             upstream.remove_header(&http::header::UPGRADE);
