@@ -14,13 +14,14 @@ use std::time::{Duration, Instant, SystemTime};
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
-    Span as _, SpanBuilder, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
+    Span as _, SpanBuilder, SpanKind, TraceContextExt, TraceId, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    Sampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor,
+    IdGenerator as _, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider, Span, SpanData,
+    SpanExporter as _, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 use pingora_http::RequestHeader;
@@ -41,15 +42,25 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Traces {
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
+    /// The sampler's own rule, applied first: an unsampled request never reaches the SDK.
+    ratio: f64,
+    ids: RandomIdGenerator,
     /// Kept so the tracer's processor lives as long as the gate.
     _provider: SdkTracerProvider,
 }
 
 /// One request's spans: the `SERVER` span (in its context) and the `CLIENT` span of the
-/// upstream exchange, once there is one.
-pub struct RequestTrace {
-    server: Context,
-    client: Option<Span>,
+/// upstream exchange, once there is one; or, for a request that is not sampled, only the ids
+/// the upstream is to continue (no span is built for it at all).
+pub enum RequestTrace {
+    Sampled {
+        server: Context,
+        client: Option<Span>,
+    },
+    Unsampled {
+        trace_id: TraceId,
+        tracestate: Option<http::HeaderValue>,
+    },
 }
 
 /// What the `SERVER` span is given when the request is over.
@@ -98,14 +109,15 @@ impl Traces {
             .map_err(|e| TracingError(format!("exporter thread: {e}")))?;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(QueueProcessor { queue, dropped })
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                settings.sample_ratio,
-            ))))
+            // The ratio is applied in `start_request`, before the SDK: what reaches it is sampled.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(resource)
             .build();
         Ok(Traces {
             tracer: provider.tracer("scopegate"),
             propagator: TraceContextPropagator::new(),
+            ratio: settings.sample_ratio,
+            ids: RandomIdGenerator::default(),
             _provider: provider,
         })
     }
@@ -114,13 +126,28 @@ impl Traces {
     /// (from any client: it only chooses the sampling and the ids).
     pub fn start_request(&self, headers: &HeaderMap, started: SystemTime) -> Box<RequestTrace> {
         let parent = self.propagator.extract(&Headers(headers));
+        let remote = parent.span().span_context().clone();
+        // The decision the SDK's parent-based sampler would make, made here first so that the
+        // requests it leaves out cost an id and a header, not a span.
+        let (trace_id, sampled) = if remote.is_valid() {
+            (remote.trace_id(), remote.is_sampled())
+        } else {
+            let id = self.ids.new_trace_id();
+            (id, ratio_samples(self.ratio, id))
+        };
+        if !sampled {
+            return Box::new(RequestTrace::Unsampled {
+                trace_id,
+                tracestate: headers.get("tracestate").cloned(),
+            });
+        }
         let span = self.tracer.build_with_context(
             SpanBuilder::from_name("request")
                 .with_kind(SpanKind::Server)
                 .with_start_time(started),
             &parent,
         );
-        Box::new(RequestTrace {
+        Box::new(RequestTrace::Sampled {
             server: parent.with_span(span),
             client: None,
         })
@@ -134,8 +161,28 @@ impl Traces {
         server: std::net::SocketAddr,
         upstream: &mut RequestHeader,
     ) {
+        let (server_cx, client) = match trace {
+            RequestTrace::Sampled { server, client } => (server, client),
+            RequestTrace::Unsampled {
+                trace_id,
+                tracestate,
+            } => {
+                // W3C Trace Context §3.2: version 00, this hop's span id, flags 00 (not sampled).
+                let value = format!("00-{trace_id}-{}-00", self.ids.new_span_id());
+                let _ = upstream.insert_header("traceparent", value);
+                match tracestate {
+                    Some(state) => {
+                        let _ = upstream.insert_header("tracestate", state.clone());
+                    }
+                    None => {
+                        upstream.remove_header("tracestate");
+                    }
+                }
+                return;
+            }
+        };
         let method = upstream.method.as_str().to_string();
-        if let Some(mut earlier) = trace.client.take() {
+        if let Some(mut earlier) = client.take() {
             // A retry on another server: the first attempt is over.
             earlier.end();
         }
@@ -147,7 +194,7 @@ impl Traces {
                     KeyValue::new("server.address", server.ip().to_string()),
                     KeyValue::new("server.port", i64::from(server.port())),
                 ]),
-            &trace.server,
+            server_cx,
         );
         let cx = Context::new().with_remote_span_context(span.span_context().clone());
         let mut fields = Fields(Vec::with_capacity(2));
@@ -155,22 +202,25 @@ impl Traces {
         for (name, value) in fields.0 {
             let _ = upstream.insert_header(name, value);
         }
-        trace.client = Some(span);
+        *client = Some(span);
     }
 }
 
 impl RequestTrace {
     /// End both spans with what became of the request; the trace id when it is sampled (for
     /// the access log).
-    pub fn finish(mut self, done: &Finished<'_>, at: SystemTime) -> Option<String> {
+    pub fn finish(self, done: &Finished<'_>, at: SystemTime) -> Option<String> {
+        let RequestTrace::Sampled { server, client } = self else {
+            return None;
+        };
         let status = i64::from(done.status);
-        if let Some(mut client) = self.client.take() {
+        if let Some(mut client) = client {
             if done.status > 0 {
                 client.set_attribute(KeyValue::new("http.response.status_code", status));
             }
             client.end_with_timestamp(at);
         }
-        let span = self.server.span();
+        let span = server.span();
         let sampled = span.span_context().is_sampled();
         if span.is_recording() {
             span.update_name(done.route.to_string());
@@ -190,6 +240,20 @@ impl RequestTrace {
         span.end_with_timestamp(at);
         sampled.then(|| span.span_context().trace_id().to_string())
     }
+}
+
+/// `TraceIdRatioBased`'s rule (OpenTelemetry's SDK): the trace id's lower 64 bits, shifted
+/// right once, below `ratio` of 2^63.
+fn ratio_samples(ratio: f64, id: TraceId) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
+    let bytes = id.to_bytes();
+    let low = u64::from_be_bytes(bytes[8..16].try_into().unwrap_or([0; 8]));
+    (low >> 1) < (ratio * (1u64 << 63) as f64) as u64
 }
 
 /// Request headers as the propagator reads them.
@@ -292,5 +356,24 @@ fn export_spans(spans: Receiver<SpanData>, exporter: opentelemetry_otlp::SpanExp
         if !open {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ratio_rule_samples_its_share_of_trace_ids() {
+        let ids = RandomIdGenerator::default();
+        let picked = |ratio: f64| {
+            (0..20_000)
+                .filter(|_| ratio_samples(ratio, ids.new_trace_id()))
+                .count()
+        };
+        assert_eq!(picked(0.0), 0);
+        assert_eq!(picked(1.0), 20_000);
+        let tenth = picked(0.1);
+        assert!((1_600..2_400).contains(&tenth), "{tenth} of 20,000 at 0.1");
     }
 }
