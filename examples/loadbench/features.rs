@@ -7,20 +7,13 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use scopegate::cli::mint;
 
 use super::{
-    cpu_us, free_port, median, peak_rss_kb, scopegate_config, wait_port, wrk, Kill, Run, AUD, ISS,
+    bench_token, cpu_per_request, free_port, print_rows, scopegate_config, wait_port, wrk, Kill,
+    Row,
 };
-
-struct Row {
-    name: &'static str,
-    runs: Vec<Run>,
-    cpu: Vec<f64>,
-    peak_kb: u64,
-}
 
 pub fn run(secs: u64, rounds: usize) {
     let bin = std::env::var("SCOPEGATE_BIN").unwrap_or_else(|_| "target/release/scopegate".into());
@@ -106,19 +99,7 @@ pub fn run(secs: u64, rounds: usize) {
         procs.push((port, child));
     }
 
-    let now = scopegate::snapshot::unix_now();
-    let sign = |sub: String| {
-        let req = mint::TokenRequest {
-            kid: Some("bench".into()),
-            scope: "read:contacts".into(),
-            iss: ISS.into(),
-            aud: AUD.into(),
-            sub,
-            ttl: Duration::from_secs(3 * 3600),
-            claims: Vec::new(),
-        };
-        mint::mint(pem.as_bytes(), &req, now).unwrap()
-    };
+    let sign = |sub: String| bench_token(&pem, sub, "read:contacts");
     let one = sign("bench-user".into());
     let pool: Vec<String> = (0..10_000).map(|i| sign(format!("user-{i}"))).collect();
     std::fs::write(d.join("tokens.txt"), pool.join("\n") + "\n").unwrap();
@@ -156,15 +137,7 @@ pub fn run(secs: u64, rounds: usize) {
         ("tracing sample_ratio 1.0", 4, Load::One),
         ("defaults, bad signature (refusals)", 0, Load::Bad),
     ];
-    let mut rows: Vec<Row> = plan
-        .iter()
-        .map(|(name, ..)| Row {
-            name,
-            runs: Vec::new(),
-            cpu: Vec::new(),
-            peak_kb: 0,
-        })
-        .collect();
+    let mut rows: Vec<Row> = plan.iter().map(|(name, ..)| Row::new(*name)).collect();
     for (port, _) in &procs {
         wrk(&url(*port), None, Some(&one_h), 2, 50);
         wrk(&url(*port), Some(&script), None, 2, 50);
@@ -174,49 +147,18 @@ pub fn run(secs: u64, rounds: usize) {
         for (i, (_, v, load)) in plan.iter().enumerate() {
             let (port, child) = &procs[*v];
             let pid = child.0.id();
-            let cpu0 = cpu_us(pid);
-            let started = Instant::now();
-            let run = match load {
+            rows[i].measure(pid, || match load {
                 Load::One => wrk(&url(*port), None, Some(&one_h), secs, 50),
                 Load::Pool => wrk(&url(*port), Some(&script), None, secs, 50),
                 Load::Bad => wrk(&url(*port), None, Some(&bad_h), secs, 50),
-            };
-            let cpu = (cpu_us(pid) - cpu0) as f64 / started.elapsed().as_micros() as f64;
-            rows[i].runs.push(run);
-            rows[i].cpu.push(cpu);
-            rows[i].peak_kb = peak_rss_kb(pid);
+            });
         }
     }
-    println!(
-        "\nfeatures bench: {rounds} interleaved rounds of {secs}s, wrk -t1 -c50 keep-alive; every scopegate on core 0, wrk + nginx + redis on core 1; medians"
+    print_rows(
+        &format!("features bench: {rounds} interleaved rounds of {secs}s, wrk -t1 -c50 keep-alive; every scopegate on core 0, wrk + nginx + redis on core 1; medians"),
+        &rows,
     );
-    println!(
-        "{:<38} {:>9} {:>8} {:>8} {:>6} {:>10} {:>9} {:>8}",
-        "system", "req/s", "p50 ms", "p99 ms", "CPU", "us CPU/req", "peak RSS", "non-2xx"
-    );
-    let per_req = |r: &Row| {
-        median(
-            r.runs
-                .iter()
-                .zip(&r.cpu)
-                .map(|(run, cpu)| cpu * 1e6 / run.rps.max(1.0))
-                .collect(),
-        )
-    };
-    for r in &rows {
-        let med = |f: &dyn Fn(&Run) -> f64| median(r.runs.iter().map(f).collect());
-        println!(
-            "{:<38} {:>9.0} {:>8.3} {:>8.3} {:>5.0}% {:>10.1} {:>6} MB {:>8}",
-            r.name,
-            med(&|x| x.rps),
-            med(&|x| x.p50_ms),
-            med(&|x| x.p99_ms),
-            median(r.cpu.clone()) * 100.0,
-            per_req(r),
-            r.peak_kb / 1024,
-            r.runs.iter().map(|x| x.non_2xx).sum::<u64>()
-        );
-    }
+    let per_req = cpu_per_request;
     let cost = |i: usize, base: usize| per_req(&rows[i]) / per_req(&rows[base]) - 1.0;
     println!("\nextra CPU per request against the defaults (targets in brackets):");
     for (what, i, base, target) in [

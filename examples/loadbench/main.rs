@@ -181,11 +181,75 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One system under one load, over the rounds.
 struct Row {
-    name: &'static str,
+    name: String,
     runs: Vec<Run>,
     cpu: Vec<f64>,
     peak_kb: u64,
+}
+
+impl Row {
+    fn new(name: impl Into<String>) -> Row {
+        Row {
+            name: name.into(),
+            runs: Vec::new(),
+            cpu: Vec::new(),
+            peak_kb: 0,
+        }
+    }
+
+    /// A measurement of the process `pid`: `load` run, and the CPU it took meanwhile.
+    fn measure(&mut self, pid: u32, load: impl FnOnce() -> Run) {
+        let cpu0 = cpu_us(pid);
+        let started = Instant::now();
+        let run = load();
+        self.cpu
+            .push((cpu_us(pid) - cpu0) as f64 / started.elapsed().as_micros() as f64);
+        self.runs.push(run);
+        self.peak_kb = peak_rss_kb(pid);
+    }
+
+    fn median_of(&self, f: impl Fn(&Run) -> f64) -> f64 {
+        median(self.runs.iter().map(f).collect())
+    }
+}
+
+/// The table every bench mode prints: medians, CPU and CPU per request beside rps.
+fn print_rows(title: &str, rows: &[Row]) {
+    println!("\n{title}");
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(6).max(6);
+    println!(
+        "{:<width$} {:>9} {:>8} {:>8} {:>6} {:>10} {:>9} {:>8}",
+        "system", "req/s", "p50 ms", "p99 ms", "CPU", "us CPU/req", "peak RSS", "non-2xx"
+    );
+    for r in rows {
+        println!(
+            "{:<width$} {:>9.0} {:>8.3} {:>8.3} {:>5.0}% {:>10.1} {:>6} MB {:>8}",
+            r.name,
+            r.median_of(|x| x.rps),
+            r.median_of(|x| x.p50_ms),
+            r.median_of(|x| x.p99_ms),
+            median(r.cpu.clone()) * 100.0,
+            cpu_per_request(r),
+            r.peak_kb / 1024,
+            r.runs.iter().map(|x| x.non_2xx).sum::<u64>()
+        );
+    }
+}
+
+/// A token from the bench's issuer for `sub`, valid for three hours.
+fn bench_token(pem: &str, sub: String, scope: &str) -> String {
+    let req = mint::TokenRequest {
+        kid: Some("bench".into()),
+        scope: scope.into(),
+        iss: ISS.into(),
+        aud: AUD.into(),
+        sub,
+        ttl: Duration::from_secs(3 * 3600),
+        claims: Vec::new(),
+    };
+    mint::mint(pem.as_bytes(), &req, scopegate::snapshot::unix_now()).unwrap()
 }
 
 fn main() {
@@ -340,19 +404,7 @@ backend b
         wait_port(p);
     }
 
-    let now = scopegate::snapshot::unix_now();
-    let sign = |sub: String| {
-        let req = mint::TokenRequest {
-            kid: Some("bench".into()),
-            scope: "read:contacts write:contacts".into(),
-            iss: ISS.into(),
-            aud: AUD.into(),
-            sub,
-            ttl: Duration::from_secs(3 * 3600),
-            claims: Vec::new(),
-        };
-        mint::mint(pem.as_bytes(), &req, now).unwrap()
-    };
+    let sign = |sub: String| bench_token(&pem, sub, "read:contacts write:contacts");
     let one = sign("bench-user".into());
     let pool: Vec<String> = (0..10_000).map(|i| sign(format!("user-{i}"))).collect();
     let mut bad = one.clone().into_bytes();
@@ -430,15 +482,7 @@ backend b
             Load::Bad,
         ),
     ];
-    let mut rows: Vec<Row> = plan
-        .iter()
-        .map(|(name, ..)| Row {
-            name,
-            runs: Vec::new(),
-            cpu: Vec::new(),
-            peak_kb: 0,
-        })
-        .collect();
+    let mut rows: Vec<Row> = plan.iter().map(|(name, ..)| Row::new(*name)).collect();
     // Warm up: connections, upstream pools, and every token of the pool in scopegate's cache.
     for port in [sg, off, bp, hp, hj] {
         wrk(&url(port), None, Some(&one_h), 2, conns);
@@ -447,46 +491,23 @@ backend b
     for round in 0..rounds {
         eprintln!("round {}/{rounds} ...", round + 1);
         for (i, (_, port, pid, load)) in plan.iter().enumerate() {
-            let cpu0 = cpu_us(*pid);
-            let started = Instant::now();
-            let run = match load {
+            rows[i].measure(*pid, || match load {
                 Load::One => wrk(&url(*port), None, Some(&one_h), secs, conns),
                 Load::Pool => wrk(&url(*port), Some(&script), None, secs, conns),
                 Load::Bad => wrk(&url(*port), None, Some(&bad_h), secs, conns),
-            };
-            let cpu = (cpu_us(*pid) - cpu0) as f64 / started.elapsed().as_micros() as f64;
-            rows[i].runs.push(run);
-            rows[i].cpu.push(cpu);
-            rows[i].peak_kb = peak_rss_kb(*pid);
+            });
         }
     }
     let log_lines = std::fs::read_to_string(d.join("scopegate.log"))
         .map(|l| l.lines().count())
         .unwrap_or(0);
-    println!(
-        "\nload bench: {rounds} interleaved rounds of {secs}s each, wrk -t1 -c{conns} keep-alive, nginx upstream; every proxy on core 0, wrk + nginx on core 1; medians"
+    print_rows(
+        &format!("load bench: {rounds} interleaved rounds of {secs}s each, wrk -t1 -c{conns} keep-alive, nginx upstream; every proxy on core 0, wrk + nginx on core 1; medians"),
+        &rows,
     );
-    println!(
-        "{:<38} {:>9} {:>8} {:>8} {:>6} {:>10} {:>9} {:>8}",
-        "system", "req/s", "p50 ms", "p99 ms", "CPU", "us CPU/req", "peak RSS", "non-2xx"
-    );
-    let med = |r: &Row, f: &dyn Fn(&Run) -> f64| median(r.runs.iter().map(f).collect());
-    for r in &rows {
-        println!(
-            "{:<38} {:>9.0} {:>8.3} {:>8.3} {:>5.0}% {:>10.1} {:>6} MB {:>8}",
-            r.name,
-            med(r, &|x| x.rps),
-            med(r, &|x| x.p50_ms),
-            med(r, &|x| x.p99_ms),
-            median(r.cpu.clone()) * 100.0,
-            cpu_per_request(r),
-            r.peak_kb / 1024,
-            r.runs.iter().map(|x| x.non_2xx).sum::<u64>()
-        );
-    }
-    let rps = |i: usize| med(&rows[i], &|x| x.rps);
+    let rps = |i: usize| rows[i].median_of(|x| x.rps);
     let cpu_req = |i: usize| cpu_per_request(&rows[i]);
-    let p99 = |i: usize| med(&rows[i], &|x| x.p99_ms);
+    let p99 = |i: usize| rows[i].median_of(|x| x.p99_ms);
     println!("\nratios (targets in brackets):");
     let ratios = [
         (

@@ -5,12 +5,12 @@
 //! core 0, the load generator and the nginx upstream on core 1; CPU per request beside rps.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use scopegate::cli::mint;
 
 use super::{
-    cpu_us, free_port, median, peak_rss_kb, scopegate_config, wait_port, wrk, Kill, Run, AUD, ISS,
+    bench_token, cpu_per_request, free_port, print_rows, scopegate_config, wait_port, wrk, Kill,
+    Row, Run, AUD, ISS,
 };
 
 /// h2load over TLS: `-c10 -m10` for `secs` seconds.
@@ -69,13 +69,6 @@ enum Load {
     KeepAlive,
     H2,
     Handshakes,
-}
-
-struct Row {
-    name: String,
-    runs: Vec<Run>,
-    cpu: Vec<f64>,
-    peak_kb: u64,
 }
 
 pub fn run(secs: u64, rounds: usize) {
@@ -248,17 +241,7 @@ backend b
         wait_port(p);
     }
 
-    let now = scopegate::snapshot::unix_now();
-    let req = mint::TokenRequest {
-        kid: Some("bench".into()),
-        scope: "read:contacts write:contacts".into(),
-        iss: ISS.into(),
-        aud: AUD.into(),
-        sub: "bench-user".into(),
-        ttl: Duration::from_secs(3 * 3600),
-        claims: Vec::new(),
-    };
-    let token = mint::mint(pem.as_bytes(), &req, now).unwrap();
+    let token = bench_token(&pem, "bench-user".into(), "read:contacts write:contacts");
     let auth = format!("Authorization: Bearer {token}");
     let url = |port: u16| format!("https://127.0.0.1:{port}/contacts");
 
@@ -277,12 +260,7 @@ backend b
     let mut rows: Vec<Row> = Vec::new();
     for (_, lname) in &loads {
         for (sname, ..) in &systems {
-            rows.push(Row {
-                name: format!("{sname}, {lname}"),
-                runs: Vec::new(),
-                cpu: Vec::new(),
-                peak_kb: 0,
-            });
+            rows.push(Row::new(format!("{sname}, {lname}")));
         }
     }
     for (_, port, _) in &systems {
@@ -293,53 +271,21 @@ backend b
         eprintln!("round {}/{rounds} ...", round + 1);
         for (li, (load, _)) in loads.iter().enumerate() {
             for (si, (_, port, pid)) in systems.iter().enumerate() {
-                let cpu0 = cpu_us(*pid);
-                let started = Instant::now();
-                let run = match load {
+                rows[li * systems.len() + si].measure(*pid, || match load {
                     Load::KeepAlive => wrk(&url(*port), None, Some(&auth), secs, 50),
                     Load::H2 => h2load(&url(*port), &auth, secs),
                     Load::Handshakes => wrk(&url(*port), None, Some(&close), secs, 50),
-                };
-                let cpu = (cpu_us(*pid) - cpu0) as f64 / started.elapsed().as_micros() as f64;
-                let row = &mut rows[li * systems.len() + si];
-                row.runs.push(run);
-                row.cpu.push(cpu);
-                row.peak_kb = peak_rss_kb(*pid);
+                });
             }
         }
     }
-    println!(
-        "\nTLS bench: {rounds} interleaved rounds of {secs}s, TLS 1.3, ECDSA P-256, one RS256 token; every proxy on core 0, the load generator + nginx upstream on core 1; medians (h2load reports a mean latency: in the p50 column)"
+    print_rows(
+        &format!("TLS bench: {rounds} interleaved rounds of {secs}s, TLS 1.3, ECDSA P-256, one RS256 token; every proxy on core 0, the load generator + nginx upstream on core 1; medians (h2load reports a mean latency: in the p50 column)"),
+        &rows,
     );
-    println!(
-        "{:<48} {:>9} {:>8} {:>8} {:>6} {:>10} {:>9} {:>8}",
-        "system", "req/s", "p50 ms", "p99 ms", "CPU", "us CPU/req", "peak RSS", "non-2xx"
-    );
-    let per_req = |r: &Row| {
-        median(
-            r.runs
-                .iter()
-                .zip(&r.cpu)
-                .map(|(run, cpu)| cpu * 1e6 / run.rps.max(1.0))
-                .collect(),
-        )
-    };
-    for r in &rows {
-        let med = |f: &dyn Fn(&Run) -> f64| median(r.runs.iter().map(f).collect());
-        println!(
-            "{:<48} {:>9.0} {:>8.3} {:>8.3} {:>5.0}% {:>10.1} {:>6} MB {:>8}",
-            r.name,
-            med(&|x| x.rps),
-            med(&|x| x.p50_ms),
-            med(&|x| x.p99_ms),
-            median(r.cpu.clone()) * 100.0,
-            per_req(r),
-            r.peak_kb / 1024,
-            r.runs.iter().map(|x| x.non_2xx).sum::<u64>()
-        );
-    }
+    let per_req = cpu_per_request;
     let n = systems.len();
-    let rps = |i: usize| median(rows[i].runs.iter().map(|x| x.rps).collect());
+    let rps = |i: usize| rows[i].median_of(|x| x.rps);
     println!("\nratios (issue 19's targets in brackets):");
     for (li, (_, lname)) in loads.iter().enumerate() {
         let (s, hpass, hjwt) = (li * n, li * n + 3, li * n + 4);
