@@ -66,15 +66,23 @@ const BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// A metric defined here, registered once (both can only fail on a programming error).
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let counters = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
         let requests = counters(
             "scopegate_requests_total",
@@ -114,38 +122,38 @@ impl Metrics {
         for op in SHARED_STATE_OPS {
             shared_state_errors.with_label_values(&[op]);
         }
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "scopegate_request_duration_seconds",
-                "Time from request to response, by route.",
-            )
-            .buckets(BUCKETS.to_vec()),
-            &["route"],
-        )
-        .expect("metric definition");
-        let config_generation = IntGauge::new(
-            "scopegate_config_generation",
-            "Generation of the config in use (1 at start).",
-        )
-        .expect("metric definition");
-        let access_log_dropped = IntCounter::new(
-            "scopegate_access_log_dropped_total",
-            "Access-log lines dropped because the writer could not keep up.",
-        )
-        .expect("metric definition");
-        let spans_dropped = IntCounter::new(
-            "scopegate_spans_dropped_total",
-            "Trace spans dropped because the exporter's queue was full.",
-        )
-        .expect("metric definition");
-        for m in [
-            Box::new(duration.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(config_generation.clone()),
-            Box::new(access_log_dropped.clone()),
-            Box::new(spans_dropped.clone()),
-        ] {
-            registry.register(m).expect("unique metric");
-        }
+        let duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "scopegate_request_duration_seconds",
+                    "Time from request to response, by route.",
+                )
+                .buckets(BUCKETS.to_vec()),
+                &["route"],
+            ),
+        );
+        let config_generation = register(
+            &registry,
+            IntGauge::new(
+                "scopegate_config_generation",
+                "Generation of the config in use (1 at start).",
+            ),
+        );
+        let access_log_dropped = register(
+            &registry,
+            IntCounter::new(
+                "scopegate_access_log_dropped_total",
+                "Access-log lines dropped because the writer could not keep up.",
+            ),
+        );
+        let spans_dropped = register(
+            &registry,
+            IntCounter::new(
+                "scopegate_spans_dropped_total",
+                "Trace spans dropped because the exporter's queue was full.",
+            ),
+        );
         // Series that exist from the start, at 0.
         let rejection_counters = RejectionReason::ALL
             .iter()

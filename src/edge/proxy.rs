@@ -371,7 +371,11 @@ fn set_forwarding_headers(
 
 /// The request as the decision reads it: the values Pingora's session parsed, and what of the
 /// target's wire form the parsed value does not show.
-fn request_of<'s>(session: &'s Session, snapshot: &Snapshot) -> Request<'s> {
+fn request_of<'s>(
+    session: &'s Session,
+    snapshot: &Snapshot,
+    target_flaw: Option<TargetFlaw>,
+) -> Request<'s> {
     let req = session.req_header();
     // Behind a trusted balancer, the scheme the client used is the one it names.
     let https = match req.headers.get("x-forwarded-proto") {
@@ -387,20 +391,42 @@ fn request_of<'s>(session: &'s Session, snapshot: &Snapshot) -> Request<'s> {
         authority: req.uri.authority().map(|a| a.as_str()),
         host_required: req.version == http::Version::HTTP_11,
         https,
-        target_flaw: target_flaw(session),
+        target_flaw,
     }
 }
 
-fn target_flaw(session: &Session) -> Option<TargetFlaw> {
-    if !session.req_header().raw_path_is_utf8() {
-        return Some(TargetFlaw::NotUtf8);
+/// What of the request's wire form its parsed value does not show, read once per request.
+struct WireForm {
+    /// The header's size: HTTP/1 bytes as received, or an HTTP/2 header list as RFC 9113
+    /// §6.5.2 counts it (names, values and 32 bytes a field).
+    header_bytes: usize,
+    target_flaw: Option<TargetFlaw>,
+}
+
+fn wire_form(session: &Session) -> WireForm {
+    let req = session.req_header();
+    let lossy = (!req.raw_path_is_utf8()).then_some(TargetFlaw::NotUtf8);
+    match session.as_downstream().as_http1() {
+        Some(h1) => {
+            let raw = h1.get_headers_raw_bytes();
+            // The parsed target has dropped a fragment; the request line as received still
+            // shows it (a method and `HTTP/1.x` have no `#`, so one on the line is in the target).
+            let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+            let fragment = line.contains(&b'#').then_some(TargetFlaw::Fragment);
+            WireForm {
+                header_bytes: raw.len(),
+                target_flaw: lossy.or(fragment),
+            }
+        }
+        None => WireForm {
+            header_bytes: req
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .sum(),
+            target_flaw: lossy,
+        },
     }
-    // The parsed target has dropped a fragment; the request line as received still shows it
-    // (a method and `HTTP/1.x` have no `#`, so one on the line is in the target).
-    let h1 = session.as_downstream().as_http1()?;
-    let raw = h1.get_headers_raw_bytes();
-    let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
-    line.contains(&b'#').then_some(TargetFlaw::Fragment)
 }
 
 /// The target the upstream receives: the path that was decided on (normalized) and the query,
@@ -548,18 +574,8 @@ impl ProxyHttp for ScopeGate {
         }
         // A header read by Pingora's session on a reused connection was held to its own, larger
         // limit: past 64 KiB it is refused here as the first read of a connection is.
-        let header_bytes = match session.as_downstream().as_http1() {
-            Some(h1) => h1.get_headers_raw_bytes().len(),
-            // RFC 9113 §6.5.2 counts a header list as names, values and 32 bytes a field.
-            None if session.req_header().version == http::Version::HTTP_2 => session
-                .req_header()
-                .headers
-                .iter()
-                .map(|(n, v)| n.as_str().len() + v.len() + 32)
-                .sum(),
-            None => 0,
-        };
-        if header_bytes > super::limits::MAX_HEADER {
+        let wire = wire_form(session);
+        if wire.header_bytes > super::limits::MAX_HEADER {
             ctx.live = Some(live);
             ctx.decision = DecisionLabel::BadRequest;
             let answer = Answer::error(
@@ -570,7 +586,11 @@ impl ProxyHttp for ScopeGate {
             send_answer(session, &answer).await?;
             return Ok(true);
         }
-        let mut outcome = self.decide_and_record(request_of(session, &live.snapshot), &live, ctx);
+        let mut outcome = self.decide_and_record(
+            request_of(session, &live.snapshot, wire.target_flaw),
+            &live,
+            ctx,
+        );
         // An unknown `kid` may be a key the provider has just rotated in: refetch (once for all
         // requests waiting on it, at most once per cooldown) and decide again.
         if let Outcome::RefreshKeys(i, response) = outcome {
@@ -580,7 +600,11 @@ impl ProxyHttp for ScopeGate {
                 .refresh_for_unknown_kid(issuer, issuer.keys.version())
                 .await
             {
-                self.decide_and_record(request_of(session, &live.snapshot), &live, ctx)
+                self.decide_and_record(
+                    request_of(session, &live.snapshot, wire.target_flaw),
+                    &live,
+                    ctx,
+                )
             } else {
                 Outcome::Reply(response)
             };
