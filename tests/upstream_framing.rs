@@ -57,6 +57,19 @@ fn script(method: &str, path: &str) -> (Vec<&'static [u8]>, bool) {
             false,
         ),
         (_, "/public/no-content") => (vec![b"HTTP/1.1 204 No Content\r\n\r\n"], false),
+        // Broken before anything can be sent: an invalid Content-Length.
+        (_, "/public/bad-length") => (
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello"],
+            true,
+        ),
+        // Broken after the head: a chunk size that is not hex.
+        (_, "/public/bad-chunk") => (
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                b"zz\r\nnope\r\n0\r\n\r\n",
+            ],
+            true,
+        ),
         _ => (
             vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nplain"],
             false,
@@ -241,4 +254,67 @@ fn a_client_that_asks_to_close_gets_its_answer_then_the_close() {
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "bytes after the last answer: {rest:?}");
+}
+
+/// SPEC "Requests on the wire": framing broken before the head is a 502 counted in class `5xx`;
+/// broken after it, the client connection is cut, the access log keeps the status sent with
+/// reason `upstream_body_error`, and the upstream response counts in class `error`.
+#[test]
+fn broken_upstream_framing_is_logged_and_counted_as_what_the_client_got() {
+    let raw = start_raw();
+    let (port, admin) = (free_port(), free_port());
+    let text = config_full(port, Some(admin), &[raw.addr], &file_issuer(), "").replacen(
+        "threads = 1\n",
+        "threads = 1\naccess_log = \"json\"\n",
+        1,
+    );
+    let p = Proxy::start(&text, port);
+
+    let early = Client::connect(p.addr).send(&get("/public/bad-length"));
+    assert_eq!(early.status, 502);
+    assert_eq!(early.json()["error"], "bad_gateway");
+
+    let mut late = Client::connect(p.addr).into_stream();
+    late.write_all(&get("/public/bad-chunk")).unwrap();
+    let mut got = Vec::new();
+    late.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let _ = late.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        !got.ends_with("0\r\n\r\n"),
+        "the body must not look complete: {got:?}"
+    );
+
+    let lines = || -> Vec<serde_json::Value> {
+        p.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("decision").is_some())
+            .collect()
+    };
+    assert!(eventually(10, || lines().len() >= 2), "{}", p.log());
+    let cut = lines()
+        .into_iter()
+        .find(|v| v["path"] == "/public/bad-chunk" && v["status"] == 200)
+        .unwrap_or_else(|| panic!("{}", p.log()));
+    assert_eq!(cut["reason"], "upstream_body_error");
+    let metrics =
+        || String::from_utf8_lossy(&http_get(admin_addr(admin), "/metrics").body).into_owned();
+    assert!(
+        eventually(10, || {
+            let m = metrics();
+            metric(
+                &m,
+                "scopegate_upstream_responses_total{class=\"error\",upstream=\"contacts\"}",
+            ) >= 1.0
+                && metric(
+                    &m,
+                    "scopegate_upstream_responses_total{class=\"5xx\",upstream=\"contacts\"}",
+                ) >= 1.0
+        }),
+        "{}",
+        metrics()
+    );
 }
