@@ -377,10 +377,11 @@ fn hidden_dot_segments_and_duplicate_claims_are_refused() {
 fn a_fifo_at_the_config_path_fails_a_reload_and_blocks_nothing() {
     let upstream = start_echo("a");
     let (port, admin) = (free_port(), free_port());
-    let p = Proxy::start(
+    let mut p = Proxy::start(
         &config_full(port, Some(admin), &[upstream], &file_issuer(), ""),
         port,
     );
+    let pid = p.child().id();
     let path = p.config_path();
     let good = std::fs::read_to_string(&path).unwrap();
     let errors = || {
@@ -400,6 +401,13 @@ fn a_fifo_at_the_config_path_fails_a_reload_and_blocks_nothing() {
     // SAFETY: mkfifo on a path we own.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     std::fs::rename(&fifo, &path).unwrap();
+    // The watcher normally sees the rename; in about one full-suite run in four it did not
+    // within 30 s (open: see the closing note of issue 18). SIGHUP is the other way a reload is
+    // asked for, and what is tested here is the reload of a FIFO, so ask for it that way too.
+    if !eventually(10, || errors() >= 1.0) {
+        // SAFETY: a signal to the proxy's own pid.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    }
     assert!(eventually(30, || errors() >= 1.0), "{}", p.log());
     assert!(p.log().contains("not a regular file"), "{}", p.log());
     assert_eq!(p.get("/health", None).status, 200);
