@@ -14,9 +14,11 @@ use http::header::{
 };
 use http::{HeaderMap, Method};
 
-use crate::auth::{bearer, BearerError, Principal, Rejection, RejectionReason};
+use crate::auth::dpop::{DpopPolicy, Proof, Target};
+use crate::auth::{credentials, BearerError, Principal, Rejection, RejectionReason, Scheme};
 use crate::routing::hosts::is_valid_host;
 use crate::routing::{normalize, Lookup, PathError};
+use crate::sender::{self, Challenge, Presented};
 use crate::snapshot::{Cors, RouteSet, Snapshot};
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
@@ -38,6 +40,9 @@ pub struct Request<'r> {
     pub https: bool,
     /// What the wire form of the target had that its parsed form no longer shows.
     pub target_flaw: Option<TargetFlaw>,
+    /// The SHA-256 thumbprint (base64url) of the client's TLS certificate, or of the
+    /// `Client-Cert` a trusted proxy passed on (RFC 8705, RFC 9440).
+    pub client_cert: Option<&'r str>,
 }
 
 /// A request-target the parser accepted but scopegate refuses (400): something in its bytes
@@ -70,6 +75,7 @@ impl<'r> Request<'r> {
             host_required: false,
             https: false,
             target_flaw: None,
+            client_cert: None,
         }
     }
 
@@ -221,6 +227,8 @@ pub enum Refusal<'r> {
         route: Option<usize>,
         /// RFC 9728: where the API's protected resource metadata is, for the challenge.
         resource_metadata: Option<String>,
+        /// Bearer, DPoP or both (RFC 9449 §7.1).
+        challenge: Challenge<'r>,
     },
     /// 404 (after authentication).
     NotFound,
@@ -306,6 +314,22 @@ pub struct Verdict<'r> {
     pub principal: Option<Arc<Principal>>,
     /// The normalized path, when it differs from the one received (for the access log).
     pub normalized: Option<String>,
+    /// DPoP: the proof to record against replay, the scheme answers use, the nonce to send.
+    pub sender: SenderOutcome<'r>,
+}
+
+/// What the decision leaves to the edge about sender-constrained tokens.
+#[derive(Debug, Clone, Default)]
+pub struct SenderOutcome<'r> {
+    /// A DPoP proof that passed every check but replay: the edge records its `jti` and refuses
+    /// the request (`dpop_replay`) when it was seen before.
+    pub proof: Option<Proof>,
+    /// The API the proof was checked for (its settings answer a replay).
+    pub api: Option<usize>,
+    /// The request used the DPoP scheme: 403 challenges are said in it.
+    pub dpop: Option<&'r DpopPolicy>,
+    /// The request's API has `dpop_nonce`: every answer carries a fresh `DPoP-Nonce`.
+    pub nonce: bool,
 }
 
 impl Refusal<'_> {
@@ -377,6 +401,22 @@ impl Refusal<'_> {
         }
     }
 
+    /// The answer to a request that used the DPoP scheme with `policy` (`None`: Bearer): a
+    /// 403's challenge is said in the scheme the request used (RFC 9449 §7.1).
+    pub fn response_as(&self, snapshot: &Snapshot, dpop: Option<&DpopPolicy>) -> Answer {
+        let mut answer = self.response(snapshot);
+        if let (Some(policy), Refusal::Forbidden { .. } | Refusal::AccessDenied { .. }) =
+            (dpop, self)
+        {
+            for (name, value) in answer.headers.iter_mut() {
+                if *name == WWW_AUTHENTICATE {
+                    *value = sender::as_dpop(value, &snapshot.challenges.realm, policy);
+                }
+            }
+        }
+        answer
+    }
+
     /// The answer: status, headers (built at load where they can be) and JSON error code.
     pub fn response(&self, snapshot: &Snapshot) -> Answer {
         match self {
@@ -386,26 +426,9 @@ impl Refusal<'_> {
             Refusal::Unauthenticated {
                 rejection,
                 resource_metadata,
+                challenge,
                 ..
-            } => {
-                // RFC 6750 §3.1: no error code when the request had no token at all.
-                let error = match rejection {
-                    Rejection::Missing => "unauthorized",
-                    _ => "invalid_token",
-                };
-                let base = snapshot.challenges.for_rejection(rejection);
-                // RFC 9728 §5.1: the challenge names the metadata of the resource.
-                let challenge = resource_metadata
-                    .as_ref()
-                    .and_then(|url| {
-                        let mut v = base.as_bytes().to_vec();
-                        v.extend_from_slice(b", resource_metadata=");
-                        v.extend_from_slice(crate::snapshot::quoted(url).as_bytes());
-                        HeaderValue::from_bytes(&v).ok()
-                    })
-                    .unwrap_or_else(|| base.clone());
-                Answer::error(401, error, rejection.description()).with(WWW_AUTHENTICATE, challenge)
-            }
+            } => unauthenticated(snapshot, rejection, resource_metadata.as_deref(), challenge),
             Refusal::NotFound => Answer::error(404, "not_found", "no route for this path"),
             Refusal::MethodNotAllowed { allow } => {
                 let r = Answer::error(
@@ -457,6 +480,45 @@ impl Refusal<'_> {
             }
         }
     }
+}
+
+/// A 401 (a 503 when the replay store could not be asked) with its challenge.
+fn unauthenticated(
+    snapshot: &Snapshot,
+    rejection: &Rejection,
+    resource_metadata: Option<&str>,
+    challenge: &Challenge<'_>,
+) -> Answer {
+    if *rejection == Rejection::ReplayStoreUnavailable {
+        return Answer::error(503, rejection.error_code(), rejection.description())
+            .with(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    let base = snapshot.challenges.for_rejection(rejection);
+    // RFC 9728 §5.1: the challenge names the metadata of the resource.
+    let bearer = || {
+        resource_metadata
+            .and_then(|url| {
+                let mut v = base.as_bytes().to_vec();
+                v.extend_from_slice(b", resource_metadata=");
+                v.extend_from_slice(crate::snapshot::quoted(url).as_bytes());
+                HeaderValue::from_bytes(&v).ok()
+            })
+            .unwrap_or_else(|| base.clone())
+    };
+    let value = match challenge {
+        Challenge::Bearer => bearer(),
+        Challenge::Dpop(policy) => {
+            let text = sender::dpop_challenge(policy, rejection, resource_metadata);
+            HeaderValue::from_str(&text).unwrap_or_else(|_| bearer())
+        }
+        Challenge::Both(policy) => {
+            let dpop = sender::dpop_challenge(policy, rejection, resource_metadata);
+            let both = format!("{}, {dpop}", bearer().to_str().unwrap_or_default());
+            HeaderValue::from_str(&both).unwrap_or_else(|_| bearer())
+        }
+    };
+    Answer::error(401, rejection.error_code(), rejection.description())
+        .with(WWW_AUTHENTICATE, value)
 }
 
 /// An answer scopegate gives itself: a refusal with its JSON error body, an answered CORS
@@ -558,41 +620,75 @@ impl Decision<'_> {
     }
 }
 
-/// Step 5: the request's bearer token (or the caller given), verified and meant for one of
-/// `apis` (in config order). When it fits none, the first API's reason is given.
+/// A token that passed step 5.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub principal: Arc<Principal>,
+    pub scheme: Scheme,
+    /// The API that accepted it (`None` when the host has no API).
+    pub api: Option<usize>,
+    /// Its DPoP proof, to be checked for replay.
+    pub proof: Option<Proof>,
+}
+
+/// Step 5: the request's token (or the caller given), verified, meant for one of `apis` (in
+/// config order), and presented as its binding requires. When it fits no API, the first
+/// API's reason is given.
 pub fn authenticate(
     snapshot: &Snapshot,
     apis: &[usize],
-    headers: &HeaderMap,
+    req: &Request<'_>,
+    target: Target<'_>,
     caller: Caller<'_>,
     now: u64,
-) -> Result<Arc<Principal>, AuthError> {
-    let principal = match caller {
+) -> Result<Authenticated, AuthError> {
+    let (scheme, token, principal) = match caller {
         Caller::Bearer => {
-            let token = match bearer(headers) {
-                Ok(Some(t)) => t,
+            let (scheme, token) = match credentials(req.headers) {
+                Ok(Some(c)) => c,
                 Ok(None) => return Err(AuthError::Rejected(Rejection::Missing)),
                 Err(BearerError::Ambiguous) => return Err(AuthError::Ambiguous),
             };
-            snapshot.verifier.verify(token, now)
+            let principal = snapshot.verifier.verify(token, now);
+            (scheme, Some(token), principal)
         }
-        Caller::Verified(verified) => verified.clone(),
-    }
-    .map_err(AuthError::Rejected)?;
+        Caller::Verified(verified) => (Scheme::Bearer, None, verified.clone()),
+    };
+    let principal = principal.map_err(AuthError::Rejected)?;
     let mut first = None;
-    for &api in apis {
-        match snapshot.apis[api].accept(&principal) {
-            Ok(()) => return Ok(principal),
-            Err(r) => {
-                first.get_or_insert(r);
-            }
+    let accepted = apis.iter().copied().find(|&api| {
+        let verdict = snapshot.apis[api].accept(&principal);
+        if let Err(r) = verdict {
+            first.get_or_insert(r);
         }
-    }
-    match first {
-        Some(r) => Err(AuthError::Rejected(r)),
+        verdict.is_ok()
+    });
+    match (accepted, first) {
+        (None, Some(r)) => return Err(AuthError::Rejected(r)),
         // No API at all for this host: a valid token can only learn that nothing is here.
-        None => Ok(principal),
+        _ => {}
     }
+    // A described token (policy tests) is taken as presented with whatever binds it.
+    let proof = match token {
+        Some(token) => {
+            let presented = Presented {
+                scheme,
+                token,
+                headers: req.headers,
+                target,
+                client_cert: req.client_cert,
+            };
+            sender::check_binding(snapshot, accepted, &principal, &presented, now)
+                .map_err(AuthError::Rejected)?
+        }
+        None => None,
+    };
+    Ok(Authenticated {
+        principal,
+        scheme,
+        api: accepted,
+        proof,
+    })
 }
 
 /// Why `authenticate` found no principal.
@@ -762,6 +858,7 @@ pub fn decide_as<'r>(
         cors: None,
         principal: None,
         normalized,
+        sender: SenderOutcome::default(),
     };
     // 1-2. A target we cannot normalize safely, or whose host is unclear, is refused first.
     if let Some(flaw) = req.target_flaw {
@@ -784,6 +881,7 @@ pub fn decide_as<'r>(
             cors: None,
             principal: None,
             normalized: None,
+            sender: SenderOutcome::default(),
         };
     }
     let path = match normalize(req.path) {
@@ -818,6 +916,7 @@ pub fn decide_as<'r>(
                 cors: None,
                 principal: None,
                 normalized,
+                sender: SenderOutcome::default(),
             };
         }
     }
@@ -829,16 +928,21 @@ pub fn decide_as<'r>(
                 cors,
                 principal: None,
                 normalized,
+                sender: SenderOutcome::default(),
             };
         }
     }
-    let authenticate = |apis: &[usize]| authenticate(snapshot, apis, req.headers, caller, now);
-    let (decision, principal) = decide_route(snapshot, set, req, host, lookup, path, authenticate);
+    let authenticate = |apis: &[usize], target: Target<'_>| {
+        authenticate(snapshot, apis, &req, target, caller, now)
+    };
+    let (decision, principal, sender) =
+        decide_route(snapshot, set, req, host, lookup, path, authenticate);
     Verdict {
         decision,
         cors,
         principal,
         normalized,
+        sender,
     }
 }
 
@@ -850,18 +954,25 @@ fn decide_route<'r>(
     host: Option<&str>,
     lookup: Lookup<'r>,
     path: Cow<'r, str>,
-    authenticate: impl FnOnce(&[usize]) -> Result<Arc<Principal>, AuthError>,
-) -> (Decision<'r>, Option<Arc<Principal>>) {
+    authenticate: impl FnOnce(&[usize], Target<'_>) -> Result<Authenticated, AuthError>,
+) -> (Decision<'r>, Option<Arc<Principal>>, SenderOutcome<'r>) {
     let matched = match &lookup {
         Lookup::Found(r) => Some(*r),
         _ => None,
     };
+    let api = matched
+        .map(|r| snapshot.routes[r].api)
+        .or_else(|| set.apis.first().copied());
+    let mut sender = SenderOutcome {
+        nonce: api
+            .and_then(|a| snapshot.apis[a].pop.as_ref())
+            .is_some_and(|p| p.dpop.nonce),
+        ..SenderOutcome::default()
+    };
     // 4. Public routes need no token.
     if let Some(route) = matched.filter(|&r| snapshot.routes[r].public) {
-        return (
-            Decision::Forward(forward_to(snapshot, route, path, None)),
-            None,
-        );
+        let to = forward_to(snapshot, route, path, None);
+        return (Decision::Forward(to), None, sender);
     }
     let report_only = match matched {
         Some(r) => snapshot.routes[r].report_only,
@@ -869,7 +980,7 @@ fn decide_route<'r>(
     };
     // Report-only enforces 404 and 405 as usual, without asking for a token first.
     if report_only && matched.is_none() {
-        return (authorize_missing(lookup), None);
+        return (authorize_missing(lookup), None, sender);
     }
     // 5. Authenticate before revealing whether the path exists: for the route's API, or for
     // any API of the host when no route matched (the first one's reason when none fits).
@@ -881,36 +992,80 @@ fn decide_route<'r>(
         }
         None => &set.apis,
     };
-    let (principal, decision) = match authenticate(apis) {
-        Ok(principal) => (
-            Some(principal.clone()),
-            authorize(snapshot, lookup, path.clone(), principal),
-        ),
+    let target = Target {
+        method: req.method.as_str(),
+        https: req.https,
+        host: host.unwrap_or(""),
+        path: &path,
+    };
+    let (principal, decision) = match authenticate(apis, target) {
+        Ok(auth) => {
+            sender.proof = auth.proof;
+            sender.api = auth.api;
+            sender.dpop =
+                (auth.scheme == Scheme::Dpop).then(|| sender::dpop_policy(snapshot, auth.api));
+            let decision = authorize(snapshot, lookup, path.clone(), auth.principal.clone());
+            (Some(auth.principal), decision)
+        }
         Err(AuthError::Ambiguous) => {
             let refusal = Refusal::BadRequest {
                 description: "more than one Authorization header",
             };
-            return (Decision::Refuse(refusal), None);
+            return (Decision::Refuse(refusal), None, sender);
         }
         Err(AuthError::Rejected(rejection)) => {
-            let api = apis.first().map(|&a| &snapshot.apis[a]);
-            let resource_metadata = api.and_then(|a| a.metadata.as_ref()).map(|m| {
-                let scheme = if req.https { "https" } else { "http" };
-                format!("{scheme}://{}{}", host.unwrap_or(""), m.path)
-            });
-            let refusal = Refusal::Unauthenticated {
-                rejection,
-                route: matched,
-                resource_metadata,
-            };
+            sender.nonce |= rejection == Rejection::DpopNonce;
+            let refusal = unauthenticated_refusal(snapshot, &req, host, apis, matched, rejection);
             (None, Decision::Refuse(refusal))
         }
     };
     match (report_only, matched, decision) {
         (true, Some(route), Decision::Refuse(refusal)) => {
-            report_instead(snapshot, route, path, principal, refusal)
+            let (decision, principal) = report_instead(snapshot, route, path, principal, refusal);
+            (decision, principal, sender)
         }
-        (_, _, decision) => (decision, principal),
+        (_, _, decision) => (decision, principal, sender),
+    }
+}
+
+/// The 401 of step 5 for a request to `apis` (the first one's challenge and metadata).
+fn unauthenticated_refusal<'r>(
+    snapshot: &'r Snapshot,
+    req: &Request<'_>,
+    host: Option<&str>,
+    apis: &[usize],
+    route: Option<usize>,
+    rejection: Rejection,
+) -> Refusal<'r> {
+    let api = apis.first().copied();
+    let resource_metadata = api
+        .and_then(|a| snapshot.apis[a].metadata.as_ref())
+        .map(|m| {
+            let scheme = if req.https { "https" } else { "http" };
+            format!("{scheme}://{}{}", host.unwrap_or(""), m.path)
+        });
+    let scheme = credentials(req.headers).ok().flatten().map(|(s, _)| s);
+    Refusal::Unauthenticated {
+        rejection,
+        route,
+        resource_metadata,
+        challenge: sender::challenge(snapshot, api, scheme, &rejection),
+    }
+}
+
+/// The 401 (`dpop_replay`) of a request whose DPoP proof was used before, or the 503
+/// (`replay_store_unavailable`) when that could not be known: the edge's replay check.
+pub fn replay_refusal<'s>(
+    snapshot: &'s Snapshot,
+    sender_outcome: &SenderOutcome<'_>,
+    route: Option<usize>,
+    rejection: Rejection,
+) -> Refusal<'s> {
+    Refusal::Unauthenticated {
+        rejection,
+        route,
+        resource_metadata: None,
+        challenge: Challenge::Dpop(sender::dpop_policy(snapshot, sender_outcome.api)),
     }
 }
 

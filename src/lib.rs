@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod policy;
 pub mod quota;
 pub mod routing;
+pub mod sender;
 pub mod shared_state;
 pub mod snapshot;
 pub mod trusted;

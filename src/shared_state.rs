@@ -70,6 +70,12 @@ enum Job {
         bucket: u64,
         count: u32,
     },
+    /// Record a DPoP proof's key unless it is there: `true` when it was not.
+    Replay {
+        key: String,
+        ttl: u64,
+        reply: oneshot::Sender<redis::RedisResult<bool>>,
+    },
     Probe,
 }
 
@@ -143,14 +149,16 @@ impl Health {
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 error = why,
-                "shared state unreachable: quotas are counted in-process until it is back"
+                "shared state unreachable: until it is back, quotas are counted in-process and requests with DPoP proofs are refused (503)"
             );
         }
     }
 
     fn reached(&self) {
         if !self.up.swap(true, Ordering::Relaxed) {
-            tracing::info!("shared state reachable again: quotas are shared again");
+            tracing::info!(
+                "shared state reachable again: quotas are shared and DPoP replay is checked again"
+            );
         }
     }
 }
@@ -230,28 +238,47 @@ impl SharedStore {
             want,
             reply,
         };
+        self.ask("quota", job, answer).await
+    }
+
+    /// Send `job` and wait for its answer at most the timeout; a failure is counted under `op`.
+    async fn ask<T>(
+        &self,
+        op: &'static str,
+        job: Job,
+        answer: oneshot::Receiver<redis::RedisResult<T>>,
+    ) -> Option<T> {
         if self.jobs.try_send(job).is_err() {
-            self.health.failed("quota", "too many operations queued");
+            self.health.failed(op, "too many operations queued");
             return None;
         }
         match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(Ok(grant))) => {
+            Ok(Ok(Ok(value))) => {
                 self.health.reached();
-                Some(grant)
+                Some(value)
             }
             Ok(Ok(Err(e))) => {
-                self.health.failed("quota", &e.to_string());
+                self.health.failed(op, &e.to_string());
                 None
             }
             Ok(Err(_)) => {
-                self.health.failed("quota", "the store's thread is gone");
+                self.health.failed(op, "the store's thread is gone");
                 None
             }
             Err(_) => {
-                self.health.failed("quota", "timed out");
+                self.health.failed(op, "timed out");
                 None
             }
         }
+    }
+
+    /// Record the DPoP proof `key` for `ttl` seconds: `Some(true)` when it was new, `Some(false)`
+    /// when it was recorded before (a replay), `None` when the store did not answer in time
+    /// (counted as a failed `replay` operation).
+    pub async fn replay_insert(&self, key: String, ttl: u64) -> Option<bool> {
+        let (reply, answer) = oneshot::channel();
+        self.ask("replay", Job::Replay { key, ttl, reply }, answer)
+            .await
     }
 
     /// Hand back `count` unused requests of a lease for `bucket` (not awaited).
@@ -332,6 +359,17 @@ fn serve(url: String, timeout: Duration, mut rx: mpsc::Receiver<Job>, health: Ar
                         if let Err(e) = r {
                             health.failed("quota", &e.to_string());
                         }
+                    }
+                    Job::Replay { key, ttl, reply } => {
+                        let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                            .arg(format!("scopegate:dpop:{key}"))
+                            .arg(1)
+                            .arg("NX")
+                            .arg("EX")
+                            .arg(ttl)
+                            .query_async(&mut con)
+                            .await;
+                        let _ = reply.send(r.map(|set| set.is_some()));
                     }
                     Job::Probe => {
                         let r: redis::RedisResult<String> =

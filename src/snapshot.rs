@@ -29,6 +29,9 @@ pub struct ProcessSettings {
     pub upgrade_socket: PathBuf,
     /// Read per request, so a reload applies it at once.
     pub trusted_proxies: crate::trusted::TrustedProxies,
+    /// `[server.tls] client_certificates` and `client_ca` (v3).
+    pub client_certificates: crate::config::ClientCertificates,
+    pub client_ca: Option<PathBuf>,
     /// `[tracing]`: whether and where spans are exported (decided at start).
     pub tracing: Option<TracingSettings>,
 }
@@ -136,6 +139,27 @@ pub struct Api {
     pub report_only: bool,
     /// RFC 9728 protected resource metadata, when `resource_metadata = true`.
     pub metadata: Option<ResourceMetadata>,
+    /// `proof_of_possession`: its tokens must be sender-constrained (v3).
+    pub pop: Option<ProofOfPossession>,
+}
+
+/// An API's `proof_of_possession`, checked.
+#[derive(Debug)]
+pub struct ProofOfPossession {
+    pub mechanism: Mechanism,
+    /// Unbound tokens are refused (`unbound_token`).
+    pub required: bool,
+    /// Proofs of DPoP-bound tokens on this API (the API's settings with `dpop`, else defaults).
+    pub dpop: crate::auth::dpop::DpopPolicy,
+}
+
+/// How tokens are bound to their sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// RFC 9449: `cnf.jkt`, a proof per request.
+    Dpop,
+    /// RFC 8705: `cnf["x5t#S256"]`, the client's TLS certificate.
+    Mtls,
 }
 
 /// An API's RFC 9728 document and where it is served.
@@ -214,6 +238,10 @@ pub struct Snapshot {
     pub quotas: Vec<crate::quota::Quota>,
     /// `[shared_state]` (v3).
     pub shared_state: Option<crate::shared_state::SharedStateSettings>,
+    /// DPoP proofs of bound tokens on APIs without settings of their own.
+    pub dpop_default: crate::auth::dpop::DpopPolicy,
+    /// Makes and checks DPoP nonces.
+    pub nonces: crate::auth::dpop::NonceKey,
 }
 
 /// The server certificate, loaded with the snapshot so a reload picks up renewed files.

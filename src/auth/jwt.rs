@@ -45,6 +45,43 @@ pub struct Principal {
     /// The claim headers of `[forward] claims`, rendered once at verification (a header value
     /// that would be invalid, e.g. with CR or LF, is left out, never sent raw).
     pub forward_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The key the token is bound to (RFC 7800 `cnf`), if any.
+    pub binding: Binding,
+}
+
+/// What a token's `cnf` claim binds it to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Binding {
+    /// `cnf.jkt` (RFC 9449 §6.1): the thumbprint of the key its DPoP proofs are signed with.
+    pub jkt: Option<Box<str>>,
+    /// `cnf["x5t#S256"]` (RFC 8705 §3.1): the thumbprint of the client's TLS certificate.
+    pub x5t: Option<Box<str>>,
+}
+
+impl Binding {
+    /// `cnf` as RFC 7800 writes it; a `jkt` or `x5t#S256` that is not a string is malformed
+    /// (a bound token must never pass for an unbound one). Other confirmation methods are not
+    /// ones scopegate checks, and bind nothing here.
+    fn of(claims: &Map<String, Value>) -> Result<Binding, Rejection> {
+        let Some(cnf) = claims.get("cnf") else {
+            return Ok(Binding::default());
+        };
+        let bad = Rejection::Malformed(Malformed::Payload);
+        let cnf = cnf.as_object().ok_or(bad)?;
+        let text = |name: &str| match cnf.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(Box::from(s.as_str()))),
+            Some(_) => Err(bad),
+        };
+        Ok(Binding {
+            jkt: text("jkt")?,
+            x5t: text("x5t#S256")?,
+        })
+    }
+
+    pub fn is_bound(&self) -> bool {
+        self.jkt.is_some() || self.x5t.is_some()
+    }
 }
 
 impl Principal {
@@ -62,6 +99,8 @@ impl Principal {
             + self.audiences.iter().map(|a| a.len() + 16).sum::<usize>()
             + claims
             + headers
+            + self.binding.jkt.as_ref().map_or(0, |j| j.len())
+            + self.binding.x5t.as_ref().map_or(0, |x| x.len())
     }
 
     /// Whether `aud` names one of `accepted` (RFC 7519 §4.1.3).
@@ -89,6 +128,13 @@ fn b64_json<T: serde::de::DeserializeOwned>(part: &[u8], what: Malformed) -> Res
         .map_err(|_| Rejection::Malformed(what))?;
     let Strict(value) = serde_json::from_slice(&bytes).map_err(|_| Rejection::Malformed(what))?;
     serde_json::from_value(value).map_err(|_| Rejection::Malformed(what))
+}
+
+/// JSON that refuses duplicate member names, at any depth (`None` when it is not JSON).
+pub(crate) fn strict_json(bytes: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Strict>(bytes)
+        .ok()
+        .map(|Strict(v)| v)
 }
 
 /// JSON that refuses duplicate member names, at any depth.
@@ -330,6 +376,7 @@ pub fn verify_detailed(
             .collect(),
         _ => Vec::new(),
     };
+    let binding = Binding::of(&claims)?;
     Ok(Principal {
         issuer: issuer_idx,
         sub: claims
@@ -350,6 +397,7 @@ pub fn verify_detailed(
                 Some((header.clone(), value))
             })
             .collect(),
+        binding,
     })
 }
 

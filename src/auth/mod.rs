@@ -4,13 +4,15 @@
 
 pub mod bearer;
 pub mod cache;
+pub mod dpop;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod verifier;
 
-pub use bearer::{bearer, BearerError};
-pub use jwt::{Issuer, Principal, MAX_TOKEN_BYTES};
+pub use bearer::{bearer, credentials, BearerError, Scheme};
+pub use dpop::ProofFlaw;
+pub use jwt::{Binding, Issuer, Principal, MAX_TOKEN_BYTES};
 pub use verifier::Verifier;
 
 /// Why a token was not accepted.
@@ -28,6 +30,19 @@ pub enum Rejection {
     DisallowedAlg,
     /// The JWS `typ` is not one of the issuer's `token_types`.
     WrongType,
+    /// A bound token without its proof: `cnf.jkt` with the Bearer scheme, or `cnf["x5t#S256"]`
+    /// on a connection without that certificate (no downgrade).
+    UnboundUse,
+    /// An unbound token where a bound one is required, or with the DPoP scheme.
+    UnboundToken,
+    /// The DPoP proof fails a check of RFC 9449 §4.3.
+    DpopProof(ProofFlaw),
+    /// The DPoP proof's `jti` was seen before.
+    DpopReplay,
+    /// The DPoP proof lacks a nonce scopegate issued recently.
+    DpopNonce,
+    /// The replay store could not be asked (a 503, not a 401).
+    ReplayStoreUnavailable,
 }
 
 /// What is wrong with a token that could not be read.
@@ -88,10 +103,16 @@ pub enum RejectionReason {
     UnknownKey,
     DisallowedAlg,
     WrongType,
+    UnboundUse,
+    UnboundToken,
+    InvalidDpopProof,
+    DpopReplay,
+    DpopNonce,
+    ReplayStoreUnavailable,
 }
 
 impl RejectionReason {
-    pub const ALL: [RejectionReason; 10] = [
+    pub const ALL: [RejectionReason; 16] = [
         RejectionReason::Missing,
         RejectionReason::Malformed,
         RejectionReason::BadSignature,
@@ -102,6 +123,12 @@ impl RejectionReason {
         RejectionReason::UnknownKey,
         RejectionReason::DisallowedAlg,
         RejectionReason::WrongType,
+        RejectionReason::UnboundUse,
+        RejectionReason::UnboundToken,
+        RejectionReason::InvalidDpopProof,
+        RejectionReason::DpopReplay,
+        RejectionReason::DpopNonce,
+        RejectionReason::ReplayStoreUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +143,12 @@ impl RejectionReason {
             RejectionReason::UnknownKey => "unknown_key",
             RejectionReason::DisallowedAlg => "disallowed_alg",
             RejectionReason::WrongType => "wrong_type",
+            RejectionReason::UnboundUse => "unbound_use",
+            RejectionReason::UnboundToken => "unbound_token",
+            RejectionReason::InvalidDpopProof => "invalid_dpop_proof",
+            RejectionReason::DpopReplay => "dpop_replay",
+            RejectionReason::DpopNonce => "dpop_nonce",
+            RejectionReason::ReplayStoreUnavailable => "replay_store_unavailable",
         }
     }
 
@@ -141,6 +174,14 @@ impl Rejection {
             Rejection::WrongType,
         ];
         all.extend(Malformed::ALL.map(Rejection::Malformed));
+        all.extend([
+            Rejection::UnboundUse,
+            Rejection::UnboundToken,
+            Rejection::DpopReplay,
+            Rejection::DpopNonce,
+            Rejection::ReplayStoreUnavailable,
+        ]);
+        all.extend(ProofFlaw::ALL.map(Rejection::DpopProof));
         all
     }
 
@@ -156,6 +197,12 @@ impl Rejection {
             Rejection::DisallowedAlg => 7,
             Rejection::WrongType => 8,
             Rejection::Malformed(m) => 9 + *m as usize,
+            Rejection::UnboundUse => 19,
+            Rejection::UnboundToken => 20,
+            Rejection::DpopReplay => 21,
+            Rejection::DpopNonce => 22,
+            Rejection::ReplayStoreUnavailable => 23,
+            Rejection::DpopProof(f) => 24 + *f as usize,
         }
     }
 
@@ -171,6 +218,12 @@ impl Rejection {
             Rejection::UnknownKey(_) => RejectionReason::UnknownKey,
             Rejection::DisallowedAlg => RejectionReason::DisallowedAlg,
             Rejection::WrongType => RejectionReason::WrongType,
+            Rejection::UnboundUse => RejectionReason::UnboundUse,
+            Rejection::UnboundToken => RejectionReason::UnboundToken,
+            Rejection::DpopProof(_) => RejectionReason::InvalidDpopProof,
+            Rejection::DpopReplay => RejectionReason::DpopReplay,
+            Rejection::DpopNonce => RejectionReason::DpopNonce,
+            Rejection::ReplayStoreUnavailable => RejectionReason::ReplayStoreUnavailable,
         }
     }
 
@@ -187,6 +240,24 @@ impl Rejection {
             Rejection::UnknownKey(_) => "the token is signed with an unknown key",
             Rejection::DisallowedAlg => "the token algorithm is not allowed",
             Rejection::WrongType => "the token type (typ) is not accepted",
+            Rejection::UnboundUse => "the token is bound to a key the request does not prove",
+            Rejection::UnboundToken => "this API accepts sender-constrained tokens only",
+            Rejection::DpopProof(flaw) => flaw.description(),
+            Rejection::DpopReplay => "the DPoP proof was used before",
+            Rejection::DpopNonce => "the DPoP proof needs a nonce from this server",
+            Rejection::ReplayStoreUnavailable => "the DPoP replay check is unavailable; try again",
+        }
+    }
+
+    /// The JSON `error` of a 401 with this rejection (RFC 6750 §3.1, RFC 9449 §7.1 and §8).
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            // RFC 6750 §3.1: no error code when the request had no token at all.
+            Rejection::Missing => "unauthorized",
+            Rejection::DpopProof(_) | Rejection::DpopReplay => "invalid_dpop_proof",
+            Rejection::DpopNonce => "use_dpop_nonce",
+            Rejection::ReplayStoreUnavailable => "temporarily_unavailable",
+            _ => "invalid_token",
         }
     }
 }

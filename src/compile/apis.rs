@@ -49,6 +49,14 @@ pub fn apis(
         report_only: false,
     };
     if !cfg.routes.is_empty() {
+        let pop = match &cfg.proof_of_possession {
+            Some(p) => Some(super::pop::proof_of_possession(
+                loaded,
+                "proof_of_possession",
+                p,
+            )?),
+            None => None,
+        };
         apis.push(Api {
             name: None,
             accepts: Accepts::PerIssuer(issuer_audiences),
@@ -57,6 +65,7 @@ pub fn apis(
             cors: None,
             report_only: false,
             metadata: None,
+            pop,
         });
         for r in &cfg.routes {
             routes.push(route(loaded, r.get_ref(), Some(r.span()), &base)?);
@@ -158,6 +167,14 @@ fn api(
     if routes.is_empty() {
         tracing::warn!(api = name, "API has no routes");
     }
+    let pop = match &ac.proof_of_possession {
+        Some(p) => Some(super::pop::proof_of_possession(
+            loaded,
+            &format!("apis.{name}.proof_of_possession"),
+            p,
+        )?),
+        None => None,
+    };
     Ok(Api {
         name: Some(name.to_string()),
         accepts: Accepts::Audience {
@@ -169,6 +186,7 @@ fn api(
         cors,
         report_only: ac.report_only,
         metadata: None,
+        pop,
     })
 }
 

@@ -4,6 +4,7 @@
 mod apis;
 mod forward;
 mod issuers;
+mod pop;
 mod quotas;
 mod routes;
 mod server;
@@ -49,6 +50,7 @@ pub fn build_with(
     let shared_state = shared_state::shared_state(loaded)?;
     let forward_claims = forward::claim_headers(loaded)?;
     let kept = kept_claims(&compiled.routes, &quotas);
+    let nonces = pop::nonce_key(shared_state.as_ref());
     Ok(Snapshot {
         generation,
         process,
@@ -71,6 +73,8 @@ pub fn build_with(
         tls,
         quotas,
         shared_state,
+        dpop_default: Default::default(),
+        nonces,
     })
 }
 

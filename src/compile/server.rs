@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use http::HeaderValue;
 
 use crate::auth::Rejection;
-use crate::config::{ConfigError, LoadedConfig};
+use crate::config::{ClientCertificates, ConfigError, LoadedConfig};
 use crate::snapshot::{quoted, Challenges, ProcessSettings, TracingSettings};
 use crate::trusted::TrustedProxies;
 
@@ -55,6 +55,31 @@ pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, Config
             .map_err(|m| src.error(Some(blocks.span()), format!("server.trusted_proxies: {m}")))?,
         None => TrustedProxies::default(),
     };
+    let tls = server.tls.as_ref().map(|t| (t.span(), t.get_ref()));
+    let client_certificates = tls
+        .as_ref()
+        .map_or(ClientCertificates::None, |(_, t)| t.client_certificates);
+    let client_ca = match tls {
+        Some((span, t)) => match (&t.client_ca, t.client_certificates) {
+            (Some(ca), ClientCertificates::Require) => {
+                let path = loaded.resolve(ca);
+                super::tls::load_ca(&path)
+                    .map_err(|m| src.error(Some(span), format!("server.tls.client_ca: {m}")))?;
+                Some(path)
+            }
+            (None, ClientCertificates::Require) => {
+                return Err(src.error(Some(span), "server.tls: client_certificates = \"require\" needs client_ca = \"ca.pem\" (the CA client certificates must chain to)"));
+            }
+            (Some(_), _) => {
+                return Err(src.error(
+                    Some(span),
+                    "server.tls.client_ca is used only with client_certificates = \"require\"",
+                ));
+            }
+            (None, _) => None,
+        },
+        None => None,
+    };
     Ok(ProcessSettings {
         listen,
         admin_listen: server.admin_listen.as_ref().map(|a| a.get_ref().clone()),
@@ -67,6 +92,8 @@ pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, Config
         access_log: server.access_log,
         upgrade_socket: loaded.resolve(&server.upgrade_socket),
         trusted_proxies,
+        client_certificates,
+        client_ca,
         tracing: tracing_settings(loaded)?,
     })
 }
@@ -124,7 +151,8 @@ pub fn challenges(loaded: &LoadedConfig) -> Result<Challenges, ConfigError> {
             let text = match r {
                 Rejection::Missing => bare.clone(),
                 r => format!(
-                    "{bare}, error=\"invalid_token\", error_description={}",
+                    "{bare}, error=\"{}\", error_description={}",
+                    r.error_code(),
                     quoted(r.description())
                 ),
             };

@@ -36,6 +36,34 @@ pub struct Config {
     pub shared_state: Option<Spanned<SharedStateConfig>>,
     /// (v3) OpenTelemetry traces; none without it.
     pub tracing: Option<Spanned<TracingConfig>>,
+    /// (v3) `[proof_of_possession]` of the top-level routes.
+    pub proof_of_possession: Option<Spanned<ProofOfPossessionConfig>>,
+}
+
+/// `[apis.NAME.proof_of_possession]` (v3): the API's tokens must be sender-constrained.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofOfPossessionConfig {
+    /// "dpop" (RFC 9449) or "mtls" (RFC 8705).
+    pub mechanism: Spanned<String>,
+    /// false: unbound bearer tokens are accepted too.
+    #[serde(default = "default_true")]
+    pub required: bool,
+    /// Proof algorithms accepted.
+    pub dpop_algorithms: Option<Spanned<Vec<String>>>,
+    /// How old a proof's `iat` may be.
+    #[serde(default = "default_dpop_max_age")]
+    pub dpop_max_age_seconds: Spanned<u64>,
+    /// Proofs must carry a nonce scopegate issued (RFC 9449 §9).
+    #[serde(default)]
+    pub dpop_nonce: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_dpop_max_age() -> Spanned<u64> {
+    Spanned::new(0..0, 300)
 }
 
 /// `[tracing]`: spans exported over OTLP/HTTP (protobuf).
@@ -117,6 +145,8 @@ pub struct ApiConfig {
     /// `[apis.NAME.quotas.QUOTA]` (v3).
     #[serde(default)]
     pub quotas: InOrder<Spanned<QuotaConfig>>,
+    /// `[apis.NAME.proof_of_possession]` (v3).
+    pub proof_of_possession: Option<Spanned<ProofOfPossessionConfig>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
 }
@@ -200,6 +230,23 @@ pub enum AccessLogFormat {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// (v3) "none" (default) | "request" | "require": ask clients for a certificate (RFC 8705).
+    #[serde(default)]
+    pub client_certificates: ClientCertificates,
+    /// (v3) PEM CA certificates a client certificate must chain to (with "require").
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[server.tls] client_certificates`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificates {
+    #[default]
+    None,
+    /// Ask for one and accept any (RFC 8705 §2.2, self-signed certificates).
+    Request,
+    /// A certificate that chains to `client_ca` is required (RFC 8705 §2.1, PKI).
+    Require,
 }
 
 #[derive(Debug, Clone, Deserialize)]

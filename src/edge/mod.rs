@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod quota;
 pub mod reload;
+pub mod replay;
 pub mod server;
 pub mod traces;
 

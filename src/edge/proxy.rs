@@ -21,10 +21,12 @@ use super::console::refusals::{RefusalLog, RefusedRef};
 use super::metrics::Metrics;
 use super::traces::{Finished, RequestTrace, Traces};
 use super::{Live, LiveConfig};
+use crate::auth::dpop::Proof;
 use crate::auth::jwks::JwksFetcher;
 use crate::auth::{Principal, Rejection, RejectionReason};
 use crate::decision::{
-    decide, Answer, Decision, DecisionLabel, Refusal, Report, Request, TargetFlaw,
+    decide, replay_refusal, Answer, Decision, DecisionLabel, Refusal, Report, Request,
+    SenderOutcome, TargetFlaw,
 };
 use crate::snapshot::Snapshot;
 use crate::upstream::ResponseClass;
@@ -41,6 +43,8 @@ pub struct Gate {
     pub refusals: Arc<RefusalLog>,
     /// `[tracing]`; `None`: no tracing work at all.
     pub traces: Option<Traces>,
+    /// DPoP proofs seen (replay detection), in the shared store or in-process.
+    pub replays: super::replay::Replays,
 }
 
 /// The `ProxyHttp` that carries out decisions.
@@ -106,6 +110,11 @@ pub struct RequestCtx {
     pub(super) rate_limit: super::quota::RateLimitFields,
     /// The request's spans, with `[tracing]`.
     pub(super) trace: Option<Box<RequestTrace>>,
+    /// A DPoP proof that passed its checks, to be recorded against replay, and the API its
+    /// settings come from.
+    pub(super) proof: Option<(Proof, Option<usize>)>,
+    /// The request's API has `dpop_nonce`: every answer carries a fresh `DPoP-Nonce`.
+    pub(super) dpop_nonce: bool,
 }
 
 /// An upstream response that broke HTTP framing (SPEC "Requests on the wire").
@@ -375,6 +384,7 @@ fn request_of<'s>(
     session: &'s Session,
     snapshot: &Snapshot,
     target_flaw: Option<TargetFlaw>,
+    client_cert: Option<&'s str>,
 ) -> Request<'s> {
     let req = session.req_header();
     // Behind a trusted balancer, the scheme the client used is the one it names.
@@ -392,7 +402,30 @@ fn request_of<'s>(
         host_required: req.version == http::Version::HTTP_11,
         https,
         target_flaw,
+        client_cert,
     }
+}
+
+/// The SHA-256 thumbprint (base64url, as `cnf["x5t#S256"]` names it) of the client's
+/// certificate: from a trusted proxy its RFC 9440 `Client-Cert` (`:base64-DER:`), else the
+/// one the client presented in this connection's TLS handshake.
+fn client_cert_thumbprint(session: &Session, snapshot: &Snapshot) -> Option<String> {
+    use base64::Engine;
+    let b64url = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    if from_trusted(session, snapshot) {
+        let mut values = session.req_header().headers.get_all("client-cert").iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return None;
+        };
+        let inner = value.as_bytes().strip_prefix(b":")?.strip_suffix(b":")?;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(inner)
+            .ok()?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
+        return Some(b64url(digest.as_ref()));
+    }
+    let digest = session.digest()?.ssl_digest.clone()?;
+    (!digest.cert_digest.is_empty()).then(|| b64url(&digest.cert_digest))
 }
 
 /// What of the request's wire form its parsed value does not show, read once per request.
@@ -472,11 +505,46 @@ impl RequestCtx {
             client: None,
             rate_limit: None,
             trace: None,
+            proof: None,
+            dpop_nonce: false,
         }
     }
 }
 
 impl Gate {
+    /// The replay check of a request's DPoP proof: the 401 (`dpop_replay`) when it was used
+    /// before, the 503 when that cannot be known; `None` when the request goes on.
+    async fn replay_step(&self, live: &Live, ctx: &mut RequestCtx) -> Option<Answer> {
+        let (proof, api) = ctx.proof.take()?;
+        let rejection = match self.replays.check(&proof, unix_at(ctx.started)).await {
+            super::replay::Seen::Fresh => return None,
+            super::replay::Seen::Replayed => Rejection::DpopReplay,
+            super::replay::Seen::Unavailable => Rejection::ReplayStoreUnavailable,
+        };
+        let sender = SenderOutcome {
+            api,
+            ..SenderOutcome::default()
+        };
+        let refusal = replay_refusal(&live.snapshot, &sender, ctx.route, rejection);
+        ctx.forward = None;
+        ctx.report = None;
+        ctx.decision = refusal.label();
+        ctx.reason = refusal.reason();
+        ctx.rejection = refusal.rejection();
+        let mut answer = refusal.response(&live.snapshot);
+        answer.headers.extend(ctx.cors_headers.iter().cloned());
+        Some(answer)
+    }
+
+    /// A fresh `DPoP-Nonce` for an answer on an API with `dpop_nonce`.
+    fn dpop_nonce(&self, ctx: &RequestCtx) -> Option<HeaderValue> {
+        if !ctx.dpop_nonce {
+            return None;
+        }
+        let live = ctx.live.as_ref()?;
+        HeaderValue::from_str(&live.snapshot.nonces.issue(unix_at(ctx.started))).ok()
+    }
+
     /// Decide, and note the outcome in `ctx`.
     pub(super) fn decide_and_record(
         &self,
@@ -486,6 +554,9 @@ impl Gate {
     ) -> Outcome {
         let verdict = decide(&live.snapshot, request, unix_at(ctx.started));
         let decision = verdict.decision;
+        let dpop = verdict.sender.dpop;
+        ctx.proof = verdict.sender.proof.map(|p| (p, verdict.sender.api));
+        ctx.dpop_nonce = verdict.sender.nonce;
         ctx.principal = verdict.principal;
         ctx.normalized = verdict.normalized;
         ctx.reason = None;
@@ -525,7 +596,7 @@ impl Gate {
         };
         ctx.reason = refusal.reason();
         ctx.rejection = refusal.rejection();
-        let mut response = refusal.response(&live.snapshot);
+        let mut response = refusal.response_as(&live.snapshot, dpop);
         response.headers.extend(ctx.cors_headers.iter().cloned());
         match refusal {
             Refusal::Unauthenticated {
@@ -586,8 +657,14 @@ impl ProxyHttp for ScopeGate {
             send_answer(session, &answer).await?;
             return Ok(true);
         }
+        let client_cert = client_cert_thumbprint(session, &live.snapshot);
         let mut outcome = self.decide_and_record(
-            request_of(session, &live.snapshot, wire.target_flaw),
+            request_of(
+                session,
+                &live.snapshot,
+                wire.target_flaw,
+                client_cert.as_deref(),
+            ),
             &live,
             ctx,
         );
@@ -601,13 +678,22 @@ impl ProxyHttp for ScopeGate {
                 .await
             {
                 self.decide_and_record(
-                    request_of(session, &live.snapshot, wire.target_flaw),
+                    request_of(
+                        session,
+                        &live.snapshot,
+                        wire.target_flaw,
+                        client_cert.as_deref(),
+                    ),
                     &live,
                     ctx,
                 )
             } else {
                 Outcome::Reply(response)
             };
+        }
+        // A DPoP proof is good once: recorded now, refused when it was recorded before.
+        if let Some(answer) = self.replay_step(&live, ctx).await {
+            outcome = Outcome::Reply(answer);
         }
         ctx.live = Some(live);
         // Each request in flight may hold an upstream connection: past the descriptors there
@@ -631,7 +717,10 @@ impl ProxyHttp for ScopeGate {
         }
         match outcome {
             Outcome::Forward => Ok(false),
-            Outcome::Reply(resp) | Outcome::RefreshKeys(_, resp) => {
+            Outcome::Reply(mut resp) | Outcome::RefreshKeys(_, mut resp) => {
+                if let Some(nonce) = self.dpop_nonce(ctx) {
+                    resp.headers.push((crate::sender::DPOP_NONCE, nonce));
+                }
                 send_answer(session, &resp).await?;
                 Ok(true)
             }
@@ -719,6 +808,9 @@ impl ProxyHttp for ScopeGate {
                 "upstream response header larger than 64 KiB",
             )
             .into_up());
+        }
+        if let Some(nonce) = self.dpop_nonce(ctx) {
+            upstream_response.insert_header(crate::sender::DPOP_NONCE, nonce)?;
         }
         if let Some((policy, limit)) = &ctx.rate_limit {
             upstream_response.insert_header(crate::decision::RATELIMIT_POLICY, policy.clone())?;

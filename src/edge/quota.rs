@@ -16,18 +16,23 @@ use crate::quota::{Quotas, Verdict};
 use crate::shared_state::SharedStore;
 use crate::snapshot::Snapshot;
 
-/// The process's quota counts, shared through the snapshot's `[shared_state]` when it has one.
-pub fn quotas_for(snapshot: &Snapshot, metrics: &Arc<Metrics>) -> Quotas {
-    let store = snapshot.shared_state.as_ref().and_then(|settings| {
+/// The client of the snapshot's `[shared_state]`, when it has one: quota counts and DPoP
+/// replay detection go through it.
+pub fn shared_store(snapshot: &Snapshot, metrics: &Arc<Metrics>) -> Option<Arc<SharedStore>> {
+    snapshot.shared_state.as_ref().and_then(|settings| {
         let m = metrics.clone();
         match SharedStore::start(settings, Box::new(move |op| m.shared_state_error(op))) {
             Ok(store) => Some(Arc::new(store)),
             Err(e) => {
-                tracing::error!(error = %e, "shared state: cannot start its thread; quotas are counted in-process");
+                tracing::error!(error = %e, "shared state: cannot start its thread; quotas are counted in-process and DPoP requests refused");
                 None
             }
         }
-    });
+    })
+}
+
+/// The process's quota counts, shared through `store` when there is one.
+pub fn quotas_for(store: Option<Arc<SharedStore>>) -> Quotas {
     Quotas::new(store)
 }
 

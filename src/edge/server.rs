@@ -192,12 +192,14 @@ fn proxy_service(
 ) -> ProxyService {
     let current = live.load();
     let process = &current.snapshot.process;
+    let store = super::quota::shared_store(&current.snapshot, metrics);
     let gate = Arc::new(Gate {
         live: live.clone(),
         metrics: metrics.clone(),
         fetcher: fetcher.clone(),
         access_log: AccessLog::start(process.access_log, metrics.access_log_dropped.clone()),
-        quotas: super::quota::quotas_for(&current.snapshot, metrics),
+        quotas: super::quota::quotas_for(store.clone()),
+        replays: super::replay::Replays::new(store),
         refusals: refusals.clone(),
         traces,
     });

@@ -110,6 +110,7 @@ pub fn verified(
         audiences: audiences.into_iter().map(Box::from).collect(),
         claims,
         forward_headers: Vec::new(),
+        binding: Default::default(),
     }))
 }
 
