@@ -87,6 +87,8 @@ fn sign(pem: &str, kid: &str, scope: &str) -> String {
         sub: "bench".into(),
         ttl: std::time::Duration::from_secs(3600),
         claims: Vec::new(),
+        jkt: None,
+        x5t: None,
     };
     mint::mint(pem.as_bytes(), &req, unix_now()).unwrap()
 }

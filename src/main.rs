@@ -99,10 +99,25 @@ enum Command {
         #[command(flatten)]
         request: mint::TokenRequest,
     },
-    /// Generate an RSA-2048 signing key and the JWKS that publishes it (for local testing).
+    /// A DPoP proof (RFC 9449) for one request, signed with an EC P-256 key (or, with
+    /// `--thumbprint`, the key's thumbprint that `token --jkt` binds a token to).
+    DpopProof {
+        /// PEM private key (P-256), e.g. from `keygen --ec`.
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        request: scopegate::cli::dpop::ProofRequest,
+    },
+    /// The SHA-256 thumbprint of a client certificate (PEM), as `token --x5t` binds a token to.
+    CertThumbprint { cert: PathBuf },
+    /// Generate a signing key and the JWKS that publishes it (for local testing): RSA-2048, or
+    /// EC P-256 with `--ec` (also a DPoP key).
     Keygen {
         #[arg(long, default_value = "dev-key")]
         kid: String,
+        /// A P-256 key (ES256) instead of RSA.
+        #[arg(long)]
+        ec: bool,
         /// Where to write the private key (PEM).
         #[arg(long)]
         key_out: PathBuf,
@@ -338,12 +353,29 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", mint::mint(&pem, &request, snapshot::unix_now())?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::DpopProof { key, request } => {
+            let pem = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
+            let proof = scopegate::cli::dpop::dpop_proof(&pem, &request, snapshot::unix_now())?;
+            println!("{proof}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CertThumbprint { cert } => {
+            let pem =
+                std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?;
+            println!("{}", scopegate::cli::dpop::certificate_thumbprint(&pem)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keygen {
             kid,
+            ec,
             key_out,
             jwks_out,
         } => {
-            let (pem, jwks) = mint::generate_rsa_key(&kid);
+            let (pem, jwks) = if ec {
+                mint::generate_ec_key(&kid)
+            } else {
+                mint::generate_rsa_key(&kid)
+            };
             std::fs::write(&key_out, pem)
                 .with_context(|| format!("writing {}", key_out.display()))?;
             std::fs::write(&jwks_out, jwks)

@@ -248,6 +248,8 @@ fn bench_token(pem: &str, sub: String, scope: &str) -> String {
         sub,
         ttl: Duration::from_secs(3 * 3600),
         claims: Vec::new(),
+        jkt: None,
+        x5t: None,
     };
     mint::mint(pem.as_bytes(), &req, scopegate::snapshot::unix_now()).unwrap()
 }

@@ -53,6 +53,8 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
             sub: "demo-user".into(),
             ttl: Duration::from_secs(3600),
             claims: Vec::new(),
+            jkt: None,
+            x5t: None,
         };
         mint::mint(&pem, &req, now)
     };

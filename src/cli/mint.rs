@@ -32,6 +32,13 @@ pub struct TokenRequest {
     /// Another claim, `k=v` (repeatable); `v` is read as JSON when it parses, else as a string.
     #[arg(long = "claim", value_parser = parse_claim)]
     pub claims: Vec<(String, serde_json::Value)>,
+    /// Bind the token to a DPoP key: its RFC 7638 thumbprint, as `cnf.jkt` (see `dpop-proof
+    /// --thumbprint`).
+    #[arg(long)]
+    pub jkt: Option<String>,
+    /// Bind the token to a client certificate: its SHA-256 thumbprint, as `cnf["x5t#S256"]`.
+    #[arg(long)]
+    pub x5t: Option<String>,
 }
 
 /// `k=v`: `v` as JSON when it parses (`true`, `3`, `["a","b"]`), else as a string.
@@ -77,6 +84,16 @@ pub fn mint(key_pem: &[u8], req: &TokenRequest, now: u64) -> Result<String, Mint
     });
     for (k, v) in &req.claims {
         claims[k] = v.clone();
+    }
+    let mut cnf = serde_json::Map::new();
+    if let Some(jkt) = &req.jkt {
+        cnf.insert("jkt".into(), jkt.clone().into());
+    }
+    if let Some(x5t) = &req.x5t {
+        cnf.insert("x5t#S256".into(), x5t.clone().into());
+    }
+    if !cnf.is_empty() {
+        claims["cnf"] = serde_json::Value::Object(cnf);
     }
     Ok(jsonwebtoken::encode(&header, &claims, &key)?)
 }

@@ -22,6 +22,7 @@ use crate::snapshot::{ForwardPlan, Snapshot};
 
 pub use crate::snapshot::quoted;
 pub use routes::{edit_distance, method_list};
+pub use tls::load_ca;
 
 /// Key stores of a running snapshot by (issuer, source), to carry into the next one.
 pub type PreviousKeys = HashMap<(String, KeySource), Arc<KeyStore>>;

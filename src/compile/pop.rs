@@ -21,12 +21,14 @@ pub fn proof_of_possession(
     let mechanism = match c.mechanism.get_ref().as_str() {
         "dpop" => Mechanism::Dpop,
         "mtls" => Mechanism::Mtls,
-        other => return Err(src.error(
-            Some(c.mechanism.span()),
-            format!(
+        other => {
+            return Err(src.error(
+                Some(c.mechanism.span()),
+                format!(
                 "{at}.mechanism = {other:?}: must be \"dpop\" (RFC 9449) or \"mtls\" (RFC 8705)"
             ),
-        )),
+            ))
+        }
     };
     if mechanism == Mechanism::Mtls {
         let tls = loaded.config.server.tls.as_ref().map(|t| t.get_ref());

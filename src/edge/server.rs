@@ -249,12 +249,16 @@ fn proxy_service(
 /// the full handshake on any worker.
 fn tls_acceptor(live: &LiveConfig) -> pingora_core::listeners::tls::Acceptor {
     pingora_rustls::install_default_crypto_provider();
-    let mut config = pingora_rustls::ServerConfig::builder_with_protocol_versions(&[
+    let builder = pingora_rustls::ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS12,
         &rustls::version::TLS13,
-    ])
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(LiveCertificate(live.clone())));
+    ]);
+    let process = &live.load().snapshot.process;
+    let builder = match client_verifier(process.client_certificates, process.client_ca.as_deref()) {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(LiveCertificate(live.clone())));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     match rustls::crypto::ring::Ticketer::new() {
         Ok(ticketer) => config.ticketer = ticketer,
@@ -263,6 +267,98 @@ fn tls_acceptor(live: &LiveConfig) -> pingora_core::listeners::tls::Acceptor {
         }
     }
     pingora_core::listeners::tls::Acceptor::from_server_config(Arc::new(config))
+}
+
+/// `[server.tls] client_certificates` (RFC 8705 §2): `request` asks for a certificate and takes
+/// any (the handshake still proves the client holds its key), `require` wants one that chains
+/// to `client_ca`. `None`: no client certificates asked for.
+fn client_verifier(
+    mode: crate::config::ClientCertificates,
+    client_ca: Option<&std::path::Path>,
+) -> Option<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    use crate::config::ClientCertificates;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    match mode {
+        ClientCertificates::None => None,
+        ClientCertificates::Request => Some(Arc::new(AnyClientCertificate(provider))),
+        ClientCertificates::Require => {
+            // Checked at load (a PEM file of usable certificates); one that went bad since
+            // stops the start rather than admit clients unchecked.
+            let mut roots = rustls::RootCertStore::empty();
+            if let Some(Ok(certs)) = client_ca.map(crate::compile::load_ca) {
+                for c in certs.iter() {
+                    let _ = roots.add(c.clone());
+                }
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build();
+            match verifier {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::error!(error = %e, "server.tls.client_ca: no client certificate can be verified; not starting");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+}
+
+/// `client_certificates = "request"`: any certificate, its key proven by the handshake.
+#[derive(Debug)]
+struct AnyClientCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// No buffers below the HTTP session. Reads: the parser reads into a growing buffer of its own
