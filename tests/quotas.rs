@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -208,66 +207,6 @@ fn the_window_recovers() {
         eventually(10, || p.get("/contacts", Some(&dave)).status == 200),
         "the window did not recover"
     );
-}
-
-/// A redis-server on an ephemeral port, stopped when dropped.
-struct Redis {
-    guard: Option<ProcessGroup>,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let guard = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn_group()
-            .expect("redis-server (apt-get install redis-server)");
-        let redis = Redis {
-            guard: Some(guard),
-            port,
-        };
-        assert!(
-            eventually(20, || redis.ping()),
-            "redis-server did not answer PING"
-        );
-        redis
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-    }
-
-    /// One command in Redis's inline form; the raw reply.
-    fn command(&self, line: &str) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        let mut buf = vec![0u8; 65536];
-        let n = s.read(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    fn stop(&mut self) {
-        self.guard.take();
-    }
 }
 
 #[test]

@@ -222,6 +222,14 @@ fn warn_restart_only(running: &ProcessSettings, configured: &ProcessSettings) {
         configured.tls.to_string(),
     );
     changed(
+        "server.tls.client_certificates, client_ca",
+        format!("{:?} {:?}", running.client_certificates, running.client_ca),
+        format!(
+            "{:?} {:?}",
+            configured.client_certificates, configured.client_ca
+        ),
+    );
+    changed(
         "tracing",
         format!("{:?}", running.tracing),
         format!("{:?}", configured.tracing),

@@ -15,10 +15,12 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 mod echo;
 pub mod process;
+pub mod redis;
 pub use echo::{
     spawn_upstream, spawn_upstream_on, EchoRequest, EchoResponse, Handler, UpstreamHandle,
 };
 pub use process::{ProcessGroup, SpawnGroup};
+pub use redis::Redis;
 use serde_json::{json, Value};
 
 pub const ISS: &str = "https://issuer.test/";
