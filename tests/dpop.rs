@@ -614,3 +614,53 @@ fn replicas_share_replay_detection_and_nonces_through_redis_and_refuse_dpop_when
     assert!(metric(&m(), "scopegate_shared_state_errors_total{op=\"replay\"}") >= 1.0);
     assert!(a.log().contains("shared state unreachable"), "{}", a.log());
 }
+
+#[test]
+fn strip_token_drops_the_proof_too_and_metadata_names_what_proofs_are_taken() {
+    let port = free_port();
+    let pay = apis("").replacen(
+        "audience = \"https://pay.test\"\n",
+        "audience = \"https://pay.test\"\nresource_metadata = true\n",
+        1,
+    );
+    let extra = format!("[forward]\nstrip_token = true\n\n{pay}");
+    let p = Proxy::start(
+        &config_full(port, None, &[start_echo("a")], &file_issuer(), &extra),
+        port,
+    );
+    let key = DpopKey::new();
+    let token = key.token("read:contacts", PAY);
+    let proof = key.proof("GET", "http://pay.test/contacts", &token);
+    let r = call(
+        &p,
+        "GET",
+        "pay.test",
+        "/contacts",
+        Some(("DPoP", &token)),
+        &[&proof],
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.upstream_header("authorization"), None);
+    assert_eq!(r.upstream_header("dpop"), None);
+
+    let r = call(
+        &p,
+        "GET",
+        "pay.test",
+        "/.well-known/oauth-protected-resource",
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert_eq!(
+        doc["dpop_signing_alg_values_supported"],
+        json!(["ES256", "EdDSA", "PS256", "RS256"])
+    );
+    assert_eq!(doc["dpop_bound_access_tokens_required"], json!(true));
+    let r = call(&p, "GET", "pay.test", "/contacts", None, &[]);
+    assert_eq!(
+        r.header("WWW-Authenticate"),
+        Some("DPoP algs=\"ES256 EdDSA PS256 RS256\", resource_metadata=\"http://pay.test/.well-known/oauth-protected-resource\"")
+    );
+}

@@ -223,13 +223,31 @@ fn resource_metadata(
             all
         }
     };
-    let document = serde_json::json!({
+    let mut document = serde_json::json!({
         "resource": audience,
         "authorization_servers": idx.iter().map(|&i| issuers[i].issuer.as_str()).collect::<Vec<_>>(),
         "scopes_supported": scopes,
         "bearer_methods_supported": ["header"],
-    })
-    .to_string();
+    });
+    // RFC 9728 §2: what DPoP proofs the API takes, and whether its tokens must be bound.
+    match &api.pop {
+        Some(pop) if pop.mechanism == crate::snapshot::Mechanism::Dpop => {
+            let algs: Vec<String> = pop
+                .dpop
+                .algorithms
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect();
+            document["dpop_signing_alg_values_supported"] = serde_json::json!(algs);
+            document["dpop_bound_access_tokens_required"] = serde_json::json!(pop.required);
+        }
+        Some(pop) => {
+            document["tls_client_certificate_bound_access_tokens"] =
+                serde_json::json!(pop.required);
+        }
+        None => {}
+    }
+    let document = document.to_string();
     let host = uri
         .as_ref()
         .and_then(|u| u.host())

@@ -255,7 +255,7 @@ fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
 }
 
 /// A request header never passed on as the client sent it: claim headers (ours alone), the
-/// token when `strip_token`, forwarding headers (we are the edge: replaced, not trusted),
+/// token and its DPoP proof when `strip_token`, forwarding headers (we are the edge: replaced, not trusted),
 /// hop-by-hop and proxy headers, and names with `_`, which CGI and WSGI backends read as `-`
 /// (nginx drops them by default, for the same reason). Pingora's upstream request policy
 /// strips hop-by-hop headers and those `Connection` names before this runs; the list holds
@@ -282,7 +282,9 @@ pub(super) fn not_forwarded(name: &str, snapshot: &Snapshot, trusted_peer: bool)
     ];
     name.contains('_')
         || ALWAYS.iter().any(|a| name.eq_ignore_ascii_case(a))
-        || (snapshot.forward.strip_token && name.eq_ignore_ascii_case(AUTHORIZATION.as_str()))
+        || (snapshot.forward.strip_token
+            && (name.eq_ignore_ascii_case(AUTHORIZATION.as_str())
+                || name.eq_ignore_ascii_case(crate::sender::DPOP.as_str())))
         || snapshot
             .verifier
             .claim_headers()
