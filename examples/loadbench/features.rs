@@ -2,8 +2,10 @@
 //! defaults in the same run. A route under one `sub` quota that is never exceeded, counted
 //! in-process and shared on Redis (redis-server on core 1), for one caller and for 10,000
 //! callers; tracing to an OTLP/HTTP sink (nginx answering 200 on core 1) at `sample_ratio`
-//! 0.01 and 1.0; refusals (a forged signature), which the console's ring records. Every
-//! scopegate on core 0, wrk + nginx (+ redis) on core 1; CPU per request beside rps.
+//! 0.01 and 1.0; refusals (a forged signature), which the console's ring records; DPoP-bound
+//! tokens, each request with a fresh ES256 proof (made ahead, one per request, so none is a
+//! replay). Every scopegate on core 0, wrk + nginx (+ redis) on core 1; CPU per request beside
+//! rps.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -60,7 +62,7 @@ pub fn run(secs: u64, rounds: usize) {
     wait_port(redis_port);
 
     let quota = "[quotas.per_user]\nkey = \"sub\"\nlimit = 1000000000\nwindow_seconds = 60\n";
-    let variants: [(&str, String); 5] = [
+    let variants: [(&str, String); 6] = [
         ("defaults", String::new()),
         ("quota in-process", quota.to_string()),
         (
@@ -76,6 +78,10 @@ pub fn run(secs: u64, rounds: usize) {
         (
             "tracing 1.0",
             format!("[tracing]\notlp_endpoint = \"http://127.0.0.1:{otlp}\"\nsample_ratio = 1.0\n"),
+        ),
+        (
+            "dpop required",
+            "[proof_of_possession]\nmechanism = \"dpop\"\ndpop_max_age_seconds = 3600\n".into(),
         ),
     ];
     let mut procs = Vec::new();
@@ -120,13 +126,61 @@ pub fn run(secs: u64, rounds: usize) {
     let bad_h = format!("Authorization: Bearer {bad}");
     let url = |port: u16| format!("http://127.0.0.1:{port}/contacts");
 
+    // DPoP: one token bound to a P-256 key, and a fresh proof for each request of a round.
+    let (dpop_pem, _) = mint::generate_ec_key("dpop");
+    let jkt = scopegate::cli::dpop::key_thumbprint(dpop_pem.as_bytes()).unwrap();
+    let bound = mint::mint(
+        pem.as_bytes(),
+        &mint::TokenRequest {
+            kid: Some("bench".into()),
+            scope: "read:contacts".into(),
+            iss: super::ISS.into(),
+            aud: super::AUD.into(),
+            sub: "bench-user".into(),
+            ttl: std::time::Duration::from_secs(3 * 3600),
+            claims: Vec::new(),
+            jkt: Some(jkt),
+            x5t: None,
+        },
+        scopegate::snapshot::unix_now(),
+    )
+    .unwrap();
+    let dpop_port = procs[5].0;
+    let proofs = d.join("proofs.txt");
+    let dpop_script = d.join("dpop.lua");
+    std::fs::write(
+        &dpop_script,
+        format!(
+            "local proofs = {{}}\nfor line in io.lines(\"{}\") do proofs[#proofs + 1] = line end\nlocal i = 0\nrequest = function()\n  i = i % #proofs + 1\n  return wrk.format(\"GET\", \"/contacts\", {{ [\"Authorization\"] = \"DPoP {bound}\", [\"DPoP\"] = proofs[i] }})\nend\n",
+            proofs.display()
+        ),
+    )
+    .unwrap();
+    // More proofs than a round's requests at 40,000 requests/s; made before each DPoP run.
+    let make_proofs = |count: usize| {
+        let req = scopegate::cli::dpop::ProofRequest {
+            method: "GET".into(),
+            url: Some(format!("http://127.0.0.1:{dpop_port}/contacts")),
+            token: Some(bound.clone()),
+            nonce: None,
+            thumbprint: false,
+        };
+        let now = scopegate::snapshot::unix_now();
+        let lines: Vec<String> = (0..count)
+            .map(|_| scopegate::cli::dpop::dpop_proof(dpop_pem.as_bytes(), &req, now).unwrap())
+            .collect();
+        std::fs::write(&proofs, lines.join("\n") + "\n").unwrap();
+    };
+    let per_round = (40_000 * secs.max(1)) as usize;
+
     enum Load {
         One,
         Pool,
         Bad,
+        Dpop,
     }
     // (name, variant, load)
-    let plan: [(&str, usize, Load); 9] = [
+    let plan: [(&str, usize, Load); 10] = [
         ("defaults, one token", 0, Load::One),
         ("quota in-process, one caller", 1, Load::One),
         ("quota on Redis, one caller", 2, Load::One),
@@ -136,21 +190,28 @@ pub fn run(secs: u64, rounds: usize) {
         ("tracing sample_ratio 0.01", 3, Load::One),
         ("tracing sample_ratio 1.0", 4, Load::One),
         ("defaults, bad signature (refusals)", 0, Load::Bad),
+        ("DPoP required, ES256 proof each request", 5, Load::Dpop),
     ];
     let mut rows: Vec<Row> = plan.iter().map(|(name, ..)| Row::new(*name)).collect();
-    for (port, _) in &procs {
+    for (port, _) in &procs[..5] {
         wrk(&url(*port), None, Some(&one_h), 2, 50);
         wrk(&url(*port), Some(&script), None, 2, 50);
     }
+    make_proofs(per_round / 2);
+    wrk(&url(dpop_port), Some(&dpop_script), None, 2, 50);
     for round in 0..rounds {
         eprintln!("round {}/{rounds} ...", round + 1);
         for (i, (_, v, load)) in plan.iter().enumerate() {
             let (port, child) = &procs[*v];
             let pid = child.0.id();
+            if matches!(load, Load::Dpop) {
+                make_proofs(per_round);
+            }
             rows[i].measure(pid, || match load {
                 Load::One => wrk(&url(*port), None, Some(&one_h), secs, 50),
                 Load::Pool => wrk(&url(*port), Some(&script), None, secs, 50),
                 Load::Bad => wrk(&url(*port), None, Some(&bad_h), secs, 50),
+                Load::Dpop => wrk(&url(*port), Some(&dpop_script), None, secs, 50),
             });
         }
     }
@@ -168,6 +229,7 @@ pub fn run(secs: u64, rounds: usize) {
         ("quota on Redis, 10,000 callers", 5, 3, "[<= 15 %]"),
         ("tracing sample_ratio 0.01", 6, 0, "[<= 3 %]"),
         ("tracing sample_ratio 1.0", 7, 0, "[<= 20 %]"),
+        ("DPoP (ES256 proof) vs Bearer", 9, 0, "[reported]"),
     ] {
         println!("  {what:<36} {:+.1} % {target}", cost(i, base) * 100.0);
     }
