@@ -664,3 +664,47 @@ fn strip_token_drops_the_proof_too_and_metadata_names_what_proofs_are_taken() {
         Some("DPoP algs=\"ES256 EdDSA PS256 RS256\", resource_metadata=\"http://pay.test/.well-known/oauth-protected-resource\"")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_the_proof_names_the_https_url_and_is_good_once() {
+    let key_pair = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key_pair)
+        .unwrap();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), &key().jwks).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key_pair.serialize_pem()).unwrap();
+    let text = config_full(port, None, &[start_echo("a")], &file_issuer(), "").replacen(
+        "threads = 1",
+        "threads = 1\ntls = { cert = \"cert.pem\", key = \"key.pem\" }",
+        1,
+    );
+    std::fs::write(dir.path().join("scopegate.toml"), text).unwrap();
+    let _p = Proxy::start_in(dir, port);
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let key = DpopKey::new();
+    let token = key.token("read:contacts", AUD);
+    let url = format!("https://127.0.0.1:{port}/contacts");
+    let send = |proof: String| {
+        client
+            .get(&url)
+            .header("Authorization", format!("DPoP {token}"))
+            .header("DPoP", proof)
+            .send()
+    };
+    let proof = key.proof("GET", &url, &token);
+    let r = send(proof.clone()).await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let r = send(proof).await.unwrap();
+    assert_eq!(r.status(), 401, "a replay over HTTP/2");
+    let plain = format!("http://127.0.0.1:{port}/contacts");
+    let r = send(key.proof("GET", &plain, &token)).await.unwrap();
+    assert_eq!(r.status(), 401, "htu names http:// on an https listener");
+}
