@@ -853,36 +853,19 @@ pub fn decide_as<'r>(
     caller: Caller<'_>,
     now: u64,
 ) -> Verdict<'r> {
-    let bad = |description, normalized| Verdict {
-        decision: Decision::Refuse(Refusal::BadRequest { description }),
-        cors: None,
-        principal: None,
-        normalized,
-        sender: SenderOutcome::default(),
+    let bad = |description, normalized| {
+        Verdict::answered(
+            Decision::Refuse(Refusal::BadRequest { description }),
+            None,
+            normalized,
+        )
     };
     // 1-2. A target we cannot normalize safely, or whose host is unclear, is refused first.
     if let Some(flaw) = req.target_flaw {
         return bad(flaw.description(), None);
     }
-    // scopegate never tunnels: CONNECT is refused before any route (an `ANY` one included) can
-    // take it, naming the methods the path's routes allow (none for an authority-form target,
-    // or HTTP/2's CONNECT, which has no path).
     if *req.method == Method::CONNECT {
-        let set = snapshot.route_set(req.host().ok().flatten());
-        let allow = normalize(req.path)
-            .ok()
-            .and_then(|p| set.router.allowed(&p))
-            .map(|(methods, _)| methods.join(", "))
-            .unwrap_or_default();
-        return Verdict {
-            decision: Decision::Refuse(Refusal::MethodNotAllowed {
-                allow: Cow::Owned(allow),
-            }),
-            cors: None,
-            principal: None,
-            normalized: None,
-            sender: SenderOutcome::default(),
-        };
+        return Verdict::answered(connect_refused(snapshot, &req), None, None);
     }
     let path = match normalize(req.path) {
         Ok(p) => p,
@@ -911,25 +894,13 @@ pub fn decide_as<'r>(
             (req.origin(), req.headers.get(ACCESS_CONTROL_REQUEST_METHOD))
         {
             let decision = preflight(set, &path, scope, requested);
-            return Verdict {
-                decision,
-                cors: None,
-                principal: None,
-                normalized,
-                sender: SenderOutcome::default(),
-            };
+            return Verdict::answered(decision, None, normalized);
         }
     }
     // RFC 9728 metadata of the host's APIs, served without a token.
     if matches!(*req.method, Method::GET | Method::HEAD) {
         if let Some(&(_, api)) = set.metadata.iter().find(|(p, _)| *p == path) {
-            return Verdict {
-                decision: Decision::Metadata { api },
-                cors,
-                principal: None,
-                normalized,
-                sender: SenderOutcome::default(),
-            };
+            return Verdict::answered(Decision::Metadata { api }, cors, normalized);
         }
     }
     let authenticate = |apis: &[usize], target: Target<'_>| {
@@ -944,6 +915,38 @@ pub fn decide_as<'r>(
         normalized,
         sender,
     }
+}
+
+impl<'r> Verdict<'r> {
+    /// A decision made before any token was looked at.
+    fn answered(
+        decision: Decision<'r>,
+        cors: Option<CorsScope<'r>>,
+        normalized: Option<String>,
+    ) -> Verdict<'r> {
+        Verdict {
+            decision,
+            cors,
+            principal: None,
+            normalized,
+            sender: SenderOutcome::default(),
+        }
+    }
+}
+
+/// scopegate never tunnels: CONNECT is refused before any route (an `ANY` one included) can
+/// take it, naming the methods the path's routes allow (none for an authority-form target, or
+/// HTTP/2's CONNECT, which has no path).
+fn connect_refused<'r>(snapshot: &Snapshot, req: &Request<'_>) -> Decision<'r> {
+    let set = snapshot.route_set(req.host().ok().flatten());
+    let allow = normalize(req.path)
+        .ok()
+        .and_then(|p| set.router.allowed(&p))
+        .map(|(methods, _)| methods.join(", "))
+        .unwrap_or_default();
+    Decision::Refuse(Refusal::MethodNotAllowed {
+        allow: Cow::Owned(allow),
+    })
 }
 
 /// Steps 4-7 for a request whose host selected `set`; `authenticate` is step 5 for some APIs.

@@ -301,22 +301,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// `scopegate run`: the proxy, until it is stopped.
+fn run(config: Option<PathBuf>, upgrade: bool) -> ExitCode {
+    init_logging();
+    let path = config.unwrap_or_else(config::default_path);
+    let start = if upgrade {
+        edge::server::Start::Upgrade
+    } else {
+        edge::server::Start::Fresh
+    };
+    match edge::server::run(&path, start) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config, upgrade } => {
-            init_logging();
-            let path = config.unwrap_or_else(config::default_path);
-            let start = if upgrade {
-                edge::server::Start::Upgrade
-            } else {
-                edge::server::Start::Fresh
-            };
-            if let Err(e) = edge::server::run(&path, start) {
-                eprintln!("{e}");
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Run { config, upgrade } => Ok(run(config, upgrade)),
         Command::Check { config } => Ok(check(&config.unwrap_or_else(config::default_path))),
         Command::Explain {
             config,
@@ -349,20 +354,23 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         )),
         Command::Diff { old, new } => Ok(diff(&old, &new)),
         Command::Token { key, request } => {
-            let pem = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
-            println!("{}", mint::mint(&pem, &request, snapshot::unix_now())?);
+            println!(
+                "{}",
+                mint::mint(&read(&key)?, &request, snapshot::unix_now())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::DpopProof { key, request } => {
-            let pem = std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
+            let pem = read(&key)?;
             let proof = scopegate::cli::dpop::dpop_proof(&pem, &request, snapshot::unix_now())?;
             println!("{proof}");
             Ok(ExitCode::SUCCESS)
         }
         Command::CertThumbprint { cert } => {
-            let pem =
-                std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?;
-            println!("{}", scopegate::cli::dpop::certificate_thumbprint(&pem)?);
+            println!(
+                "{}",
+                scopegate::cli::dpop::certificate_thumbprint(&read(&cert)?)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen {
@@ -370,19 +378,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             ec,
             key_out,
             jwks_out,
-        } => {
-            let (pem, jwks) = if ec {
-                mint::generate_ec_key(&kid)
-            } else {
-                mint::generate_rsa_key(&kid)
-            };
-            std::fs::write(&key_out, pem)
-                .with_context(|| format!("writing {}", key_out.display()))?;
-            std::fs::write(&jwks_out, jwks)
-                .with_context(|| format!("writing {}", jwks_out.display()))?;
-            println!("wrote {} and {}", key_out.display(), jwks_out.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => keygen(&kid, ec, &key_out, &jwks_out),
         Command::Openapi { command } => openapi(command),
         Command::Demo { listen } => {
             init_logging();
@@ -390,4 +386,26 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `scopegate keygen`: a signing key (RSA, or P-256 with `--ec`) and the JWKS publishing it.
+fn keygen(
+    kid: &str,
+    ec: bool,
+    key_out: &std::path::Path,
+    jwks_out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let (pem, jwks) = if ec {
+        mint::generate_ec_key(kid)
+    } else {
+        mint::generate_rsa_key(kid)
+    };
+    std::fs::write(key_out, pem).with_context(|| format!("writing {}", key_out.display()))?;
+    std::fs::write(jwks_out, jwks).with_context(|| format!("writing {}", jwks_out.display()))?;
+    println!("wrote {} and {}", key_out.display(), jwks_out.display());
+    Ok(ExitCode::SUCCESS)
 }

@@ -322,65 +322,75 @@ fn serve(url: String, timeout: Duration, mut rx: mpsc::Receiver<Job>, health: Ar
         let take = redis::Script::new(TAKE);
         let give_back = redis::Script::new(GIVE_BACK);
         while let Some(job) = rx.recv().await {
-            let mut con = manager.clone();
+            let con = manager.clone();
             let (take, give_back, health) = (take.clone(), give_back.clone(), health.clone());
             // Each operation on its own task: one slow answer holds up no other.
-            tokio::spawn(async move {
-                match job {
-                    Job::QuotaTake {
-                        key,
-                        limit,
-                        width_ms,
-                        want,
-                        reply,
-                    } => {
-                        let r: redis::RedisResult<(u32, u64, u64, u64, u64)> = take
-                            .key(key)
-                            .arg(limit)
-                            .arg(width_ms)
-                            .arg(SUB_BUCKETS)
-                            .arg(want)
-                            .invoke_async(&mut con)
-                            .await;
-                        let _ = reply.send(r.map(|(granted, bucket, ms_left, free_in_ms, counted)| Grant {
-                            granted,
-                            bucket,
-                            ms_left,
-                            free_in_ms,
-                            counted,
-                        }));
-                    }
-                    Job::QuotaGiveBack { key, bucket, count } => {
-                        let r: redis::RedisResult<i64> = give_back
-                            .key(format!("{key}{bucket}"))
-                            .arg(count)
-                            .invoke_async(&mut con)
-                            .await;
-                        if let Err(e) = r {
-                            health.failed("quota", &e.to_string());
-                        }
-                    }
-                    Job::Replay { key, ttl, reply } => {
-                        let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
-                            .arg(format!("scopegate:dpop:{key}"))
-                            .arg(1)
-                            .arg("NX")
-                            .arg("EX")
-                            .arg(ttl)
-                            .query_async(&mut con)
-                            .await;
-                        let _ = reply.send(r.map(|set| set.is_some()));
-                    }
-                    Job::Probe => {
-                        let r: redis::RedisResult<String> =
-                            redis::cmd("PING").query_async(&mut con).await;
-                        match r {
-                            Ok(_) => health.reached(),
-                            Err(e) => health.down(&e.to_string()),
-                        }
-                    }
-                }
-            });
+            tokio::spawn(run(job, con, take, give_back, health));
         }
     });
+}
+
+/// One operation on the store.
+async fn run(
+    job: Job,
+    mut con: redis::aio::ConnectionManager,
+    take: redis::Script,
+    give_back: redis::Script,
+    health: Arc<Health>,
+) {
+    match job {
+        Job::QuotaTake {
+            key,
+            limit,
+            width_ms,
+            want,
+            reply,
+        } => {
+            let r: redis::RedisResult<(u32, u64, u64, u64, u64)> = take
+                .key(key)
+                .arg(limit)
+                .arg(width_ms)
+                .arg(SUB_BUCKETS)
+                .arg(want)
+                .invoke_async(&mut con)
+                .await;
+            let _ = reply.send(
+                r.map(|(granted, bucket, ms_left, free_in_ms, counted)| Grant {
+                    granted,
+                    bucket,
+                    ms_left,
+                    free_in_ms,
+                    counted,
+                }),
+            );
+        }
+        Job::QuotaGiveBack { key, bucket, count } => {
+            let r: redis::RedisResult<i64> = give_back
+                .key(format!("{key}{bucket}"))
+                .arg(count)
+                .invoke_async(&mut con)
+                .await;
+            if let Err(e) = r {
+                health.failed("quota", &e.to_string());
+            }
+        }
+        Job::Replay { key, ttl, reply } => {
+            let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                .arg(format!("scopegate:dpop:{key}"))
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(ttl)
+                .query_async(&mut con)
+                .await;
+            let _ = reply.send(r.map(|set| set.is_some()));
+        }
+        Job::Probe => {
+            let r: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut con).await;
+            match r {
+                Ok(_) => health.reached(),
+                Err(e) => health.down(&e.to_string()),
+            }
+        }
+    }
 }

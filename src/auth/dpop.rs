@@ -201,24 +201,7 @@ pub fn check(
     };
     let header: ProofHeader = decode_part(h).ok_or(bad(F::Malformed))?;
     let claims: Map<String, Value> = decode_part(p).ok_or(bad(F::Malformed))?;
-    if header.typ.as_deref().map(media_type).as_deref() != Some("dpop+jwt") {
-        return Err(bad(F::Type));
-    }
-    let alg = Algorithm::from_str(&header.alg).map_err(|_| bad(F::Algorithm))?;
-    if !is_proof_algorithm(alg) || !policy.algorithms.contains(&alg) {
-        return Err(bad(F::Algorithm));
-    }
-    if header.crit.is_some() {
-        return Err(bad(F::Critical));
-    }
-    let jwk = header.jwk.ok_or(bad(F::Key))?;
-    let key = public_key(&jwk, alg)?;
-    let signing_input = &proof[..h.len() + 1 + p.len()];
-    let verified = !signature.is_empty()
-        && jsonwebtoken::crypto::verify(signature, signing_input, &key, alg).unwrap_or(false);
-    if !verified {
-        return Err(bad(F::Signature));
-    }
+    let jwk = verify_jws(header, &proof[..h.len() + 1 + p.len()], signature, policy)?;
     if claims.get("htm").and_then(Value::as_str) != Some(target.method) {
         return Err(bad(F::Method));
     }
@@ -261,6 +244,36 @@ pub fn check(
         // Long enough to outlive every `iat` still accepted.
         ttl: policy.max_age + expect.leeway + 1,
     })
+}
+
+/// The proof's JOSE header checked (`typ`, `alg`, no `crit`, a public `jwk`) and the
+/// signature over `signing_input` verified with that `jwk`, which is returned.
+fn verify_jws(
+    header: ProofHeader,
+    signing_input: &[u8],
+    signature: &str,
+    policy: &DpopPolicy,
+) -> Result<Map<String, Value>, DpopError> {
+    use ProofFlaw as F;
+    let bad = DpopError::Invalid;
+    if header.typ.as_deref().map(media_type).as_deref() != Some("dpop+jwt") {
+        return Err(bad(F::Type));
+    }
+    let alg = Algorithm::from_str(&header.alg).map_err(|_| bad(F::Algorithm))?;
+    if !is_proof_algorithm(alg) || !policy.algorithms.contains(&alg) {
+        return Err(bad(F::Algorithm));
+    }
+    if header.crit.is_some() {
+        return Err(bad(F::Critical));
+    }
+    let jwk = header.jwk.ok_or(bad(F::Key))?;
+    let key = public_key(&jwk, alg)?;
+    let verified = !signature.is_empty()
+        && jsonwebtoken::crypto::verify(signature, signing_input, &key, alg).unwrap_or(false);
+    if !verified {
+        return Err(bad(F::Signature));
+    }
+    Ok(jwk)
 }
 
 /// A base64url JSON part, refusing duplicate member names as token parts are.

@@ -7,29 +7,10 @@ use crate::snapshot::{Accepts, Snapshot};
 pub fn route_table(snap: &Snapshot) -> String {
     let mut out = String::new();
     for (i, api) in snap.apis.iter().enumerate() {
-        let hosts = if api.hosts.is_empty() {
-            "any host".to_string()
-        } else {
-            let names: Vec<String> = api.hosts.iter().map(|h| h.to_string()).collect();
-            format!("hosts {}", names.join(" "))
-        };
-        let audience = match &api.accepts {
-            Accepts::Audience { audience, .. } => format!("audience {audience}"),
-            Accepts::PerIssuer(_) => "audiences of each issuer".to_string(),
-        };
-        let prefix = api
-            .strip_prefix
-            .as_ref()
-            .map(|p| format!(", strip_prefix {p}"))
-            .unwrap_or_default();
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&format!(
-            "API {} ({audience}, {hosts}{prefix}{})\n",
-            api.display_name(),
-            if api.cors.is_some() { ", cors" } else { "" }
-        ));
+        out.push_str(&api_heading(api));
         let routes: Vec<&crate::snapshot::Route> =
             snap.routes.iter().filter(|r| r.api == i).collect();
         // A QUOTAS column only for APIs with quotas; the quotas themselves listed below.
@@ -87,6 +68,42 @@ pub fn route_table(snap: &Snapshot) -> String {
         }
     }
     out
+}
+
+/// `API name (audience ..., hosts ..., strip_prefix ..., cors, dpop required)`.
+fn api_heading(api: &crate::snapshot::Api) -> String {
+    let hosts = if api.hosts.is_empty() {
+        "any host".to_string()
+    } else {
+        let names: Vec<String> = api.hosts.iter().map(|h| h.to_string()).collect();
+        format!("hosts {}", names.join(" "))
+    };
+    let audience = match &api.accepts {
+        Accepts::Audience { audience, .. } => format!("audience {audience}"),
+        Accepts::PerIssuer(_) => "audiences of each issuer".to_string(),
+    };
+    let prefix = api
+        .strip_prefix
+        .as_ref()
+        .map(|p| format!(", strip_prefix {p}"))
+        .unwrap_or_default();
+    let cors = if api.cors.is_some() { ", cors" } else { "" };
+    let pop = match &api.pop {
+        None => String::new(),
+        Some(p) => {
+            let mechanism = match p.mechanism {
+                crate::snapshot::Mechanism::Dpop => "dpop",
+                crate::snapshot::Mechanism::Mtls => "mtls",
+            };
+            let how = if p.required { "required" } else { "optional" };
+            let nonce = if p.dpop.nonce { " with nonces" } else { "" };
+            format!(", {mechanism} {how}{nonce}")
+        }
+    };
+    format!(
+        "API {} ({audience}, {hosts}{prefix}{cors}{pop})\n",
+        api.display_name()
+    )
 }
 
 /// Columns padded to their widest cell, two spaces apart.

@@ -49,24 +49,7 @@ pub fn apis(
         report_only: false,
     };
     if !cfg.routes.is_empty() {
-        let pop = match &cfg.proof_of_possession {
-            Some(p) => Some(super::pop::proof_of_possession(
-                loaded,
-                "proof_of_possession",
-                p,
-            )?),
-            None => None,
-        };
-        apis.push(Api {
-            name: None,
-            accepts: Accepts::PerIssuer(issuer_audiences),
-            hosts: Vec::new(),
-            strip_prefix: None,
-            cors: None,
-            report_only: false,
-            metadata: None,
-            pop,
-        });
+        apis.push(top_level_api(loaded, issuer_audiences)?);
         for r in &cfg.routes {
             routes.push(route(loaded, r.get_ref(), Some(r.span()), &base)?);
         }
@@ -104,6 +87,24 @@ pub fn apis(
         sets,
         hosts,
         warnings,
+    })
+}
+
+/// The implicit API of the top-level `[[routes]]`: no hosts, each issuer's audiences.
+fn top_level_api(
+    loaded: &LoadedConfig,
+    issuer_audiences: Vec<Vec<String>>,
+) -> Result<Api, ConfigError> {
+    let section = &loaded.config.proof_of_possession;
+    Ok(Api {
+        name: None,
+        accepts: Accepts::PerIssuer(issuer_audiences),
+        hosts: Vec::new(),
+        strip_prefix: None,
+        cors: None,
+        report_only: false,
+        metadata: None,
+        pop: super::pop::optional(loaded, "proof_of_possession", section)?,
     })
 }
 
@@ -167,14 +168,8 @@ fn api(
     if routes.is_empty() {
         tracing::warn!(api = name, "API has no routes");
     }
-    let pop = match &ac.proof_of_possession {
-        Some(p) => Some(super::pop::proof_of_possession(
-            loaded,
-            &format!("apis.{name}.proof_of_possession"),
-            p,
-        )?),
-        None => None,
-    };
+    let at = format!("apis.{name}.proof_of_possession");
+    let pop = super::pop::optional(loaded, &at, &ac.proof_of_possession)?;
     Ok(Api {
         name: Some(name.to_string()),
         accepts: Accepts::Audience {

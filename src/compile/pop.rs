@@ -10,6 +10,18 @@ use crate::auth::dpop::{is_proof_algorithm, DpopPolicy, NonceKey};
 use crate::config::{ClientCertificates, ConfigError, LoadedConfig, ProofOfPossessionConfig};
 use crate::snapshot::{Mechanism, ProofOfPossession};
 
+/// A `proof_of_possession` table if there is one, checked; `at` names it in messages.
+pub fn optional(
+    loaded: &LoadedConfig,
+    at: &str,
+    section: &Option<Spanned<ProofOfPossessionConfig>>,
+) -> Result<Option<ProofOfPossession>, ConfigError> {
+    section
+        .as_ref()
+        .map(|s| proof_of_possession(loaded, at, s))
+        .transpose()
+}
+
 /// One `proof_of_possession` table, checked; `at` names it in messages.
 pub fn proof_of_possession(
     loaded: &LoadedConfig,

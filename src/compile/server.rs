@@ -55,31 +55,7 @@ pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, Config
             .map_err(|m| src.error(Some(blocks.span()), format!("server.trusted_proxies: {m}")))?,
         None => TrustedProxies::default(),
     };
-    let tls = server.tls.as_ref().map(|t| (t.span(), t.get_ref()));
-    let client_certificates = tls
-        .as_ref()
-        .map_or(ClientCertificates::None, |(_, t)| t.client_certificates);
-    let client_ca = match tls {
-        Some((span, t)) => match (&t.client_ca, t.client_certificates) {
-            (Some(ca), ClientCertificates::Require) => {
-                let path = loaded.resolve(ca);
-                super::tls::load_ca(&path)
-                    .map_err(|m| src.error(Some(span), format!("server.tls.client_ca: {m}")))?;
-                Some(path)
-            }
-            (None, ClientCertificates::Require) => {
-                return Err(src.error(Some(span), "server.tls: client_certificates = \"require\" needs client_ca = \"ca.pem\" (the CA client certificates must chain to)"));
-            }
-            (Some(_), _) => {
-                return Err(src.error(
-                    Some(span),
-                    "server.tls.client_ca is used only with client_certificates = \"require\"",
-                ));
-            }
-            (None, _) => None,
-        },
-        None => None,
-    };
+    let (client_certificates, client_ca) = client_auth(loaded)?;
     Ok(ProcessSettings {
         listen,
         admin_listen: server.admin_listen.as_ref().map(|a| a.get_ref().clone()),
@@ -96,6 +72,36 @@ pub fn process_settings(loaded: &LoadedConfig) -> Result<ProcessSettings, Config
         client_ca,
         tracing: tracing_settings(loaded)?,
     })
+}
+
+/// `[server.tls] client_certificates` and `client_ca`: `client_ca` with `require`, and only then.
+fn client_auth(
+    loaded: &LoadedConfig,
+) -> Result<(ClientCertificates, Option<std::path::PathBuf>), ConfigError> {
+    let src = &loaded.source;
+    let Some(t) = &loaded.config.server.tls else {
+        return Ok((ClientCertificates::None, None));
+    };
+    let (span, tls) = (t.span(), t.get_ref());
+    let ca = match (&tls.client_ca, tls.client_certificates) {
+        (Some(ca), ClientCertificates::Require) => {
+            let path = loaded.resolve(ca);
+            super::tls::load_ca(&path)
+                .map_err(|m| src.error(Some(span), format!("server.tls.client_ca: {m}")))?;
+            Some(path)
+        }
+        (None, ClientCertificates::Require) => {
+            return Err(src.error(Some(span), "server.tls: client_certificates = \"require\" needs client_ca = \"ca.pem\" (the CA client certificates must chain to)"));
+        }
+        (Some(_), _) => {
+            return Err(src.error(
+                Some(span),
+                "server.tls.client_ca is used only with client_certificates = \"require\"",
+            ));
+        }
+        (None, _) => None,
+    };
+    Ok((tls.client_certificates, ca))
 }
 
 /// `[tracing]`: an http(s) base URL and a ratio between 0 and 1.

@@ -78,6 +78,49 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
     metric
 }
 
+/// The request duration histogram, the config generation, and the dropped-lines and
+/// dropped-spans counters.
+fn unlabelled(registry: &Registry) -> (HistogramVec, IntGauge, IntCounter, IntCounter) {
+    let duration = register(
+        registry,
+        HistogramVec::new(
+            HistogramOpts::new(
+                "scopegate_request_duration_seconds",
+                "Time from request to response, by route.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route"],
+        ),
+    );
+    let config_generation = register(
+        registry,
+        IntGauge::new(
+            "scopegate_config_generation",
+            "Generation of the config in use (1 at start).",
+        ),
+    );
+    let access_log_dropped = register(
+        registry,
+        IntCounter::new(
+            "scopegate_access_log_dropped_total",
+            "Access-log lines dropped because the writer could not keep up.",
+        ),
+    );
+    let spans_dropped = register(
+        registry,
+        IntCounter::new(
+            "scopegate_spans_dropped_total",
+            "Trace spans dropped because the exporter's queue was full.",
+        ),
+    );
+    (
+        duration,
+        config_generation,
+        access_log_dropped,
+        spans_dropped,
+    )
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
@@ -122,38 +165,8 @@ impl Metrics {
         for op in SHARED_STATE_OPS {
             shared_state_errors.with_label_values(&[op]);
         }
-        let duration = register(
-            &registry,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "scopegate_request_duration_seconds",
-                    "Time from request to response, by route.",
-                )
-                .buckets(BUCKETS.to_vec()),
-                &["route"],
-            ),
-        );
-        let config_generation = register(
-            &registry,
-            IntGauge::new(
-                "scopegate_config_generation",
-                "Generation of the config in use (1 at start).",
-            ),
-        );
-        let access_log_dropped = register(
-            &registry,
-            IntCounter::new(
-                "scopegate_access_log_dropped_total",
-                "Access-log lines dropped because the writer could not keep up.",
-            ),
-        );
-        let spans_dropped = register(
-            &registry,
-            IntCounter::new(
-                "scopegate_spans_dropped_total",
-                "Trace spans dropped because the exporter's queue was full.",
-            ),
-        );
+        let (duration, config_generation, access_log_dropped, spans_dropped) =
+            unlabelled(&registry);
         // Series that exist from the start, at 0.
         let rejection_counters = RejectionReason::ALL
             .iter()

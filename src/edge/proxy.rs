@@ -514,6 +514,34 @@ impl RequestCtx {
 }
 
 impl Gate {
+    /// Steps 1-7 for the request of `session`. An unknown `kid` may be a key the provider has
+    /// just rotated in: its keys are refetched (once for all requests waiting on it, at most
+    /// once per cooldown) and the request decided again.
+    async fn decide_request(
+        &self,
+        session: &Session,
+        live: &Live,
+        target_flaw: Option<TargetFlaw>,
+        ctx: &mut RequestCtx,
+    ) -> Outcome {
+        let client_cert = client_cert_thumbprint(session, &live.snapshot);
+        let request = || request_of(session, &live.snapshot, target_flaw, client_cert.as_deref());
+        let outcome = self.decide_and_record(request(), live, ctx);
+        let Outcome::RefreshKeys(i, response) = outcome else {
+            return outcome;
+        };
+        let issuer = &live.snapshot.verifier.issuers[i];
+        if self
+            .fetcher
+            .refresh_for_unknown_kid(issuer, issuer.keys.version())
+            .await
+        {
+            self.decide_and_record(request(), live, ctx)
+        } else {
+            Outcome::Reply(response)
+        }
+    }
+
     /// The replay check of a request's DPoP proof: the 401 (`dpop_replay`) when it was used
     /// before, the 503 when that cannot be known; `None` when the request goes on.
     async fn replay_step(&self, live: &Live, ctx: &mut RequestCtx) -> Option<Answer> {
@@ -659,40 +687,9 @@ impl ProxyHttp for ScopeGate {
             send_answer(session, &answer).await?;
             return Ok(true);
         }
-        let client_cert = client_cert_thumbprint(session, &live.snapshot);
-        let mut outcome = self.decide_and_record(
-            request_of(
-                session,
-                &live.snapshot,
-                wire.target_flaw,
-                client_cert.as_deref(),
-            ),
-            &live,
-            ctx,
-        );
-        // An unknown `kid` may be a key the provider has just rotated in: refetch (once for all
-        // requests waiting on it, at most once per cooldown) and decide again.
-        if let Outcome::RefreshKeys(i, response) = outcome {
-            let issuer = &live.snapshot.verifier.issuers[i];
-            outcome = if self
-                .fetcher
-                .refresh_for_unknown_kid(issuer, issuer.keys.version())
-                .await
-            {
-                self.decide_and_record(
-                    request_of(
-                        session,
-                        &live.snapshot,
-                        wire.target_flaw,
-                        client_cert.as_deref(),
-                    ),
-                    &live,
-                    ctx,
-                )
-            } else {
-                Outcome::Reply(response)
-            };
-        }
+        let mut outcome = self
+            .decide_request(session, &live, wire.target_flaw, ctx)
+            .await;
         // A DPoP proof is good once: recorded now, refused when it was recorded before.
         if let Some(answer) = self.replay_step(&live, ctx).await {
             outcome = Outcome::Reply(answer);

@@ -46,6 +46,26 @@ pub fn run(config_path: &Path, start: Start) -> Result<(), ConfigError> {
 }
 
 /// `run`, plus the demo contacts API on `demo_api` (for `scopegate demo`).
+/// `[tracing]`: the exporter, started with the process.
+fn start_traces(
+    process: &crate::snapshot::ProcessSettings,
+    metrics: &Metrics,
+    config_path: &Path,
+) -> Result<Option<Traces>, ConfigError> {
+    let Some(settings) = &process.tracing else {
+        return Ok(None);
+    };
+    let traces =
+        Traces::start(settings, metrics.spans_dropped.clone()).map_err(|e| ConfigError {
+            file: config_path.display().to_string(),
+            line: 1,
+            col: 1,
+            message: e.to_string(),
+        })?;
+    tracing::info!(url = %settings.traces_url, sample_ratio = settings.sample_ratio, "exporting traces");
+    Ok(Some(traces))
+}
+
 pub fn run_with(
     config_path: &Path,
     demo_api: Option<std::net::TcpListener>,
@@ -79,21 +99,7 @@ pub fn run_with(
         observer.jwks_refresh(issuer, ok)
     })));
     let refusals = Arc::new(RefusalLog::new());
-    let traces = match &process.tracing {
-        Some(settings) => {
-            let traces = Traces::start(settings, metrics.spans_dropped.clone()).map_err(|e| {
-                ConfigError {
-                    file: config_path.display().to_string(),
-                    line: 1,
-                    col: 1,
-                    message: e.to_string(),
-                }
-            })?;
-            tracing::info!(url = %settings.traces_url, sample_ratio = settings.sample_ratio, "exporting traces");
-            Some(traces)
-        }
-        None => None,
-    };
+    let traces = start_traces(&process, &metrics, config_path)?;
     let proxy = proxy_service(&server, &live, &metrics, &fetcher, &refusals, traces);
     server.add_service(proxy);
     let reloaded = Arc::new(tokio::sync::Notify::new());

@@ -1,10 +1,16 @@
 // A real OpenID Connect provider (node-oidc-provider) issuing RS256 JWT access tokens with
-// `scope` through the client_credentials grant. Usage: node provider.mjs PORT
+// `scope` through the client_credentials grant. Usage: node provider.mjs PORT [AUDIENCE] [dpop-nonce]
+//
+// DPoP (RFC 9449) is on: a token request carrying a DPoP proof gets a token bound to the proof's
+// key (`cnf.jkt`, token_type DPoP); one without gets a plain bearer token. With `dpop-nonce`,
+// the token endpoint also requires a nonce it issued (400 use_dpop_nonce + DPoP-Nonce first).
+import { randomBytes } from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const port = Number(process.argv[2]);
 const issuer = `http://127.0.0.1:${port}`;
 const audience = process.argv[3] || 'https://contacts.test';
+const dpopNonce = process.argv[4] === 'dpop-nonce';
 
 const provider = new Provider(issuer, {
   scopes: ['openid', 'read:contacts', 'write:contacts', 'delete:contacts'],
@@ -19,6 +25,10 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    dPoP: {
+      enabled: true,
+      ...(dpopNonce ? { nonceSecret: randomBytes(32), requireNonce: () => true } : {}),
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => audience,
