@@ -309,6 +309,7 @@ fn refusals_carry_their_challenges() {
         rejection: Rejection::Expired,
         route: None,
         resource_metadata: None,
+        challenge: scopegate::sender::Challenge::Bearer,
     };
     assert_eq!(
         expired.response(&snap).headers[0].1,

@@ -708,3 +708,40 @@ async fn over_http2_the_proof_names_the_https_url_and_is_good_once() {
     let r = send(key.proof("GET", &plain, &token)).await.unwrap();
     assert_eq!(r.status(), 401, "htu names http:// on an https listener");
 }
+
+#[test]
+fn an_ed25519_proof_is_taken_under_either_of_its_names() {
+    use aws_lc_rs::signature::Ed25519KeyPair;
+    let p = start(free_port());
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let jwk = json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref()) });
+    let jkt = scopegate::auth::dpop::thumbprint(jwk.as_object().unwrap()).unwrap();
+    let token = token_with(
+        "read:contacts",
+        json!({ "aud": "https://ed.test", "cnf": { "jkt": jkt } }),
+    );
+    let url = "http://ed.test/contacts";
+    // `EdDSA` (RFC 8037) and `Ed25519` (RFC 9864, what oauth4webapi 3 sends) name one algorithm.
+    for alg in ["EdDSA", "Ed25519"] {
+        let header = json!({ "typ": "dpop+jwt", "alg": alg, "jwk": jwk });
+        let claims =
+            json!({ "jti": unique(), "htm": "GET", "htu": url, "iat": now(), "ath": ath(&token) });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let proof = format!("{input}.{}", b64(pair.sign(input.as_bytes()).as_ref()));
+        let r = call(
+            &p,
+            "GET",
+            "ed.test",
+            "/contacts",
+            Some(("DPoP", &token)),
+            &[&proof],
+        );
+        assert_eq!(r.status, 200, "{alg}: {}", String::from_utf8_lossy(&r.body));
+    }
+}

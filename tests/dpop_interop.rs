@@ -3,7 +3,8 @@
 //! client's key (`cnf.jkt`); panva's oauth4webapi (npm) makes the proofs, handles the provider's
 //! `use_dpop_nonce` and then scopegate's (401 + `DPoP-Nonce`, one retry with the nonce it
 //! cached), and the real `scopegate` binary, which found the provider by OIDC discovery,
-//! forwards the retried call to an echo upstream. The same token with the `Bearer` scheme is a
+//! forwards the retried call to an echo upstream; the next call, with the nonce cached from
+//! that answer, goes through at once. The same token with the `Bearer` scheme is a
 //! 401 (no downgrade) and the accepted proof sent again is a 401 `invalid_dpop_proof` (replay).
 
 mod common;
@@ -172,6 +173,12 @@ fn oauth4webapi_with_a_node_oidc_provider_dpop_token_passes_scopegate_after_one_
     assert!(forwarded.starts_with("DPoP "), "{ctx}");
     assert!(echo["headers"]["dpop"].is_string(), "{ctx}");
 
+    // The next call uses the nonce cached from the last answer: no challenge.
+    let second = &run["second_call"];
+    assert_eq!(second["status"], 200, "{ctx}");
+    assert_eq!(second["proof_nonce"], retry["dpop_nonce"], "{ctx}");
+    assert_eq!(second["body"]["upstream"], "contacts", "{ctx}");
+
     // No downgrade: the bound token as a bearer token.
     let bearer = &run["bearer"];
     assert_eq!(bearer["authorization_scheme"], "Bearer", "{ctx}");
@@ -180,7 +187,7 @@ fn oauth4webapi_with_a_node_oidc_provider_dpop_token_passes_scopegate_after_one_
     assert_eq!(bearer["error"], "invalid_token", "{ctx}");
     assert_eq!(bearer["body"]["error"], "invalid_token", "{ctx}");
 
-    // Replay: the accepted request again, same proof.
+    // Replay: the first accepted request again, same proof.
     let replay = &run["replay"];
     assert_eq!(replay["status"], 401, "{ctx}");
     assert_eq!(replay["body"]["error"], "invalid_dpop_proof", "{ctx}");

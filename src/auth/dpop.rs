@@ -30,6 +30,17 @@ pub fn is_proof_algorithm(alg: Algorithm) -> bool {
     !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
+/// A proof's (or the config's) `alg` name: the JWS names, and `Ed25519`, the fully specified
+/// name of EdDSA over Ed25519 (RFC 9864) that newer clients (oauth4webapi 3) sign with. `none`
+/// and MACs are never one.
+pub fn proof_algorithm(name: &str) -> Option<Algorithm> {
+    let alg = match name {
+        "Ed25519" => Algorithm::EdDSA,
+        other => Algorithm::from_str(other).ok()?,
+    };
+    is_proof_algorithm(alg).then_some(alg)
+}
+
 /// An API's DPoP settings (`[apis.NAME.proof_of_possession]`), or the defaults every API uses
 /// for a DPoP-bound token (a bound token always needs its proof).
 #[derive(Debug, Clone)]
@@ -259,8 +270,8 @@ fn verify_jws(
     if header.typ.as_deref().map(media_type).as_deref() != Some("dpop+jwt") {
         return Err(bad(F::Type));
     }
-    let alg = Algorithm::from_str(&header.alg).map_err(|_| bad(F::Algorithm))?;
-    if !is_proof_algorithm(alg) || !policy.algorithms.contains(&alg) {
+    let alg = proof_algorithm(&header.alg).ok_or(bad(F::Algorithm))?;
+    if !policy.algorithms.contains(&alg) {
         return Err(bad(F::Algorithm));
     }
     if header.crit.is_some() {
@@ -551,6 +562,10 @@ mod tests {
     #[test]
     fn macs_are_never_proof_algorithms() {
         assert!(!is_proof_algorithm(Algorithm::HS256));
+        assert_eq!(proof_algorithm("HS256"), None);
+        assert_eq!(proof_algorithm("none"), None);
+        assert_eq!(proof_algorithm("Ed25519"), Some(Algorithm::EdDSA));
+        assert_eq!(proof_algorithm("ES256"), Some(Algorithm::ES256));
         assert!(DEFAULT_ALGORITHMS.iter().all(|a| is_proof_algorithm(*a)));
         assert_eq!(DpopPolicy::default().algs_text, "ES256 EdDSA PS256 RS256");
     }

@@ -1,12 +1,9 @@
 //! `[apis.NAME.proof_of_possession]` and the top-level `[proof_of_possession]`: which APIs want
 //! sender-constrained tokens (RFC 9449 DPoP or RFC 8705 mTLS), and the DPoP nonce key.
 
-use std::str::FromStr;
-
-use jsonwebtoken::Algorithm;
 use toml::Spanned;
 
-use crate::auth::dpop::{is_proof_algorithm, DpopPolicy, NonceKey};
+use crate::auth::dpop::{proof_algorithm, DpopPolicy, NonceKey};
 use crate::config::{ClientCertificates, ConfigError, LoadedConfig, ProofOfPossessionConfig};
 use crate::snapshot::{Mechanism, ProofOfPossession};
 
@@ -58,13 +55,10 @@ pub fn proof_of_possession(
         Some(list) => {
             let mut algs = Vec::new();
             for name in list.get_ref() {
-                let alg = Algorithm::from_str(name)
-                    .ok()
-                    .filter(|a| is_proof_algorithm(*a))
-                    .ok_or_else(|| {
+                let alg = proof_algorithm(name).ok_or_else(|| {
                         src.error(
                             Some(list.span()),
-                            format!("{at}.dpop_algorithms: {name:?} is not an asymmetric JWS algorithm (ES256, ES384, EdDSA, PS256, PS384, PS512, RS256, RS384, RS512)"),
+                            format!("{at}.dpop_algorithms: {name:?} is not an asymmetric JWS algorithm (ES256, ES384, EdDSA or Ed25519, PS256, PS384, PS512, RS256, RS384, RS512)"),
                         )
                     })?;
                 if !algs.contains(&alg) {

@@ -20,6 +20,7 @@ pub use echo::{
     spawn_upstream, spawn_upstream_on, EchoRequest, EchoResponse, Handler, UpstreamHandle,
 };
 pub use process::{ProcessGroup, SpawnGroup};
+#[allow(unused_imports)]
 pub use redis::Redis;
 use serde_json::{json, Value};
 

@@ -4,9 +4,10 @@
 // Discovers ISSUER, makes an ES256 DPoP key, gets a DPoP-bound token by the client_credentials
 // grant (retrying once on the provider's use_dpop_nonce), calls RESOURCE_URL with it through
 // protectedResourceRequest (retrying once on scopegate's use_dpop_nonce, with the nonce the DPoP
-// handle cached from the DPoP-Nonce header), then tries the same token with the Bearer scheme
-// and replays the proof that was accepted. Prints one JSON line saying what happened; exits 1
-// (with the error on stderr) on anything it did not expect to handle.
+// handle cached from the DPoP-Nonce header), calls again (the cached nonce is good: no
+// challenge), then tries the same token with the Bearer scheme and replays the proof that was
+// accepted first. Prints one JSON line saying what happened; exits 1 (with the error on stderr)
+// on anything it did not expect to handle.
 import * as oauth from 'oauth4webapi';
 
 const [issuer, resource, audience] = process.argv.slice(2);
@@ -106,7 +107,17 @@ const retry = {
   proof_nonce: claims(accepted.headers.dpop).nonce ?? null,
 };
 
-// 5. The same token with the Bearer scheme (no proof): a bound token must not be downgraded.
+// 5. A second call: the nonce cached from the last answer is good, no challenge this time.
+const again = await oauth.protectedResourceRequest(
+  accessToken, 'GET', url, undefined, undefined, options({ DPoP }),
+);
+const secondCall = {
+  status: again.status,
+  proof_nonce: claims(exchanges[exchanges.length - 1].headers.dpop).nonce ?? null,
+  body: await jsonBody(again),
+};
+
+// 6. The same token with the Bearer scheme (no proof): a bound token must not be downgraded.
 let bearer;
 try {
   const response = await oauth.protectedResourceRequest(
@@ -132,7 +143,7 @@ const bearerSent = exchanges[exchanges.length - 1].headers;
 bearer.authorization_scheme = bearerSent.authorization.split(' ')[0];
 bearer.sent_dpop = 'dpop' in bearerSent;
 
-// 6. The accepted request again, byte for byte: same Authorization, same DPoP proof.
+// 7. The accepted request again, byte for byte: same Authorization, same DPoP proof.
 const replayed = await fetch(url, {
   headers: { authorization: accepted.headers.authorization, dpop: accepted.headers.dpop },
 });
@@ -144,5 +155,5 @@ const replay = {
 };
 
 console.log(JSON.stringify({
-  token, nonce_retried: challenge !== null, first, retry, bearer, replay,
+  token, nonce_retried: challenge !== null, first, retry, second_call: secondCall, bearer, replay,
 }));
