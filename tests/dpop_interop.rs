@@ -9,50 +9,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use common::*;
 use serde_json::Value;
 
 const AUDIENCE: &str = "https://contacts.test";
 
-/// tests/oidc: the provider, the client script and their npm packages.
-fn oidc_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
-}
-
 /// node-oidc-provider on 127.0.0.1:`port`, requiring DPoP nonces at its token endpoint.
 fn start_provider(port: u16) -> ProcessGroup {
-    let dir = oidc_dir();
-    if !dir.join("node_modules/oidc-provider").exists()
-        || !dir.join("node_modules/oauth4webapi").exists()
-    {
-        let status = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status()
-            .expect(
-                "npm is needed to install the OIDC provider and client for this test (Node.js 20+)",
-            );
-        assert!(status.success(), "npm install failed in {}", dir.display());
-    }
-    let node = Command::new("node")
-        .arg("provider.mjs")
-        .arg(port.to_string())
-        .arg(AUDIENCE)
-        .arg("dpop-nonce")
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn_group()
-        .expect("node is needed to run the OIDC provider for this test");
-    assert!(
-        eventually(90, || std::net::TcpStream::connect(("127.0.0.1", port))
-            .is_ok()),
-        "provider did not start"
-    );
-    node
+    start_oidc_provider(port, AUDIENCE, &["dpop-nonce"])
 }
 
 /// scopegate trusting the provider (keys by discovery), with one API on host 127.0.0.1 that

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 
 use base64::Engine;
 use common::*;
@@ -15,30 +13,7 @@ fn start_provider(port: u16) -> ProcessGroup {
 
 /// The provider, issuing tokens whose `aud` is `audience`.
 fn start_provider_for(port: u16, audience: &str) -> ProcessGroup {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-    if !dir.join("node_modules/oidc-provider").exists() {
-        let status = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm is needed to install the OIDC provider for this test (Node.js 20+)");
-        assert!(status.success(), "npm install failed in {}", dir.display());
-    }
-    let node = Command::new("node")
-        .arg("provider.mjs")
-        .arg(port.to_string())
-        .arg(audience)
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn_group()
-        .expect("node is needed to run the OIDC provider for this test");
-    assert!(
-        eventually(90, || std::net::TcpStream::connect(("127.0.0.1", port))
-            .is_ok()),
-        "provider did not start"
-    );
-    node
+    start_oidc_provider(port, audience, &[])
 }
 
 /// client_credentials grant against the provider's token endpoint.

@@ -14,11 +14,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 mod echo;
+pub mod oidc;
 pub mod process;
 pub mod redis;
 pub use echo::{
     spawn_upstream, spawn_upstream_on, EchoRequest, EchoResponse, Handler, UpstreamHandle,
 };
+#[allow(unused_imports)]
+pub use oidc::{oidc_dir, start_oidc_provider};
 pub use process::{ProcessGroup, SpawnGroup};
 #[allow(unused_imports)]
 pub use redis::Redis;
