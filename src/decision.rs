@@ -668,7 +668,11 @@ pub fn authenticate(
         // No API at all for this host: a valid token can only learn that nothing is here.
         _ => {}
     }
-    // A described token (policy tests) is taken as presented with whatever binds it.
+    // A described token (policy tests) is taken as presented with whatever binds it; a real
+    // one given to explain, as presented in a `Bearer` header (so a bound one is refused).
+    if token.is_none() && principal.binding.is_bound() {
+        return Err(AuthError::Rejected(Rejection::UnboundUse));
+    }
     let proof = match token {
         Some(token) => {
             let presented = Presented {
@@ -894,13 +898,20 @@ pub fn decide_as<'r>(
             (req.origin(), req.headers.get(ACCESS_CONTROL_REQUEST_METHOD))
         {
             let decision = preflight(set, &path, scope, requested);
-            return Verdict::answered(decision, None, normalized);
+            let mut verdict = Verdict::answered(decision, None, normalized);
+            verdict.sender.nonce = wants_nonce(
+                snapshot,
+                verdict.decision.route().map(|r| snapshot.routes[r].api),
+            );
+            return verdict;
         }
     }
     // RFC 9728 metadata of the host's APIs, served without a token.
     if matches!(*req.method, Method::GET | Method::HEAD) {
         if let Some(&(_, api)) = set.metadata.iter().find(|(p, _)| *p == path) {
-            return Verdict::answered(Decision::Metadata { api }, cors, normalized);
+            let mut verdict = Verdict::answered(Decision::Metadata { api }, cors, normalized);
+            verdict.sender.nonce = wants_nonce(snapshot, Some(api));
+            return verdict;
         }
     }
     let authenticate = |apis: &[usize], target: Target<'_>| {
@@ -915,6 +926,12 @@ pub fn decide_as<'r>(
         normalized,
         sender,
     }
+}
+
+/// `api` has `dpop_nonce`: every answer carries a fresh `DPoP-Nonce`.
+fn wants_nonce(snapshot: &Snapshot, api: Option<usize>) -> bool {
+    api.and_then(|a| snapshot.apis[a].pop.as_ref())
+        .is_some_and(|p| p.dpop.nonce)
 }
 
 impl<'r> Verdict<'r> {
@@ -967,9 +984,7 @@ fn decide_route<'r>(
         .map(|r| snapshot.routes[r].api)
         .or_else(|| set.apis.first().copied());
     let mut sender = SenderOutcome {
-        nonce: api
-            .and_then(|a| snapshot.apis[a].pop.as_ref())
-            .is_some_and(|p| p.dpop.nonce),
+        nonce: wants_nonce(snapshot, api),
         ..SenderOutcome::default()
     };
     // 4. Public routes need no token.

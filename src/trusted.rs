@@ -31,7 +31,9 @@ impl TrustedProxies {
                         .ok_or_else(|| format!("{b:?}: the prefix length must be 0 to {max}"))?,
                     None => max,
                 };
-                Ok((ip, bits))
+                canonical_block(ip, bits).ok_or_else(|| {
+                    format!("{b:?}: an IPv4-mapped block needs a prefix of at least /96")
+                })
             })
             .collect::<Result<_, _>>()
             .map(TrustedProxies)
@@ -43,13 +45,11 @@ impl TrustedProxies {
 
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.0
-            .iter()
-            .any(|&(net, bits)| match (canonical(net), ip) {
-                (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
-                (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
-                _ => false,
-            })
+        self.0.iter().any(|&(net, bits)| match (net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), bits),
+            _ => false,
+        })
     }
 
     /// The client scopegate believes for a connection from `peer` whose `X-Forwarded-For`
@@ -89,6 +89,20 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
     entry.rsplit_once(':')?.0.parse().ok()
 }
 
+/// A block as it is compared: an IPv4-mapped IPv6 block (`::ffff:10.0.0.0/104`) is the IPv4
+/// block it maps (`10.0.0.0/8`), as peers are compared by `canonical`. `None` for a mapped
+/// block shorter than /96 (it would cover more than IPv4-mapped addresses).
+fn canonical_block(ip: IpAddr, bits: u8) -> Option<(IpAddr, u8)> {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) if bits >= 96 => Some((IpAddr::V4(v4), bits - 96)),
+            Some(_) => None,
+            None => Some((ip, bits)),
+        },
+        v4 => Some((v4, bits)),
+    }
+}
+
 /// An IPv4-mapped IPv6 address is the IPv4 address it maps.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -98,7 +112,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 fn prefix_eq(net: &[u8], addr: &[u8], bits: u8) -> bool {
-    let (whole, rest) = ((bits / 8) as usize, bits % 8);
+    // Never past the address, whatever `bits` says.
+    let bits = (bits as usize).min(8 * net.len().min(addr.len()));
+    let (whole, rest) = (bits / 8, (bits % 8) as u8);
     if net[..whole] != addr[..whole] {
         return false;
     }
@@ -114,6 +130,22 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv4_mapped_blocks_are_the_ipv4_blocks_they_map() {
+        let t = TrustedProxies::parse(&["::ffff:127.0.0.1".into(), "::ffff:10.0.0.0/104".into()])
+            .unwrap();
+        for (addr, trusted) in [
+            ("127.0.0.1", true),
+            ("10.9.8.7", true),
+            ("::ffff:10.1.2.3", true),
+            ("127.0.0.2", false),
+            ("11.0.0.1", false),
+        ] {
+            assert_eq!(t.contains(ip(addr)), trusted, "{addr}");
+        }
+        assert!(TrustedProxies::parse(&["::ffff:0.0.0.0/64".into()]).is_err());
     }
 
     #[test]

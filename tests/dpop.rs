@@ -6,84 +6,10 @@
 
 mod common;
 
-use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
 use serde_json::{json, Value};
-
-/// A DPoP key of a client, and proofs made with it (any header and claims, so one check at a
-/// time can be broken).
-struct DpopKey {
-    pair: EcdsaKeyPair,
-    jwk: Value,
-}
-
-impl DpopKey {
-    fn new() -> DpopKey {
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
-        let point = pair.public_key().as_ref().to_vec();
-        let jwk = json!({
-            "kty": "EC", "crv": "P-256",
-            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
-            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
-        });
-        DpopKey { pair, jwk }
-    }
-
-    fn jkt(&self) -> String {
-        scopegate::auth::dpop::thumbprint(self.jwk.as_object().unwrap()).unwrap()
-    }
-
-    /// A token bound to this key, for `aud`.
-    fn token(&self, scope: &str, aud: &str) -> String {
-        token_with(scope, json!({ "aud": aud, "cnf": { "jkt": self.jkt() } }))
-    }
-
-    fn header(&self) -> Value {
-        json!({ "typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk })
-    }
-
-    /// The claims of a good proof for `method url` with `token`.
-    fn claims(&self, method: &str, url: &str, token: &str) -> Value {
-        json!({
-            "jti": unique(),
-            "htm": method,
-            "htu": url,
-            "iat": now(),
-            "ath": ath(token),
-        })
-    }
-
-    fn sign(&self, header: &Value, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let sig = self.pair.sign(&rng, input.as_bytes()).unwrap();
-        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
-    }
-
-    fn proof(&self, method: &str, url: &str, token: &str) -> String {
-        self.sign(&self.header(), &self.claims(method, url, token))
-    }
-}
-
-fn unique() -> String {
-    let mut b = [0u8; 12];
-    aws_lc_rs::rand::fill(&mut b).unwrap();
-    URL_SAFE_NO_PAD.encode(b)
-}
-
-fn ath(token: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    URL_SAFE_NO_PAD.encode(d.as_ref())
-}
 
 const PAY: &str = "https://pay.test";
 
@@ -711,7 +637,7 @@ async fn over_http2_the_proof_names_the_https_url_and_is_good_once() {
 
 #[test]
 fn an_ed25519_proof_is_taken_under_either_of_its_names() {
-    use aws_lc_rs::signature::Ed25519KeyPair;
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
     let p = start(free_port());
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();

@@ -172,6 +172,11 @@ pub struct Expect<'a> {
 pub struct Proof {
     pub replay_key: [u8; 16],
     pub ttl: u64,
+    /// The proof's `iat`, and the window it was accepted under (`dpop_max_age_seconds`, and
+    /// the issuer's leeway ahead).
+    pub iat: u64,
+    pub max_age: u64,
+    pub leeway: u64,
 }
 
 impl Proof {
@@ -254,6 +259,9 @@ pub fn check(
         replay_key: replay_key(expect.jkt, jti),
         // Long enough to outlive every `iat` still accepted.
         ttl: policy.max_age + expect.leeway + 1,
+        iat,
+        max_age: policy.max_age,
+        leeway: expect.leeway,
     })
 }
 

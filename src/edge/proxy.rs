@@ -904,6 +904,9 @@ impl ProxyHttp for ScopeGate {
         if code > 0 {
             let mut resp = failure_answer(code);
             resp.headers.extend(ctx.cors_headers.iter().cloned());
+            if let Some(nonce) = self.dpop_nonce(ctx) {
+                resp.headers.push((crate::sender::DPOP_NONCE, nonce));
+            }
             let body = Bytes::from(resp.body_text().unwrap_or_default());
             if let Ok(header) = response_header(&resp, Some(&body)) {
                 let _ = session

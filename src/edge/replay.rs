@@ -3,6 +3,11 @@
 //! the shared store when there is one (so a proof used on one replica is refused on every
 //! other), else in this process. A check that cannot be made refuses the request (503): a
 //! skipped replay check is no check.
+//!
+//! What the record cannot have seen is refused as a possible replay: in-process, a proof
+//! issued before this process started (it may have been used on the one before); and after a
+//! reload widened `dpop_max_age_seconds`, a proof issued before the reload that is older than
+//! the old window (its record may have expired under the old one).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,24 +62,67 @@ impl Generations {
     }
 }
 
+/// The windows proofs have been accepted under: the widest so far, and the last widening.
+#[derive(Debug, Default)]
+struct Windows {
+    widest: u64,
+    /// When a proof first came under a wider window than any before, and that older width.
+    widened: Option<(u64, u64)>,
+}
+
+impl Windows {
+    /// Whether `proof` may have been accepted, and its record forgotten, under a narrower
+    /// window than its own (before a reload widened it).
+    fn outgrown(&mut self, proof: &Proof, now: u64) -> bool {
+        if proof.max_age > self.widest {
+            if self.widest > 0 {
+                self.widened = Some((now, self.widest));
+            }
+            self.widest = proof.max_age;
+        }
+        match self.widened {
+            Some((at, old)) => {
+                proof.iat <= at.saturating_add(proof.leeway) && now > proof.iat.saturating_add(old)
+            }
+            None => false,
+        }
+    }
+}
+
 /// The process's replay record.
 pub struct Replays {
     local: Vec<Mutex<Generations>>,
     store: Option<Arc<SharedStore>>,
     full_logged: AtomicBool,
+    /// Unix seconds at start: older proofs are not in an in-process record.
+    started: u64,
+    windows: Mutex<Windows>,
+    /// Picks a proof's shard with a key of this process, so no caller can aim its proofs at one.
+    shard_of: ahash::RandomState,
 }
 
 impl Replays {
-    pub fn new(store: Option<Arc<SharedStore>>) -> Replays {
+    pub fn new(store: Option<Arc<SharedStore>>, started: u64) -> Replays {
         Replays {
             local: (0..SHARDS).map(|_| Mutex::default()).collect(),
             store,
             full_logged: AtomicBool::new(false),
+            started,
+            windows: Mutex::default(),
+            shard_of: ahash::RandomState::new(),
         }
     }
 
     /// Record `proof` at `now` (Unix seconds), saying whether it was seen before.
     pub async fn check(&self, proof: &Proof, now: u64) -> Seen {
+        let outgrown = self
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .outgrown(proof, now);
+        if outgrown || (self.store.is_none() && proof.iat < self.started) {
+            return Seen::Replayed;
+        }
         if let Some(store) = &self.store {
             if !store.usable() {
                 return Seen::Unavailable;
@@ -90,7 +138,7 @@ impl Replays {
 
     fn check_local(&self, proof: &Proof, now: u64) -> Seen {
         let key = u128::from_be_bytes(proof.replay_key);
-        let shard = &self.local[(key as usize) % SHARDS];
+        let shard = &self.local[(self.shard_of.hash_one(key) as usize) % SHARDS];
         let seen = shard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -113,12 +161,47 @@ mod tests {
         Proof {
             replay_key: [n; 16],
             ttl,
+            iat: 0,
+            max_age: ttl - 1,
+            leeway: 0,
         }
     }
 
     #[test]
+    fn proofs_the_record_cannot_have_seen_are_refused() {
+        let mut w = Windows::default();
+        let at = |iat, max_age| Proof {
+            iat,
+            max_age,
+            ..proof(1, max_age + 1)
+        };
+        assert!(!w.outgrown(&at(1_000, 60), 1_000));
+        // Widened to 300 at 2_000: a proof from before then, older than 60 s, may have been
+        // used and forgotten; fresh ones and those within the old window are fine.
+        assert!(!w.outgrown(&at(2_000, 300), 2_000));
+        assert!(w.outgrown(&at(1_900, 300), 2_000));
+        assert!(!w.outgrown(&at(1_950, 300), 2_000));
+        assert!(!w.outgrown(&at(2_100, 300), 2_200));
+        // In-process, what was issued before the process started is refused.
+        let r = Replays::new(None, 5_000);
+        let old = Proof {
+            iat: 4_999,
+            ..proof(2, 301)
+        };
+        let now = Proof {
+            iat: 5_000,
+            ..proof(3, 301)
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(r.check(&old, 5_001)), Seen::Replayed);
+        assert_eq!(rt.block_on(r.check(&now, 5_001)), Seen::Fresh);
+    }
+
+    #[test]
     fn a_proof_is_refused_again_for_at_least_its_ttl_and_forgotten_after_two() {
-        let r = Replays::new(None);
+        let r = Replays::new(None, 0);
         let p = proof(1, 100);
         assert_eq!(r.check_local(&p, 1_000), Seen::Fresh);
         for t in [1_000, 1_050, 1_099, 1_100, 1_150, 1_199] {
@@ -132,7 +215,7 @@ mod tests {
 
     #[test]
     fn a_longer_ttl_after_a_reload_is_honoured() {
-        let r = Replays::new(None);
+        let r = Replays::new(None, 0);
         assert_eq!(r.check_local(&proof(1, 10), 0), Seen::Fresh);
         assert_eq!(r.check_local(&proof(3, 1_000), 5), Seen::Fresh);
         assert_eq!(r.check_local(&proof(3, 1_000), 900), Seen::Replayed);

@@ -13,10 +13,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+#[allow(dead_code)]
+pub mod dpop;
 mod echo;
 pub mod oidc;
 pub mod process;
 pub mod redis;
+#[allow(unused_imports)]
+pub use dpop::{ath, unique, DpopKey};
 pub use echo::{
     spawn_upstream, spawn_upstream_on, EchoRequest, EchoResponse, Handler, UpstreamHandle,
 };
@@ -141,12 +145,23 @@ pub fn start_echo(id: &'static str) -> SocketAddr {
 }
 
 /// A port nothing listens on.
+/// A port no process listens on now, and never handed out before in this test binary: tests
+/// run in parallel, and the kernel may offer a port another test was given but has not bound
+/// yet (one proxy then answered on another's admin port).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub const ROUTES: &str = r#"
