@@ -1,8 +1,9 @@
 //! SPEC "Sender-constrained tokens (v3)", certificate-bound tokens (RFC 8705) with the real
 //! binary: `cnf["x5t#S256"]` compared with the TLS client certificate over HTTP/2 and
 //! HTTP/1.1 (`client_certificates = "request"` and `"require"` with `client_ca`), no
-//! downgrade on any API, unbound tokens refused where binding is required, and the RFC 9440
-//! `Client-Cert` believed from trusted proxies only.
+//! downgrade on any API, unbound tokens refused where binding is required, the RFC 9440
+//! `Client-Cert` believed from trusted proxies only, and a token node-oidc-provider bound to a
+//! certificate with its mTLS feature.
 
 mod common;
 
@@ -75,6 +76,16 @@ const BANK: &str = "[apis.bank]\naudience = \"https://bank.test\"\nupstream = \"
 /// A TLS proxy asking for client certificates as `tls_extra` says, with the bank API
 /// requiring certificate-bound tokens and the standard top-level routes requiring nothing.
 fn start(server: &Cert, tls_extra: &str, files: &[(&str, &str)]) -> Proxy {
+    start_with(server, tls_extra, files, &file_issuer(), None)
+}
+
+fn start_with(
+    server: &Cert,
+    tls_extra: &str,
+    files: &[(&str, &str)],
+    issuers: &str,
+    admin: Option<u16>,
+) -> Proxy {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("jwks.json"), &key().jwks).unwrap();
@@ -83,7 +94,7 @@ fn start(server: &Cert, tls_extra: &str, files: &[(&str, &str)]) -> Proxy {
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
-    let text = config_full(port, None, &[start_echo("a")], &file_issuer(), BANK).replacen(
+    let text = config_full(port, admin, &[start_echo("a")], issuers, BANK).replacen(
         "threads = 1",
         &format!("threads = 1\ntls = {{ cert = \"cert.pem\", key = \"key.pem\", {tls_extra} }}"),
         1,
@@ -234,5 +245,70 @@ fn client_cert_is_believed_from_trusted_proxies_only() {
         } else {
             assert_eq!(r.json()["error"], "invalid_token");
         }
+    }
+}
+
+/// Interop: node-oidc-provider with its mTLS feature issues a certificate-bound token for the
+/// client's certificate (its own `x5t#S256`), and scopegate, which found the provider by
+/// discovery, takes it only on a TLS connection with that certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_bound_token_of_node_oidc_provider_needs_its_certificate() {
+    let op_port = free_port();
+    let _provider = start_oidc_provider(op_port, "https://bank.test", &["mtls"]);
+    let issuers = format!(
+        "[[issuers]]\nissuer = \"http://127.0.0.1:{op_port}\"\naudiences = [\"{AUD}\"]\ndiscovery = true\n"
+    );
+    let server = Cert::self_signed(&["127.0.0.1"]);
+    let admin = free_port();
+    let p = start_with(
+        &server,
+        "client_certificates = \"request\"",
+        &[],
+        &issuers,
+        Some(admin),
+    );
+    assert!(
+        eventually(60, || http_get(admin_addr(admin), "/readyz").status == 200),
+        "{}",
+        p.log()
+    );
+    let alice = Cert::self_signed(&["alice"]);
+    let body = "grant_type=client_credentials&scope=read:contacts&resource=https%3A%2F%2Fbank.test";
+    let basic = STANDARD.encode("scopegate-test:scopegate-test-secret-0123456789abcdef");
+    let r = Client::connect(format!("127.0.0.1:{op_port}").parse().unwrap()).send(
+        format!(
+            "POST /token HTTP/1.1\r\nHost: 127.0.0.1:{op_port}\r\nAuthorization: Basic {basic}\r\nX-Client-Cert: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            STANDARD.encode(&alice.pem),
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let token = r.json()["access_token"].as_str().unwrap().to_string();
+    let payload: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        payload["cnf"]["x5t#S256"],
+        alice.x5t(),
+        "the provider's own thumbprint"
+    );
+
+    let url = format!("https://127.0.0.1:{}/bank/accounts", p.addr.port());
+    assert_eq!(
+        status(&client(&server, Some(&alice), false), &url, &token)
+            .await
+            .0,
+        200
+    );
+    let mallory = Cert::self_signed(&["mallory"]);
+    for c in [
+        client(&server, Some(&mallory), false),
+        client(&server, None, true),
+    ] {
+        assert_eq!(status(&c, &url, &token).await.0, 401);
     }
 }
