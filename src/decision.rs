@@ -646,7 +646,7 @@ pub fn authenticate(
         Caller::Bearer => {
             let (scheme, token) = match credentials(req.headers) {
                 Ok(Some(c)) => c,
-                Ok(None) => return Err(AuthError::Rejected(Rejection::Missing)),
+                Ok(None) => return Err(AuthError::Rejected(Rejection::Missing, None)),
                 Err(BearerError::Ambiguous) => return Err(AuthError::Ambiguous),
             };
             let principal = snapshot.verifier.verify(token, now);
@@ -654,7 +654,8 @@ pub fn authenticate(
         }
         Caller::Verified(verified) => (Scheme::Bearer, None, verified.clone()),
     };
-    let principal = principal.map_err(AuthError::Rejected)?;
+    let refused = |rejection| AuthError::Rejected(rejection, Some(scheme));
+    let principal = principal.map_err(refused)?;
     let mut first = None;
     let accepted = apis.iter().copied().find(|&api| {
         let verdict = snapshot.apis[api].accept(&principal);
@@ -664,14 +665,14 @@ pub fn authenticate(
         verdict.is_ok()
     });
     match (accepted, first) {
-        (None, Some(r)) => return Err(AuthError::Rejected(r)),
+        (None, Some(r)) => return Err(refused(r)),
         // No API at all for this host: a valid token can only learn that nothing is here.
         _ => {}
     }
     // A described token (policy tests) is taken as presented with whatever binds it; a real
     // one given to explain, as presented in a `Bearer` header (so a bound one is refused).
     if token.is_none() && principal.binding.is_bound() {
-        return Err(AuthError::Rejected(Rejection::UnboundUse));
+        return Err(refused(Rejection::UnboundUse));
     }
     let proof = match token {
         Some(token) => {
@@ -683,7 +684,7 @@ pub fn authenticate(
                 client_cert: req.client_cert,
             };
             sender::check_binding(snapshot, accepted, &principal, &presented, now)
-                .map_err(AuthError::Rejected)?
+                .map_err(refused)?
         }
         None => None,
     };
@@ -700,7 +701,8 @@ pub fn authenticate(
 pub enum AuthError {
     /// Two `Authorization` headers: a 400, not a 401.
     Ambiguous,
-    Rejected(Rejection),
+    /// A 401, and the scheme the token came with (`None`: no token).
+    Rejected(Rejection, Option<Scheme>),
 }
 
 /// Steps 6-7: with an authenticated principal, the route lookup decides: scopes first, then
@@ -1031,9 +1033,14 @@ fn decide_route<'r>(
             };
             return (Decision::Refuse(refusal), None, sender);
         }
-        Err(AuthError::Rejected(rejection)) => {
+        Err(AuthError::Rejected(rejection, scheme)) => {
             sender.nonce |= rejection == Rejection::DpopNonce;
-            let refusal = unauthenticated_refusal(snapshot, &req, host, apis, matched, rejection);
+            let refusal = Refusal::Unauthenticated {
+                rejection,
+                route: matched,
+                resource_metadata: resource_metadata(snapshot, &req, host, apis),
+                challenge: sender::challenge(snapshot, apis.first().copied(), scheme, &rejection),
+            };
             (None, Decision::Refuse(refusal))
         }
     };
@@ -1046,44 +1053,33 @@ fn decide_route<'r>(
     }
 }
 
-/// The 401 of step 5 for a request to `apis` (the first one's challenge and metadata).
-fn unauthenticated_refusal<'r>(
-    snapshot: &'r Snapshot,
+/// RFC 9728: the URL of the first of `apis`' protected resource metadata, for a 401's challenge.
+fn resource_metadata(
+    snapshot: &Snapshot,
     req: &Request<'_>,
     host: Option<&str>,
     apis: &[usize],
-    route: Option<usize>,
-    rejection: Rejection,
-) -> Refusal<'r> {
-    let api = apis.first().copied();
-    let resource_metadata = api
-        .and_then(|a| snapshot.apis[a].metadata.as_ref())
-        .map(|m| {
-            let scheme = if req.https { "https" } else { "http" };
-            format!("{scheme}://{}{}", host.unwrap_or(""), m.path)
-        });
-    let scheme = credentials(req.headers).ok().flatten().map(|(s, _)| s);
-    Refusal::Unauthenticated {
-        rejection,
-        route,
-        resource_metadata,
-        challenge: sender::challenge(snapshot, api, scheme, &rejection),
-    }
+) -> Option<String> {
+    let api = &snapshot.apis[*apis.first()?];
+    api.metadata.as_ref().map(|m| {
+        let scheme = if req.https { "https" } else { "http" };
+        format!("{scheme}://{}{}", host.unwrap_or(""), m.path)
+    })
 }
 
 /// The 401 (`dpop_replay`) of a request whose DPoP proof was used before, or the 503
 /// (`replay_store_unavailable`) when that could not be known: the edge's replay check.
-pub fn replay_refusal<'s>(
-    snapshot: &'s Snapshot,
-    sender_outcome: &SenderOutcome<'_>,
+pub fn replay_refusal(
+    snapshot: &Snapshot,
+    api: Option<usize>,
     route: Option<usize>,
     rejection: Rejection,
-) -> Refusal<'s> {
+) -> Refusal<'_> {
     Refusal::Unauthenticated {
         rejection,
         route,
         resource_metadata: None,
-        challenge: Challenge::Dpop(sender::dpop_policy(snapshot, sender_outcome.api)),
+        challenge: Challenge::Dpop(sender::dpop_policy(snapshot, api)),
     }
 }
 

@@ -25,8 +25,7 @@ use crate::auth::dpop::Proof;
 use crate::auth::jwks::JwksFetcher;
 use crate::auth::{Principal, Rejection, RejectionReason};
 use crate::decision::{
-    decide, replay_refusal, Answer, Decision, DecisionLabel, Refusal, Report, Request,
-    SenderOutcome, TargetFlaw,
+    decide, replay_refusal, Answer, Decision, DecisionLabel, Refusal, Report, Request, TargetFlaw,
 };
 use crate::snapshot::Snapshot;
 use crate::upstream::ResponseClass;
@@ -551,11 +550,7 @@ impl Gate {
             super::replay::Seen::Replayed => Rejection::DpopReplay,
             super::replay::Seen::Unavailable => Rejection::ReplayStoreUnavailable,
         };
-        let sender = SenderOutcome {
-            api,
-            ..SenderOutcome::default()
-        };
-        let refusal = replay_refusal(&live.snapshot, &sender, ctx.route, rejection);
+        let refusal = replay_refusal(&live.snapshot, api, ctx.route, rejection);
         ctx.forward = None;
         ctx.report = None;
         ctx.decision = refusal.label();

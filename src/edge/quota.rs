@@ -12,7 +12,7 @@ use pingora_proxy::Session;
 use super::metrics::Metrics;
 use super::proxy::{Gate, RequestCtx};
 use crate::decision::{Answer, Refusal};
-use crate::quota::{Quotas, Verdict};
+use crate::quota::Verdict;
 use crate::shared_state::SharedStore;
 use crate::snapshot::Snapshot;
 
@@ -29,11 +29,6 @@ pub fn shared_store(snapshot: &Snapshot, metrics: &Arc<Metrics>) -> Option<Arc<S
             }
         }
     })
-}
-
-/// The process's quota counts, shared through `store` when there is one.
-pub fn quotas_for(store: Option<Arc<SharedStore>>) -> Quotas {
-    Quotas::new(store)
 }
 
 /// The store is the one the process started with: say so when a reload names another.

@@ -204,7 +204,7 @@ fn proxy_service(
         metrics: metrics.clone(),
         fetcher: fetcher.clone(),
         access_log: AccessLog::start(process.access_log, metrics.access_log_dropped.clone()),
-        quotas: super::quota::quotas_for(store.clone()),
+        quotas: crate::quota::Quotas::new(store.clone()),
         replays: super::replay::Replays::new(store, crate::snapshot::unix_now()),
         refusals: refusals.clone(),
         traces,
