@@ -151,3 +151,52 @@ fn other_semantic_errors() {
         "[server]\nlisten = \"127.0.0.1:1\"\ntls = { cert = \"jwks.json\", key = \"jwks.json\" }\n";
     expect_error(not_pem, 3, "server.tls:");
 }
+
+/// The line of `text` holding `marker` (1-based).
+fn line_of(text: &str, marker: &str) -> usize {
+    text.lines().position(|l| l.contains(marker)).unwrap() + 1
+}
+
+#[test]
+fn proof_of_possession_settings_are_checked() {
+    let api = |pop: &str| {
+        format!(
+            "{}\n[apis.pay]\naudience = \"https://pay.test\"\n[apis.pay.proof_of_possession]\n{pop}\n[[apis.pay.routes]]\npath = \"/a\"\n",
+            base("")
+        )
+    };
+    let text = api("mechanism = \"jwt\"");
+    expect_error(
+        &text,
+        line_of(&text, "\"jwt\""),
+        "must be \"dpop\" (RFC 9449) or \"mtls\"",
+    );
+    let text = api("mechanism = \"dpop\"\ndpop_algorithms = [\"ES256\", \"HS256\"]");
+    expect_error(
+        &text,
+        line_of(&text, "HS256"),
+        "\"HS256\" is not an asymmetric JWS algorithm",
+    );
+    let text = api("mechanism = \"dpop\"\ndpop_max_age_seconds = 0");
+    expect_error(&text, line_of(&text, "max_age"), "must be from 1 to 86400");
+    // Certificate binding needs certificates: from the TLS handshake or a trusted proxy.
+    let text = api("mechanism = \"mtls\"");
+    expect_error(
+        &text,
+        line_of(&text, "\"mtls\""),
+        "needs client certificates",
+    );
+    let tls = |extra: &str| {
+        base(&format!(
+            "tls = {{ cert = \"cert.pem\", key = \"key.pem\", {extra} }}"
+        ))
+    };
+    let text = tls("client_certificates = \"require\"");
+    expect_error(&text, line_of(&text, "tls ="), "needs client_ca");
+    let text = tls("client_ca = \"ca.pem\"");
+    expect_error(
+        &text,
+        line_of(&text, "tls ="),
+        "only with client_certificates = \"require\"",
+    );
+}

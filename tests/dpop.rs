@@ -17,19 +17,11 @@ const PAY: &str = "https://pay.test";
 /// `nonce.test` requires DPoP with nonces, `ed.test` takes EdDSA proofs only; the top-level
 /// routes (`api.test`) have no `proof_of_possession`.
 fn apis(extra_pay: &str) -> String {
-    let api = |name: &str, pop: &str| {
-        format!(
-            "[apis.{name}]\naudience = \"https://{name}.test\"\nhosts = [\"{name}.test\"]\nupstream = \"contacts\"\n\
-             [apis.{name}.proof_of_possession]\nmechanism = \"dpop\"\n{pop}\n\
-             [[apis.{name}.routes]]\nmethods = [\"GET\", \"POST\"]\npath = \"/contacts\"\nscopes = [\"read:contacts\"]\n\
-             [[apis.{name}.routes]]\nmethods = [\"DELETE\"]\npath = \"/contacts/{{id}}\"\nscopes = [\"delete:contacts\"]\n"
-        )
-    };
     [
-        api("pay", extra_pay),
-        api("soft", "required = false"),
-        api("nonce", "dpop_nonce = true"),
-        api("ed", "dpop_algorithms = [\"EdDSA\"]"),
+        dpop_api("pay", extra_pay),
+        dpop_api("soft", "required = false"),
+        dpop_api("nonce", "dpop_nonce = true"),
+        dpop_api("ed", "dpop_algorithms = [\"EdDSA\"]"),
     ]
     .join("\n")
 }
@@ -55,16 +47,7 @@ fn call(
     auth: Option<(&str, &str)>,
     proofs: &[&str],
 ) -> Response {
-    let mut headers = String::new();
-    if let Some((scheme, token)) = auth {
-        headers.push_str(&format!("Authorization: {scheme} {token}\r\n"));
-    }
-    for proof in proofs {
-        headers.push_str(&format!("DPoP: {proof}\r\n"));
-    }
-    p.send(&format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: 0\r\n\r\n"
-    ))
+    dpop_call(p, method, host, path, auth, proofs, "")
 }
 
 fn assert_bad_proof(r: &Response, what: &str) {
@@ -670,4 +653,22 @@ fn an_ed25519_proof_is_taken_under_either_of_its_names() {
         );
         assert_eq!(r.status, 200, "{alg}: {}", String::from_utf8_lossy(&r.body));
     }
+}
+
+/// SPEC "Requests on the wire": a `DPoP` header beside a `Bearer` token on an API without
+/// `proof_of_possession` is ignored, and forwarded (unless `strip_token`).
+#[test]
+fn a_dpop_header_beside_an_unbound_bearer_token_is_ignored_and_forwarded() {
+    let p = start(free_port());
+    let token = token("read:contacts");
+    let r = call(
+        &p,
+        "GET",
+        "api.test",
+        "/contacts",
+        Some(("Bearer", &token)),
+        &["not.a.proof"],
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.upstream_header("dpop").as_deref(), Some("not.a.proof"));
 }

@@ -11,38 +11,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use common::dpop_call as call;
 use common::*;
 use serde_json::{json, Value};
-
-/// `[apis.NAME]` on host NAME.test with `proof_of_possession` (dpop, plus `pop`).
-fn dpop_api(name: &str, pop: &str) -> String {
-    format!(
-        "[apis.{name}]\naudience = \"https://{name}.test\"\nhosts = [\"{name}.test\"]\nupstream = \"contacts\"\n\
-         [apis.{name}.proof_of_possession]\nmechanism = \"dpop\"\n{pop}\n\
-         [[apis.{name}.routes]]\nmethods = [\"GET\", \"POST\"]\npath = \"/contacts\"\nscopes = [\"read:contacts\"]\n"
-    )
-}
-
-fn call(
-    p: &Proxy,
-    method: &str,
-    host: &str,
-    path: &str,
-    auth: Option<(&str, &str)>,
-    proofs: &[&str],
-    extra: &str,
-) -> Response {
-    let mut headers = String::new();
-    if let Some((scheme, token)) = auth {
-        headers.push_str(&format!("Authorization: {scheme} {token}\r\n"));
-    }
-    for proof in proofs {
-        headers.push_str(&format!("DPoP: {proof}\r\n"));
-    }
-    p.send(&format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}{extra}Content-Length: 0\r\n\r\n"
-    ))
-}
 
 fn body(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()

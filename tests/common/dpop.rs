@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{b64, now, token_with};
+use super::{b64, now, token_with, Proxy, Response};
 
 /// A DPoP key of a client, and proofs made with it (any header and claims, so one check at a
 /// time can be broken).
@@ -78,4 +78,39 @@ pub fn unique() -> String {
 pub fn ath(token: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
     URL_SAFE_NO_PAD.encode(d.as_ref())
+}
+
+/// A request to `host` with `Authorization: <scheme> <token>`, `DPoP` proofs and `extra`
+/// header lines, on a new connection.
+pub fn dpop_call(
+    p: &Proxy,
+    method: &str,
+    host: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    proofs: &[&str],
+    extra: &str,
+) -> Response {
+    let mut headers = String::new();
+    if let Some((scheme, token)) = auth {
+        headers.push_str(&format!("Authorization: {scheme} {token}\r\n"));
+    }
+    for proof in proofs {
+        headers.push_str(&format!("DPoP: {proof}\r\n"));
+    }
+    p.send(&format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}{extra}Content-Length: 0\r\n\r\n"
+    ))
+}
+
+/// `[apis.NAME]` on host `NAME.test` (audience `https://NAME.test`) requiring DPoP, with `pop`
+/// added to its `proof_of_possession`: `GET`/`POST /contacts` (`read:contacts`) and
+/// `DELETE /contacts/{id}` (`delete:contacts`) on the `contacts` upstream.
+pub fn dpop_api(name: &str, pop: &str) -> String {
+    format!(
+        "[apis.{name}]\naudience = \"https://{name}.test\"\nhosts = [\"{name}.test\"]\nupstream = \"contacts\"\n\
+         [apis.{name}.proof_of_possession]\nmechanism = \"dpop\"\n{pop}\n\
+         [[apis.{name}.routes]]\nmethods = [\"GET\", \"POST\"]\npath = \"/contacts\"\nscopes = [\"read:contacts\"]\n\
+         [[apis.{name}.routes]]\nmethods = [\"DELETE\"]\npath = \"/contacts/{{id}}\"\nscopes = [\"delete:contacts\"]\n"
+    )
 }

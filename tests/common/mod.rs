@@ -20,7 +20,7 @@ pub mod oidc;
 pub mod process;
 pub mod redis;
 #[allow(unused_imports)]
-pub use dpop::{ath, unique, DpopKey};
+pub use dpop::{ath, dpop_api, dpop_call, unique, DpopKey};
 pub use echo::{
     spawn_upstream, spawn_upstream_on, EchoRequest, EchoResponse, Handler, UpstreamHandle,
 };
