@@ -930,6 +930,15 @@ pub fn decide_as<'r>(
     }
 }
 
+impl<'r> SenderOutcome<'r> {
+    /// What step 5 found: the proof to record, and the scheme 403s are said in.
+    fn authenticated(&mut self, snapshot: &'r Snapshot, auth: &Authenticated) {
+        self.proof = auth.proof;
+        self.api = auth.api;
+        self.dpop = (auth.scheme == Scheme::Dpop).then(|| sender::dpop_policy(snapshot, auth.api));
+    }
+}
+
 /// `api` has `dpop_nonce`: every answer carries a fresh `DPoP-Nonce`.
 fn wants_nonce(snapshot: &Snapshot, api: Option<usize>) -> bool {
     api.and_then(|a| snapshot.apis[a].pop.as_ref())
@@ -1020,10 +1029,7 @@ fn decide_route<'r>(
     };
     let (principal, decision) = match authenticate(apis, target) {
         Ok(auth) => {
-            sender.proof = auth.proof;
-            sender.api = auth.api;
-            sender.dpop =
-                (auth.scheme == Scheme::Dpop).then(|| sender::dpop_policy(snapshot, auth.api));
+            sender.authenticated(snapshot, &auth);
             let decision = authorize(snapshot, lookup, path.clone(), auth.principal.clone());
             (Some(auth.principal), decision)
         }
