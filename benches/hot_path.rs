@@ -230,5 +230,30 @@ fn whole_decision(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, routing, tokens, whole_decision);
+/// What the console's ring costs a refused request: one record in this thread's ring (kept full,
+/// so each record also drops the oldest), to be set against a refusal's CPU per request in the
+/// load bench (`BENCH_MODE=features`, "bad signature (refusals)").
+fn refusal_ring(c: &mut Criterion) {
+    use scopegate::edge::console::refusals::{RefusalLog, RefusedRef, KEPT};
+    let log = RefusalLog::new();
+    let refused = RefusedRef {
+        time: std::time::SystemTime::now(),
+        method: "DELETE",
+        host: "api.bench",
+        path: "/contacts/42",
+        route: "DELETE /contacts/{id}",
+        status: 403,
+        decision: "forbidden",
+        reason: Some("insufficient_scope"),
+        sub: Some("user-1234"),
+    };
+    for _ in 0..KEPT {
+        log.record(&refused);
+    }
+    c.bench_function("console/refusal_ring_record", |b| {
+        b.iter(|| log.record(black_box(&refused)))
+    });
+}
+
+criterion_group!(benches, routing, tokens, whole_decision, refusal_ring);
 criterion_main!(benches);
