@@ -255,5 +255,48 @@ fn refusal_ring(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, tokens, whole_decision, refusal_ring);
+/// What `[tracing]` costs a request it does not sample (the 99 in 100 of `sample_ratio =
+/// 0.01`): the sampling decision, and the `traceparent` the upstream is to continue.
+fn unsampled_trace(c: &mut Criterion) {
+    use scopegate::edge::traces::{Finished, Traces};
+    let settings = scopegate::snapshot::TracingSettings {
+        traces_url: "http://127.0.0.1:9/v1/traces".into(),
+        sample_ratio: 0.0,
+        service_name: "bench".into(),
+    };
+    let dropped = prometheus::IntCounter::new("dropped", "dropped").unwrap();
+    let traces = Traces::start(&settings, dropped).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::HOST, HeaderValue::from_static("api.bench"));
+    let server: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let done = Finished {
+        method: "GET",
+        path: "/contacts",
+        route: "GET /contacts",
+        status: 200,
+        decision: "allowed",
+        reason: None,
+        upstream: Some("api"),
+    };
+    c.bench_function("traces/unsampled_request", |b| {
+        b.iter(|| {
+            let now = std::time::SystemTime::now();
+            let mut trace = traces.start_request(black_box(&headers), now);
+            let mut upstream =
+                pingora_http::RequestHeader::build("GET", b"/contacts", None).unwrap();
+            traces.start_upstream(&mut trace, server, &mut upstream);
+            black_box(trace.finish(&done, now));
+            black_box(upstream)
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    routing,
+    tokens,
+    whole_decision,
+    refusal_ring,
+    unsampled_trace
+);
 criterion_main!(benches);

@@ -57,12 +57,20 @@ pub struct Grant {
     pub counted: u64,
 }
 
+/// A lease asked of the store for one caller under one quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseAsk {
+    pub limit: u64,
+    pub width_ms: u64,
+    pub want: u32,
+    /// The unused rest of an expired lease, handed back first: its bucket and how many.
+    pub give_back: Option<(u64, u32)>,
+}
+
 enum Job {
     QuotaTake {
         key: String,
-        limit: u64,
-        width_ms: u64,
-        want: u32,
+        ask: LeaseAsk,
         reply: oneshot::Sender<redis::RedisResult<Grant>>,
     },
     QuotaGiveBack {
@@ -79,12 +87,19 @@ enum Job {
     Probe,
 }
 
-/// Counts one sub-bucket's lease atomically on the store's clock (`TIME`): sums the window's
-/// sub-buckets `i-B..=i`, grants `min(want, limit - sum)`, adds it to bucket `i`, and says how
-/// long until the count drops. KEYS[1] is the caller's key prefix; ARGV: limit, width in ms,
-/// B (sub-buckets per window), want.
+/// Counts one sub-bucket's lease atomically on the store's clock (`TIME`): first hands back
+/// the unused rest of an expired lease (never below zero), then sums the window's sub-buckets
+/// `i-B..=i`, grants `min(want, limit - sum)`, adds it to bucket `i`, and says how long until
+/// the count drops. KEYS[1] is the caller's key prefix; ARGV: limit, width in ms, B
+/// (sub-buckets per window), want, the handed-back lease's bucket and count (0 0: none).
 const TAKE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
+local back = tonumber(ARGV[6])
+if back > 0 then
+  local old = KEYS[1] .. ARGV[5]
+  local d = math.min(tonumber(redis.call('GET', old) or '0'), back)
+  if d > 0 then redis.call('DECRBY', old, d) end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, w, b, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -223,21 +238,9 @@ impl SharedStore {
     /// Take a lease of up to `want` requests of a quota for the caller whose keys start with
     /// `key` (see `quota::shared`). `None` when the store did not answer within the timeout
     /// (counted as a failed `quota` operation).
-    pub async fn quota_take(
-        &self,
-        key: String,
-        limit: u64,
-        width_ms: u64,
-        want: u32,
-    ) -> Option<Grant> {
+    pub async fn quota_take(&self, key: String, ask: LeaseAsk) -> Option<Grant> {
         let (reply, answer) = oneshot::channel();
-        let job = Job::QuotaTake {
-            key,
-            limit,
-            width_ms,
-            want,
-            reply,
-        };
+        let job = Job::QuotaTake { key, ask, reply };
         self.ask("quota", job, answer).await
     }
 
@@ -339,19 +342,16 @@ async fn run(
     health: Arc<Health>,
 ) {
     match job {
-        Job::QuotaTake {
-            key,
-            limit,
-            width_ms,
-            want,
-            reply,
-        } => {
+        Job::QuotaTake { key, ask, reply } => {
+            let (back_bucket, back) = ask.give_back.unwrap_or((0, 0));
             let r: redis::RedisResult<(u32, u64, u64, u64, u64)> = take
                 .key(key)
-                .arg(limit)
-                .arg(width_ms)
+                .arg(ask.limit)
+                .arg(ask.width_ms)
                 .arg(SUB_BUCKETS)
-                .arg(want)
+                .arg(ask.want)
+                .arg(back_bucket)
+                .arg(back)
                 .invoke_async(&mut con)
                 .await;
             let _ = reply.send(

@@ -391,3 +391,49 @@ fn client_ip_is_the_address_scopegate_believes() {
     assert_eq!(from("198.51.100.2"), 200);
     assert_eq!(from("198.51.100.1"), 429);
 }
+
+/// The store's side of a lease: the unused rest of an expired lease goes back in the same call
+/// that takes the next one, and never takes a count below zero. (Buckets of 10^12 ms: the
+/// current one ends in 2033, so every call here lands in the same one.)
+#[test]
+fn a_lease_hands_back_its_unused_rest_in_the_call_that_takes_the_next() {
+    use scopegate::shared_state::{LeaseAsk, SharedStateSettings, SharedStore};
+    let redis = Redis::start();
+    let settings = SharedStateSettings {
+        url: format!("redis://127.0.0.1:{}/0", redis.port),
+        secret_env: None,
+        secret: None,
+        timeout: Duration::from_secs(5),
+    };
+    let store = SharedStore::start(&settings, Box::new(|op| panic!("store failed: {op}"))).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = "scopegate:q:{test}:".to_string();
+    let take = |want: u32, give_back: Option<(u64, u32)>| {
+        let ask = LeaseAsk {
+            limit: 100,
+            width_ms: 1_000_000_000_000,
+            want,
+            give_back,
+        };
+        runtime
+            .block_on(store.quota_take(key.clone(), ask))
+            .expect("the store answers")
+    };
+    let first = take(30, None);
+    assert_eq!((first.granted, first.counted), (30, 30));
+    // 12 of the 30 were not used: handed back before the next 50 are counted.
+    let second = take(50, Some((first.bucket, 12)));
+    assert_eq!(second.bucket, first.bucket);
+    assert_eq!((second.granted, second.counted), (50, 68));
+    // More handed back than is counted: the count stops at zero, then the grant is added.
+    let third = take(5, Some((first.bucket, 1_000)));
+    assert_eq!((third.granted, third.counted), (5, 5));
+    // The limit still holds after a hand-back: 100 at most over the window.
+    let fourth = take(1_000, Some((first.bucket, 0)));
+    assert_eq!((fourth.granted, fourth.counted), (95, 100));
+    let stored = redis.command(&format!("GET {key}{}", first.bucket));
+    assert!(stored.contains("100"), "{stored}");
+}

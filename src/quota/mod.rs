@@ -22,7 +22,7 @@ pub use counters::MAX_CALLERS;
 use shared::{Lease, Step};
 use window::{Take, Window, SUB_BUCKETS};
 
-use crate::shared_state::SharedStore;
+use crate::shared_state::{LeaseAsk, SharedStore};
 
 /// A compiled quota.
 #[derive(Debug)]
@@ -312,16 +312,18 @@ impl Quotas {
         let key = shared.leases.key(quota.id, caller);
         let step = shared.leases.with(key, |l| l.take(quota.limit, now_ms));
         let step = match step {
-            Step::Ask { want } => {
+            Step::Ask { want, give_back } => {
                 if !shared.store.usable() {
                     return self.local_take(quota, caller, now_ms);
                 }
                 let prefix = store_key(quota, caller);
-                let Some(grant) = shared
-                    .store
-                    .quota_take(prefix.clone(), quota.limit, quota.width_ms(), want)
-                    .await
-                else {
+                let ask = LeaseAsk {
+                    limit: quota.limit,
+                    width_ms: quota.width_ms(),
+                    want,
+                    give_back,
+                };
+                let Some(grant) = shared.store.quota_take(prefix.clone(), ask).await else {
                     return self.local_take(quota, caller, now_ms);
                 };
                 let (step, give_back) = shared
@@ -369,7 +371,13 @@ impl Quotas {
         };
         runtime.spawn(async move {
             let grant = if store.usable() {
-                store.quota_take(prefix.clone(), limit, width, want).await
+                let ask = LeaseAsk {
+                    limit,
+                    width_ms: width,
+                    want,
+                    give_back: None,
+                };
+                store.quota_take(prefix.clone(), ask).await
             } else {
                 None
             };

@@ -19,9 +19,12 @@
 //! others early, never allow more. The +5 % SPEC tolerates is not needed.
 //!
 //! Cost on the request path: a lease is asked for synchronously (at most `timeout_ms`) when
-//! a caller's first request in a sub-bucket finds none; a lease half spent asks for the next
-//! one in the background (twice the size, up to a tenth of the limit), so a steady caller
-//! meets the store once per sub-bucket at most, and a burst a few times.
+//! a caller's first request in a sub-bucket finds none. It is sized from what the caller used
+//! in its last sub-bucket, with half again for headroom, and the unused rest of the expired
+//! lease is handed back by the same call (one store operation per caller and sub-bucket for a
+//! steady caller, not three). A lease that would run dry before its bucket ends at the rate it
+//! is being spent asks for more in the background (twice its size, up to a tenth of the
+//! limit); only a caller that outruns that waits a second time.
 
 use super::window::SUB_BUCKETS;
 use crate::shared_state::Grant;
@@ -30,6 +33,8 @@ use crate::shared_state::Grant;
 #[derive(Debug, Clone, Default)]
 pub struct Lease {
     bucket: u64,
+    /// When the lease was asked for (local ms): its spending rate is `used` since then.
+    since_ms: u64,
     /// The lease may be used before this (local ms).
     until_ms: u64,
     granted: u32,
@@ -59,9 +64,11 @@ pub enum Step {
     Refused {
         retry_ms: u64,
     },
-    /// No usable lease: ask the store for this many (and wait).
+    /// No usable lease: ask the store for this many (and wait), handing back the unused rest
+    /// of the expired lease (its bucket, how many) in the same call.
     Ask {
         want: u32,
+        give_back: Option<(u64, u32)>,
     },
 }
 
@@ -82,7 +89,13 @@ impl Lease {
         if now_ms < self.until_ms && self.used < self.granted {
             self.used += 1;
             let left = self.granted - self.used;
-            let refill = (!self.refilling && left <= self.granted / 2).then(|| {
+            // At the rate it has been spent since it was asked for (the requests after the
+            // first, over the time since), would the lease run dry before its bucket ends?
+            // Then top it up now, in the background.
+            let spent_in = now_ms.saturating_sub(self.since_ms).max(1);
+            let dry =
+                u64::from(left) * spent_in < u64::from(self.used - 1) * (self.until_ms - now_ms);
+            let refill = (!self.refilling && dry).then(|| {
                 self.refilling = true;
                 self.granted.saturating_mul(2).min(max_lease(limit))
             });
@@ -93,14 +106,24 @@ impl Lease {
                 refill,
             };
         }
-        let want = if now_ms < self.until_ms {
+        if now_ms < self.until_ms {
             // Spent within its bucket: a busier caller than the lease was sized for.
-            self.granted.saturating_mul(2)
-        } else {
-            self.demand.max(self.used)
-        };
+            return Step::Ask {
+                want: self.granted.saturating_mul(2).clamp(1, max_lease(limit)),
+                give_back: None,
+            };
+        }
+        // Its bucket is over: what it did not use goes back with the next ask (and is no
+        // longer this lease's to hand back), and the next is sized from what it used.
+        let unused = self.granted - self.used;
+        self.granted = self.used;
+        let used = self.demand.max(self.used);
         Step::Ask {
-            want: want.clamp(1, max_lease(limit)),
+            want: used
+                .saturating_add(used / 2)
+                .saturating_add(1)
+                .clamp(1, max_lease(limit)),
+            give_back: (unused > 0).then_some((self.bucket, unused)),
         }
     }
 
@@ -134,6 +157,7 @@ impl Lease {
             }
             self.demand = self.used;
             self.bucket = grant.bucket;
+            self.since_ms = asked_ms;
             self.until_ms = until;
             self.granted = grant.granted;
             self.used = 0;
@@ -196,44 +220,80 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_serves_until_spent_or_its_bucket_ends_and_tops_up_half_way() {
+    fn a_lease_serves_until_spent_or_its_bucket_ends_and_tops_up_before_it_runs_dry() {
         let mut l = Lease::default();
-        assert_eq!(l.take(100, 1_000), Step::Ask { want: 1 });
-        let (step, back) = l.install(grant(4, 10, 50, 4), 100, 1_000, true);
+        assert_eq!(
+            l.take(100, 1_000),
+            Step::Ask {
+                want: 1,
+                give_back: None
+            }
+        );
+        // A lease of 4 asked at 1_000 for a bucket that ends at 1_100.
+        let (step, back) = l.install(grant(4, 10, 100, 4), 100, 1_000, true);
         assert!(
             matches!(step, Some(Step::Allowed { remaining: 99, .. })),
             "{step:?}"
         );
         assert_eq!(back, None);
+        // 2 used in 20 ms, 2 left for 80 ms: at that rate it runs dry, so it tops up (twice
+        // its size), one top-up at a time.
         assert!(matches!(
-            l.take(100, 1_010),
+            l.take(100, 1_020),
             Step::Allowed {
                 refill: Some(8),
                 ..
             }
         ));
-        // Only one top-up at a time.
         assert!(matches!(
-            l.take(100, 1_020),
+            l.take(100, 1_021),
             Step::Allowed { refill: None, .. }
         ));
-        assert!(matches!(l.take(100, 1_030), Step::Allowed { .. }));
-        // Spent within its bucket: ask for twice as many.
-        assert_eq!(l.take(100, 1_040), Step::Ask { want: 8 });
-        // The bucket ends at 1_050 (asked at 1_000 + 50 left): never used past it.
-        l.install(grant(8, 10, 40, 12), 100, 1_040, false);
-        assert!(matches!(l.take(100, 1_049), Step::Allowed { .. }));
-        assert_eq!(l.take(100, 1_050), Step::Ask { want: 5 });
-        // The next bucket's lease hands back what the old one did not use.
-        let (_, back) = l.install(grant(5, 11, 100, 17), 100, 1_050, true);
-        assert_eq!(back, Some((10, 7)));
+        assert!(matches!(l.take(100, 1_022), Step::Allowed { .. }));
+        // Spent within its bucket: ask for twice as many, nothing to hand back.
+        assert_eq!(
+            l.take(100, 1_040),
+            Step::Ask {
+                want: 8,
+                give_back: None
+            }
+        );
+        // The bucket ends at 1_090 (asked at 1_040 + 50 left): never used past it.
+        l.install(grant(8, 10, 50, 12), 100, 1_040, false);
+        assert!(matches!(l.take(100, 1_089), Step::Allowed { .. }));
+        // Over: the next is sized from what was used (5, and half again), and the unused 7
+        // go back with that same ask, once.
+        assert_eq!(
+            l.take(100, 1_090),
+            Step::Ask {
+                want: 8,
+                give_back: Some((10, 7))
+            }
+        );
+        let (_, back) = l.install(grant(8, 11, 100, 13), 100, 1_090, true);
+        assert_eq!(back, None);
         // A late top-up of the old bucket goes back whole; the new lease stays.
         let (_, back) = l.install(grant(3, 10, 0, 17), 100, 1_040, false);
         assert_eq!(back, Some((10, 3)));
         assert!(matches!(
-            l.take(100, 1_060),
+            l.take(100, 1_095),
             Step::Allowed { bucket: 11, .. }
         ));
+    }
+
+    #[test]
+    fn a_steady_caller_whose_lease_lasts_its_bucket_does_not_top_up() {
+        let mut l = Lease::default();
+        // 15 granted at 0 for a bucket ending at 1_000 (sized for 10 with half again); one
+        // request every 100 ms uses 10.
+        l.install(grant(15, 5, 1_000, 15), 1_000, 0, true);
+        for t in 1..10 {
+            assert!(
+                matches!(l.take(1_000, t * 100), Step::Allowed { refill: None, .. }),
+                "at {} ms",
+                t * 100
+            );
+        }
     }
 
     #[test]
@@ -242,6 +302,12 @@ mod tests {
         let (step, _) = l.install(grant(0, 10, 30, 10), 10, 1_000, true);
         assert_eq!(step, Some(Step::Refused { retry_ms: 900 }));
         assert_eq!(l.take(10, 1_029), Step::Refused { retry_ms: 871 });
-        assert_eq!(l.take(10, 1_030), Step::Ask { want: 1 });
+        assert_eq!(
+            l.take(10, 1_030),
+            Step::Ask {
+                want: 1,
+                give_back: None
+            }
+        );
     }
 }
