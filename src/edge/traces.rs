@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
-    Span as _, SpanBuilder, SpanKind, TraceContextExt, TraceId, Tracer as _, TracerProvider as _,
+    Span as _, SpanBuilder, SpanId, SpanKind, TraceContextExt, TraceId, Tracer as _,
+    TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -128,7 +129,12 @@ impl Traces {
     /// The request's `SERVER` span, continuing the client's `traceparent` when it sent one
     /// (from any client: it only chooses the sampling and the ids).
     pub fn start_request(&self, headers: &HeaderMap, started: SystemTime) -> Box<RequestTrace> {
-        let parent = self.propagator.extract(&Headers(headers));
+        // Most requests carry no `traceparent`: they skip the propagator (and its context).
+        let parent = if headers.contains_key("traceparent") {
+            self.propagator.extract(&Headers(headers))
+        } else {
+            Context::new()
+        };
         let remote = parent.span().span_context().clone();
         // The decision the SDK's parent-based sampler would make, made here first so that the
         // requests it leaves out cost an id and a header, not a span.
@@ -139,9 +145,15 @@ impl Traces {
             (id, ratio_samples(self.ratio, id))
         };
         if !sampled {
+            // A `tracestate` belongs to the `traceparent` it came with (W3C Trace Context
+            // §3.3): without a valid one it is not passed on.
+            let tracestate = remote
+                .is_valid()
+                .then(|| headers.get("tracestate").cloned())
+                .flatten();
             return Box::new(RequestTrace::Unsampled {
                 trace_id,
-                tracestate: headers.get("tracestate").cloned(),
+                tracestate,
             });
         }
         let span = self.tracer.build_with_context(
@@ -171,8 +183,9 @@ impl Traces {
                 tracestate,
             } => {
                 // W3C Trace Context §3.2: version 00, this hop's span id, flags 00 (not sampled).
-                let value = format!("00-{trace_id}-{}-00", self.ids.new_span_id());
-                let _ = upstream.insert_header("traceparent", value);
+                if let Ok(value) = traceparent(*trace_id, self.ids.new_span_id()) {
+                    let _ = upstream.insert_header("traceparent", value);
+                }
                 match tracestate {
                     Some(state) => {
                         let _ = upstream.insert_header("tracestate", state.clone());
@@ -243,6 +256,24 @@ impl RequestTrace {
         span.end_with_timestamp(at);
         sampled.then(|| span.span_context().trace_id().to_string())
     }
+}
+
+/// `00-{trace id}-{span id}-00` (W3C Trace Context §3.2: version 00, not sampled), written
+/// into a fixed buffer rather than through `format!`.
+fn traceparent(
+    trace_id: TraceId,
+    span_id: SpanId,
+) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let ids = trace_id.to_bytes().into_iter().chain(span_id.to_bytes());
+    // The trace id's 32 digits from index 3, the span id's 16 from index 36.
+    let at = (3..35).step_by(2).chain((36..52).step_by(2));
+    for (byte, i) in ids.zip(at) {
+        out[i] = HEX[usize::from(byte >> 4)];
+        out[i + 1] = HEX[usize::from(byte & 15)];
+    }
+    http::HeaderValue::from_bytes(&out)
 }
 
 /// `TraceIdRatioBased`'s rule (OpenTelemetry's SDK): the trace id's lower 64 bits, shifted
@@ -383,6 +414,20 @@ fn drain(spans: &Receiver<SpanData>, batch: &mut Vec<SpanData>) -> (usize, bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unsampled_traceparent_is_version_00_with_both_ids_in_lowercase_hex() {
+        let trace = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+        let span = SpanId::from_hex("b7ad6b7169203331").unwrap();
+        assert_eq!(
+            traceparent(trace, span).unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+        );
+        assert_eq!(
+            traceparent(trace, span).unwrap(),
+            format!("00-{trace}-{span}-00").as_str()
+        );
+    }
 
     #[test]
     fn the_ratio_rule_samples_its_share_of_trace_ids() {

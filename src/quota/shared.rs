@@ -20,7 +20,8 @@
 //!
 //! Cost on the request path: a lease is asked for synchronously (at most `timeout_ms`) when
 //! a caller's first request in a sub-bucket finds none. It is sized from what the caller used
-//! in its last sub-bucket, with half again for headroom, and the unused rest of the expired
+//! in its last sub-bucket, with half again for headroom (a caller new to the replica: 4, up to
+//! a tenth of the limit), and the unused rest of the expired
 //! lease is handed back by the same call (one store operation per caller and sub-bucket for a
 //! steady caller, not three). A lease that would run dry before its bucket ends at the rate it
 //! is being spent asks for more in the background (twice its size, up to a tenth of the
@@ -72,6 +73,11 @@ pub enum Step {
     },
 }
 
+/// A caller's first lease on a replica (at most `max_lease`): a caller that comes back is
+/// then served from it and tops it up in the background, instead of waiting on the store for
+/// its second request and again for its fourth.
+const FIRST_LEASE: u32 = 4;
+
 /// The largest lease: a tenth of the limit, so one replica's unused permits never hold much
 /// of the window from the others.
 fn max_lease(limit: u64) -> u32 {
@@ -114,15 +120,18 @@ impl Lease {
             };
         }
         // Its bucket is over: what it did not use goes back with the next ask (and is no
-        // longer this lease's to hand back), and the next is sized from what it used.
+        // longer this lease's to hand back), and the next is sized from what it used. A
+        // caller new to this replica starts with a few, so its next requests need no wait.
         let unused = self.granted - self.used;
         self.granted = self.used;
         let used = self.demand.max(self.used);
+        let want = if self.until_ms == 0 {
+            FIRST_LEASE
+        } else {
+            used.saturating_add(used / 2).saturating_add(1)
+        };
         Step::Ask {
-            want: used
-                .saturating_add(used / 2)
-                .saturating_add(1)
-                .clamp(1, max_lease(limit)),
+            want: want.clamp(1, max_lease(limit)),
             give_back: (unused > 0).then_some((self.bucket, unused)),
         }
     }
@@ -222,10 +231,11 @@ mod tests {
     #[test]
     fn a_lease_serves_until_spent_or_its_bucket_ends_and_tops_up_before_it_runs_dry() {
         let mut l = Lease::default();
+        // A caller new here asks for a first lease of 4.
         assert_eq!(
             l.take(100, 1_000),
             Step::Ask {
-                want: 1,
+                want: 4,
                 give_back: None
             }
         );
