@@ -48,7 +48,8 @@ pub struct Grant {
     pub granted: u32,
     /// The sub-bucket, on the store's clock.
     pub bucket: u64,
-    /// Milliseconds left in `bucket` when the store answered.
+    /// Milliseconds left in the store's current sub-bucket when it answered: for a lease of
+    /// the next one, how long until it starts.
     pub ms_left: u64,
     /// Milliseconds until the count over the window drops: below the limit when it is used up
     /// (the `Retry-After`), else the next time a counted request leaves the window.
@@ -63,8 +64,10 @@ pub struct LeaseAsk {
     pub limit: u64,
     pub width_ms: u64,
     pub want: u32,
-    /// The unused rest of an expired lease, handed back first: its bucket and how many.
+    /// The unused rest of an ended lease, handed back first: its bucket and how many.
     pub give_back: Option<(u64, u32)>,
+    /// For the next sub-bucket, ahead of it (else for the current one).
+    pub next: bool,
 }
 
 enum Job {
@@ -88,10 +91,15 @@ enum Job {
 }
 
 /// Counts one sub-bucket's lease atomically on the store's clock (`TIME`): first hands back
-/// the unused rest of an expired lease (never below zero), then sums the window's sub-buckets
-/// `i-B..=i`, grants `min(want, limit - sum)`, adds it to bucket `i`, and says how long until
-/// the count drops. KEYS[1] is the caller's key prefix; ARGV: limit, width in ms, B
-/// (sub-buckets per window), want, the handed-back lease's bucket and count (0 0: none).
+/// the unused rest of an ended lease (never below zero), then grants `min(want, limit - sum)`
+/// into the current sub-bucket `i` or, asked ahead, into the next one, adds it to that
+/// bucket's counter, and says how long until the count drops. For bucket `i` the sum is over
+/// `i-B..=i+1` (leases taken ahead for `i+1` count too), for `i+1` over `i+1-B..=i+1`: each
+/// grant sees every count that shares a window with it, so no window of B+1 buckets ever holds
+/// more than the limit. KEYS[1] is the caller's key prefix; ARGV: limit, width in ms, B
+/// (sub-buckets per window), want, the handed-back lease's bucket and count (0 0: none), 1 to
+/// ask for the next bucket. Answers the grant, its bucket, the ms until bucket `i` ends (when
+/// `i+1` starts), the ms until the count drops, and the sum.
 const TAKE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local back = tonumber(ARGV[6])
@@ -104,27 +112,30 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, w, b, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local i = math.floor(now / w)
+local target = i + tonumber(ARGV[7])
+local first = target - b
 local keys = {}
-for j = i - b, i do keys[#keys + 1] = KEYS[1] .. j end
+for j = first, i + 1 do keys[#keys + 1] = KEYS[1] .. j end
+local at = target - first + 1
 local vals = redis.call('MGET', unpack(keys))
 local counts, sum = {}, 0
 for k = 1, #vals do counts[k] = tonumber(vals[k]) or 0; sum = sum + counts[k] end
 local grant = math.min(want, math.max(limit - sum, 0))
 if grant > 0 then
-  redis.call('INCRBY', keys[#keys], grant)
-  redis.call('PEXPIRE', keys[#keys], w * (b + 2))
-  counts[#counts] = counts[#counts] + grant
+  redis.call('INCRBY', keys[at], grant)
+  redis.call('PEXPIRE', keys[at], w * (b + 2))
+  counts[at] = counts[at] + grant
   sum = sum + grant
 end
 local free, s = 0, sum
 for k = 1, #counts do
   s = s - counts[k]
   if (sum >= limit and s < limit) or (sum < limit and counts[k] > 0) then
-    free = (i + k) * w - now
+    free = (first + k + b) * w - now
     break
   end
 end
-return {grant, i, (i + 1) * w - now, free, sum}
+return {grant, target, (i + 1) * w - now, free, sum}
 "#;
 
 /// Hands back what a lease did not use once its sub-bucket is over, never below zero.
@@ -352,6 +363,7 @@ async fn run(
                 .arg(ask.want)
                 .arg(back_bucket)
                 .arg(back)
+                .arg(u8::from(ask.next))
                 .invoke_async(&mut con)
                 .await;
             let _ = reply.send(

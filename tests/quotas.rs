@@ -392,11 +392,13 @@ fn client_ip_is_the_address_scopegate_believes() {
     assert_eq!(from("198.51.100.1"), 429);
 }
 
-/// The store's side of a lease: the unused rest of an expired lease goes back in the same call
-/// that takes the next one, and never takes a count below zero. (Buckets of 10^12 ms: the
-/// current one ends in 2033, so every call here lands in the same one.)
+/// The store's side of a lease: the unused rest of an ended lease goes back in the same call
+/// that takes the next one, and never takes a count below zero; a lease of the next bucket,
+/// taken ahead, counts in the current bucket's window and the current bucket in its own.
+/// (Buckets of 10^12 ms: the current one ends in 2033, so every call here lands in the same
+/// one.)
 #[test]
-fn a_lease_hands_back_its_unused_rest_in_the_call_that_takes_the_next() {
+fn a_lease_hands_back_its_unused_rest_and_one_taken_ahead_counts_in_both_windows() {
     use scopegate::shared_state::{LeaseAsk, SharedStateSettings, SharedStore};
     let redis = Redis::start();
     let settings = SharedStateSettings {
@@ -411,17 +413,19 @@ fn a_lease_hands_back_its_unused_rest_in_the_call_that_takes_the_next() {
         .build()
         .unwrap();
     let key = "scopegate:q:{test}:".to_string();
-    let take = |want: u32, give_back: Option<(u64, u32)>| {
+    let ask_for = |want: u32, give_back: Option<(u64, u32)>, next: bool| {
         let ask = LeaseAsk {
             limit: 100,
             width_ms: 1_000_000_000_000,
             want,
             give_back,
+            next,
         };
         runtime
             .block_on(store.quota_take(key.clone(), ask))
             .expect("the store answers")
     };
+    let take = |want: u32, give_back: Option<(u64, u32)>| ask_for(want, give_back, false);
     let first = take(30, None);
     assert_eq!((first.granted, first.counted), (30, 30));
     // 12 of the 30 were not used: handed back before the next 50 are counted.
@@ -436,4 +440,32 @@ fn a_lease_hands_back_its_unused_rest_in_the_call_that_takes_the_next() {
     assert_eq!((fourth.granted, fourth.counted), (95, 100));
     let stored = redis.command(&format!("GET {key}{}", first.bucket));
     assert!(stored.contains("100"), "{stored}");
+
+    // Another caller: 30 now, then 50 of the next bucket ahead (its window holds the 30).
+    let key = "scopegate:q:{test2}:".to_string();
+    let ask_for = |want: u32, next: bool| {
+        let ask = LeaseAsk {
+            limit: 100,
+            width_ms: 1_000_000_000_000,
+            want,
+            give_back: None,
+            next,
+        };
+        runtime
+            .block_on(store.quota_take(key.clone(), ask))
+            .expect("the store answers")
+    };
+    let now = ask_for(30, false);
+    let ahead = ask_for(50, true);
+    assert_eq!(ahead.bucket, now.bucket + 1);
+    assert_eq!((ahead.granted, ahead.counted), (50, 80));
+    // It starts when the current bucket ends.
+    assert!(ahead.ms_left <= now.ms_left && ahead.ms_left + 60_000 > now.ms_left);
+    // The current bucket's window counts the 50 taken ahead: 20 are left, then none ahead.
+    let more = ask_for(1_000, false);
+    assert_eq!(
+        (more.bucket, more.granted, more.counted),
+        (now.bucket, 20, 100)
+    );
+    assert_eq!(ask_for(10, true).granted, 0);
 }

@@ -3,8 +3,7 @@
 //! as long as the process (a reload keeps them); the shared store is the one of the config the
 //! process started with.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use http::HeaderValue;
 use pingora_proxy::Session;
@@ -12,7 +11,7 @@ use pingora_proxy::Session;
 use super::metrics::Metrics;
 use super::proxy::{Gate, RequestCtx};
 use crate::decision::{Answer, Refusal};
-use crate::quota::Verdict;
+use crate::quota::{monotonic_ms, Verdict};
 use crate::shared_state::SharedStore;
 use crate::snapshot::Snapshot;
 
@@ -40,13 +39,6 @@ pub fn warn_if_store_changed(running: &Snapshot, next: &Snapshot) {
             "this setting applies at the next restart"
         );
     }
-}
-
-/// Milliseconds on a monotonic clock (quota windows must not move with the wall clock).
-fn monotonic_ms(at: Instant) -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    at.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
-        .as_millis() as u64
 }
 
 impl Gate {

@@ -12,14 +12,15 @@ pub mod window;
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use http::{HeaderValue, Method};
 use serde_json::Value;
 
 use counters::Counters;
 pub use counters::MAX_CALLERS;
-use shared::{Lease, Step};
+use shared::{Asked, GiveBacks, Lease, Refill, Step};
 use window::{Take, Window, SUB_BUCKETS};
 
 use crate::shared_state::{LeaseAsk, SharedStore};
@@ -310,7 +311,8 @@ impl Quotas {
         now_ms: u64,
     ) -> Result<(Counted, u64, u64), u64> {
         let key = shared.leases.key(quota.id, caller);
-        let step = shared.leases.with(key, |l| l.take(quota.limit, now_ms));
+        let (limit, width) = (quota.limit, quota.width_ms());
+        let step = shared.leases.with(key, |l| l.take(limit, width, now_ms));
         let step = match step {
             Step::Ask { want, give_back } => {
                 if !shared.store.usable() {
@@ -318,20 +320,20 @@ impl Quotas {
                 }
                 let prefix = store_key(quota, caller);
                 let ask = LeaseAsk {
-                    limit: quota.limit,
-                    width_ms: quota.width_ms(),
+                    limit,
+                    width_ms: width,
                     want,
                     give_back,
+                    next: false,
                 };
                 let Some(grant) = shared.store.quota_take(prefix.clone(), ask).await else {
                     return self.local_take(quota, caller, now_ms);
                 };
-                let (step, give_back) = shared
-                    .leases
-                    .with(key, |l| l.install(grant, quota.limit, now_ms, true));
-                if let Some((bucket, n)) = give_back {
-                    shared.store.quota_give_back(prefix, bucket, n);
-                }
+                let times = (now_ms, monotonic_ms(Instant::now()));
+                let (step, back) = shared.leases.with(key, |l| {
+                    l.install(grant, limit, width, times, Asked::Waiting)
+                });
+                give_all_back(&shared.store, &prefix, back);
                 step.unwrap_or(Step::Refused { retry_ms: 1000 })
             }
             step => step,
@@ -343,8 +345,8 @@ impl Quotas {
                 reset_ms,
                 refill,
             } => {
-                if let Some(want) = refill {
-                    self.refill(shared, quota, caller, key, want, now_ms);
+                if let Some(refill) = refill {
+                    self.refill(shared, quota, caller, key, refill, now_ms);
                 }
                 Ok((Counted::Leased(key, bucket), remaining, reset_ms))
             }
@@ -353,14 +355,14 @@ impl Quotas {
         }
     }
 
-    /// Top up a lease in the background.
+    /// Top up a lease, or take the next bucket's, in the background.
     fn refill(
         &self,
         shared: &Shared,
         quota: &Quota,
         caller: &Caller<'_>,
         key: u64,
-        want: u32,
+        refill: Refill,
         now_ms: u64,
     ) {
         let (store, leases) = (shared.store.clone(), shared.leases.clone());
@@ -374,8 +376,9 @@ impl Quotas {
                 let ask = LeaseAsk {
                     limit,
                     width_ms: width,
-                    want,
-                    give_back: None,
+                    want: refill.want,
+                    give_back: refill.give_back,
+                    next: refill.next,
                 };
                 store.quota_take(prefix.clone(), ask).await
             } else {
@@ -383,13 +386,19 @@ impl Quotas {
             };
             match grant {
                 Some(g) => {
-                    let (_, give_back) = leases.with(key, |l| l.install(g, limit, now_ms, false));
-                    if let Some((bucket, n)) = give_back {
-                        store.quota_give_back(prefix, bucket, n);
-                    }
+                    let times = (now_ms, monotonic_ms(Instant::now()));
+                    let asked = if refill.next {
+                        Asked::Next
+                    } else {
+                        Asked::TopUp
+                    };
+                    let (_, back) = leases.with(key, |l| l.install(g, limit, width, times, asked));
+                    give_all_back(&store, &prefix, back);
                 }
                 None => {
                     leases.with_existing(key, Lease::refill_failed);
+                    // What it carried back was not handed back: the store keeps counting it
+                    // until its bucket leaves the window (early refusals, never more allowed).
                 }
             }
         });
@@ -407,6 +416,20 @@ impl Quotas {
             }
         }
     }
+}
+
+/// Hand back what `install` found unused (not awaited).
+fn give_all_back(store: &SharedStore, prefix: &str, back: GiveBacks) {
+    for (bucket, n) in back.into_iter().flatten() {
+        store.quota_give_back(prefix.to_string(), bucket, n);
+    }
+}
+
+/// Milliseconds on the monotonic clock quotas count with (from the first call).
+pub fn monotonic_ms(at: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    at.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_millis() as u64
 }
 
 /// `scopegate:q:{ID}:` : the caller's counters in the store (one per sub-bucket follows), a

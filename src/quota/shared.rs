@@ -2,30 +2,39 @@
 //! request: leases of a sub-bucket's budget.
 //!
 //! The store keeps, per quota and caller, one counter per sub-bucket (on the store's clock,
-//! `TIME`), expiring on its own. A replica takes a lease of `want` requests for the current
-//! sub-bucket `i` with one atomic script: it sums buckets `i-SUB_BUCKETS..=i` (the same
-//! conservative window as in-process counting), grants `min(want, limit - sum)`, and adds the
-//! grant to bucket `i` before answering. The replica then allows requests from the lease,
-//! without I/O, until the lease is spent or bucket `i` ends.
+//! `TIME`), expiring on its own. A replica takes a lease of `want` requests with one atomic
+//! script, either of the current sub-bucket `i` or, ahead of it, of the next one `i+1`: it
+//! sums the counts of every bucket that shares a window (B+1 sub-buckets, B = `SUB_BUCKETS`)
+//! with the one asked for that exist yet (`i-B..=i+1` for `i`, `i+1-B..=i+1` for `i+1`),
+//! grants `min(want, limit - sum)`, and adds the grant to that bucket before answering. The
+//! replica then allows requests from the lease, without I/O, while its bucket runs.
 //!
-//! The bound: every request any replica allows spends a permit that was counted in the store's
-//! bucket `i` before it was allowed, and it is allowed while bucket `i` still runs on the
-//! store's clock: the lease's end is taken as the replica's time when it *asked* plus the time
-//! the store said was left, which is never later than the real end. So the store's counts
-//! cover every allowed request in its own bucket, and the in-process proof (see `window`)
-//! applies to the store's counts: together, the replicas never allow more than `limit` in any
-//! window (no clock needs to agree with another). Permits a replica leased but did not use
-//! stay counted until it hands them back once their bucket is over, so a lease may refuse
-//! others early, never allow more. The +5 % SPEC tolerates is not needed.
+//! The bound. (1) Every request any replica allows spends a permit that was counted in the
+//! store before it was allowed, in the bucket that runs on the store's clock when it is
+//! allowed: a lease of bucket `i` is used from its answer's arrival (a lease taken ahead: from
+//! its arrival plus the time the store said was left of bucket `i`, never before `i+1` begins)
+//! until the time the replica *asked* plus what was left (plus a bucket, for one taken ahead),
+//! less a millisecond for the store's rounding: never after the bucket ends. (2) No B+1
+//! consecutive buckets `k-B..=k` ever count more than `limit`: take the last grant into any of
+//! them, into bucket `j`. When it was made, no bucket after `j+1` had a count (grants go to the
+//! current bucket or the next), and its sum covered `j-B..=j+1` (current) or `j-B..=j` (ahead,
+//! then nothing after `j` had a count): in both, every bucket of `k-B..=k` with a count, so
+//! the sum it kept under the limit bounds them, and later grants go elsewhere; hand-backs only
+//! lower counts. A window of `window_seconds` lies within some B+1 consecutive buckets, so
+//! with (1), together the replicas never allow more than `limit` in any window (no clock needs
+//! to agree with another). Permits a replica leased but did not use stay counted until it
+//! hands them back once their bucket is over, so a lease may refuse others early, never allow
+//! more. The +5 % SPEC tolerates is not needed.
 //!
-//! Cost on the request path: a lease is asked for synchronously (at most `timeout_ms`) when
-//! a caller's first request in a sub-bucket finds none. It is sized from what the caller used
-//! in its last sub-bucket, with half again for headroom (a caller new to the replica: 4, up to
-//! a tenth of the limit), and the unused rest of the expired
-//! lease is handed back by the same call (one store operation per caller and sub-bucket for a
-//! steady caller, not three). A lease that would run dry before its bucket ends at the rate it
-//! is being spent asks for more in the background (twice its size, up to a tenth of the
-//! limit); only a caller that outruns that waits a second time.
+//! Cost on the request path: a caller's first request on a replica, and a request that finds
+//! its lease spent or over with none taken ahead, waits for a lease (at most `timeout_ms`). A
+//! lease is sized to what the caller is expected to use, with half again for headroom (a
+//! caller new to the replica: 4; never more than a tenth of the limit); the unused rest of an
+//! ended lease is handed back by the next call. In the background, off the request path: a
+//! lease that would run dry before its bucket ends, at the rate it is being spent, is topped
+//! up; in the last quarter of its bucket, a lease in use takes the next bucket's ahead. So a
+//! steady caller waits on the store once, when it first comes, and costs one background store
+//! call per sub-bucket.
 
 use super::window::SUB_BUCKETS;
 use crate::shared_state::Grant;
@@ -34,7 +43,7 @@ use crate::shared_state::Grant;
 #[derive(Debug, Clone, Default)]
 pub struct Lease {
     bucket: u64,
-    /// When the lease was asked for (local ms): its spending rate is `used` since then.
+    /// When the lease was first used (local ms): its spending rate is `used` since then.
     since_ms: u64,
     /// The lease may be used before this (local ms).
     until_ms: u64,
@@ -48,8 +57,25 @@ pub struct Lease {
     free_at_ms: u64,
     /// Requests the store counted over the window at the last grant.
     counted: u64,
-    /// A top-up is on its way.
+    /// A background ask (a top-up or the next bucket's lease) is on its way.
     refilling: bool,
+    /// The next bucket's lease, taken ahead.
+    next: Option<Next>,
+    /// An ended lease's unused rest, handed back with the next ask.
+    back: Option<(u64, u32)>,
+}
+
+/// A lease of the next sub-bucket, taken while the current one still runs.
+#[derive(Debug, Clone, Copy)]
+struct Next {
+    bucket: u64,
+    /// Usable from (local ms): never before the bucket starts on the store's clock.
+    from_ms: u64,
+    /// And before this: never after it ends.
+    until_ms: u64,
+    granted: u32,
+    counted: u64,
+    free_at_ms: u64,
 }
 
 /// What a lease says about a request.
@@ -59,19 +85,41 @@ pub enum Step {
         bucket: u64,
         remaining: u64,
         reset_ms: u64,
-        /// Ask the store for this many more in the background.
-        refill: Option<u32>,
+        /// Ask the store in the background.
+        refill: Option<Refill>,
     },
     Refused {
         retry_ms: u64,
     },
     /// No usable lease: ask the store for this many (and wait), handing back the unused rest
-    /// of the expired lease (its bucket, how many) in the same call.
+    /// of an ended lease (its bucket, how many) in the same call.
     Ask {
         want: u32,
         give_back: Option<(u64, u32)>,
     },
 }
+
+/// A background ask: more of the current bucket, or the next bucket's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refill {
+    pub want: u32,
+    pub next: bool,
+    pub give_back: Option<(u64, u32)>,
+}
+
+/// What a grant was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// By a request that waits for it (and takes one of it).
+    Waiting,
+    /// More of the current bucket, in the background.
+    TopUp,
+    /// The next bucket's lease, in the background.
+    Next,
+}
+
+/// Permits to hand back to the store (at most two: an ended lease's and a stale one's).
+pub type GiveBacks = [Option<(u64, u32)>; 2];
 
 /// A caller's first lease on a replica (at most `max_lease`): a caller that comes back is
 /// then served from it and tops it up in the background, instead of waiting on the store for
@@ -84,27 +132,32 @@ fn max_lease(limit: u64) -> u32 {
     (limit / (SUB_BUCKETS + 1)).clamp(1, u32::MAX as u64) as u32
 }
 
+/// Half again `n`, and one: what a lease is sized to when `n` is what it should last for.
+fn headroom(n: u64, limit: u64) -> u32 {
+    n.saturating_add(n / 2)
+        .saturating_add(1)
+        .clamp(1, u64::from(max_lease(limit))) as u32
+}
+
 impl Lease {
-    /// A request at `now_ms`.
-    pub fn take(&mut self, limit: u64, now_ms: u64) -> Step {
+    /// A request at `now_ms`, under a quota of `limit` per window of sub-buckets `width_ms`.
+    pub fn take(&mut self, limit: u64, width_ms: u64, now_ms: u64) -> Step {
         if now_ms < self.denied_until_ms {
             return Step::Refused {
                 retry_ms: self.free_at_ms.saturating_sub(now_ms).max(1),
             };
         }
+        if now_ms >= self.until_ms {
+            self.move_on(now_ms);
+        }
         if now_ms < self.until_ms && self.used < self.granted {
             self.used += 1;
-            let left = self.granted - self.used;
-            // At the rate it has been spent since it was asked for (the requests after the
-            // first, over the time since), would the lease run dry before its bucket ends?
-            // Then top it up now, in the background.
-            let spent_in = now_ms.saturating_sub(self.since_ms).max(1);
-            let dry =
-                u64::from(left) * spent_in < u64::from(self.used - 1) * (self.until_ms - now_ms);
-            let refill = (!self.refilling && dry).then(|| {
+            let refill = (!self.refilling)
+                .then(|| self.refill(limit, width_ms, now_ms))
+                .flatten();
+            if refill.is_some() {
                 self.refilling = true;
-                self.granted.saturating_mul(2).min(max_lease(limit))
-            });
+            }
             return Step::Allowed {
                 bucket: self.bucket,
                 remaining: self.remaining(limit),
@@ -116,7 +169,7 @@ impl Lease {
             // Spent within its bucket: a busier caller than the lease was sized for.
             return Step::Ask {
                 want: self.granted.saturating_mul(2).clamp(1, max_lease(limit)),
-                give_back: None,
+                give_back: self.back.take(),
             };
         }
         // Its bucket is over: what it did not use goes back with the next ask (and is no
@@ -124,58 +177,150 @@ impl Lease {
         // caller new to this replica starts with a few, so its next requests need no wait.
         let unused = self.granted - self.used;
         self.granted = self.used;
-        let used = self.demand.max(self.used);
         let want = if self.until_ms == 0 {
-            FIRST_LEASE
+            FIRST_LEASE.clamp(1, max_lease(limit))
         } else {
-            used.saturating_add(used / 2).saturating_add(1)
+            headroom(u64::from(self.demand.max(self.used)), limit)
         };
-        Step::Ask {
-            want: want.clamp(1, max_lease(limit)),
-            give_back: (unused > 0).then_some((self.bucket, unused)),
-        }
+        let give_back = match unused {
+            0 => self.back.take(),
+            n => Some((self.bucket, n)),
+        };
+        Step::Ask { want, give_back }
     }
 
-    /// The store's answer to a request made at `asked_ms`; with `take_one`, for a request
-    /// waiting on it. Returns the request's step (when `take_one`) and unused permits of an
-    /// older bucket to hand back.
+    /// The current lease is over at `now_ms`: the next bucket's, when one was taken ahead and
+    /// its bucket has begun, takes its place; what the old one did not use is handed back.
+    fn move_on(&mut self, now_ms: u64) {
+        let Some(next) = self.next else {
+            return;
+        };
+        if now_ms < next.from_ms {
+            return;
+        }
+        self.next = None;
+        if now_ms >= next.until_ms {
+            // Taken for a bucket the caller sat out: all of it goes back.
+            self.back = Some((next.bucket, next.granted));
+            return;
+        }
+        let unused = self.granted - self.used;
+        if unused > 0 {
+            self.back = Some((self.bucket, unused));
+        }
+        self.demand = self.used;
+        self.bucket = next.bucket;
+        self.since_ms = now_ms;
+        self.until_ms = next.until_ms;
+        self.granted = next.granted;
+        self.used = 0;
+        self.counted = next.counted;
+        self.free_at_ms = next.free_at_ms;
+    }
+
+    /// What to ask for in the background after a request allowed at `now_ms`, if anything.
+    /// At the rate the lease has been spent since its first request (the requests after the
+    /// first, over the time since): a lease that would run dry before its bucket ends is
+    /// topped up to last it with half again; in the last quarter of its bucket, a lease still
+    /// in use takes the next bucket's lease ahead, sized to a whole bucket at that rate.
+    fn refill(&mut self, limit: u64, width_ms: u64, now_ms: u64) -> Option<Refill> {
+        let left = u64::from(self.granted - self.used);
+        let spent = u64::from(self.used - 1);
+        let spent_in = now_ms.saturating_sub(self.since_ms).max(1);
+        let to_go = self.until_ms - now_ms;
+        if left * spent_in < spent * to_go {
+            // At most twice the lease at a time: two quick requests are not a rate.
+            let need = spent * to_go / spent_in;
+            let want = headroom(need, limit).saturating_sub(left as u32);
+            return Some(Refill {
+                want: want.min(self.granted.saturating_mul(2)).max(1),
+                next: false,
+                give_back: self.back.take(),
+            });
+        }
+        if self.next.is_none() && to_go <= width_ms / 4 {
+            let whole = (spent * width_ms / spent_in)
+                .min(2 * u64::from(self.granted))
+                .max(u64::from(self.used));
+            return Some(Refill {
+                want: headroom(whole, limit),
+                next: true,
+                give_back: self.back.take(),
+            });
+        }
+        None
+    }
+
+    /// The store's answer to an ask made at `asked_ms`, received at `received_ms`. Returns
+    /// the waiting request's step (when `Asked::Waiting`) and permits to hand back.
     pub fn install(
         &mut self,
         grant: Grant,
         limit: u64,
-        asked_ms: u64,
-        take_one: bool,
-    ) -> (Option<Step>, Option<(u64, u32)>) {
-        let until = asked_ms + grant.ms_left;
-        // A top-up that arrives after a newer bucket's lease: handed back whole.
-        if !take_one && grant.bucket < self.bucket {
+        width_ms: u64,
+        (asked_ms, received_ms): (u64, u64),
+        asked: Asked,
+    ) -> (Option<Step>, GiveBacks) {
+        let mut back: GiveBacks = [None, None];
+        if asked != Asked::Waiting {
             self.refilling = false;
-            return (
-                None,
-                (grant.granted > 0).then_some((grant.bucket, grant.granted)),
-            );
         }
-        let mut give_back = None;
+        // The store's answer came after the ask and before it arrived (one ms off for the
+        // store's rounding). The current bucket ends `ms_left` after that answer; the next
+        // bucket, asked for ahead, starts then and ends a bucket later.
+        let start_by = received_ms + grant.ms_left + 1;
+        let mut ends_after = (asked_ms + grant.ms_left).saturating_sub(1);
+        if asked == Asked::Next {
+            ends_after += width_ms;
+        }
+        if asked == Asked::Next && grant.bucket > self.bucket {
+            if grant.granted > 0 {
+                self.next = Some(Next {
+                    bucket: grant.bucket,
+                    from_ms: start_by,
+                    until_ms: ends_after,
+                    granted: grant.granted,
+                    counted: grant.counted,
+                    free_at_ms: asked_ms + grant.free_in_ms,
+                });
+            }
+            return (None, back);
+        }
+        // A background grant that arrives after a newer bucket's lease: handed back whole.
+        if asked != Asked::Waiting && grant.bucket < self.bucket {
+            back[0] = (grant.granted > 0).then_some((grant.bucket, grant.granted));
+            return (None, back);
+        }
+        if let Some(next) = self.next {
+            // The store has moved on: a lease taken ahead for this bucket serves from now
+            // (its bucket has begun), one for an older bucket goes back.
+            if next.bucket == grant.bucket {
+                self.move_on(next.from_ms.max(received_ms));
+                self.until_ms = self.until_ms.min(ends_after);
+            } else if next.bucket < grant.bucket {
+                self.next = None;
+                back[1] = Some((next.bucket, next.granted));
+            }
+        }
         if grant.bucket == self.bucket && self.until_ms > asked_ms {
             self.granted += grant.granted;
-            self.until_ms = self.until_ms.min(until);
+            self.until_ms = self.until_ms.min(ends_after);
         } else {
             let unused = self.granted - self.used;
             if unused > 0 && grant.bucket != self.bucket {
-                give_back = Some((self.bucket, unused));
+                back[0] = Some((self.bucket, unused));
             }
             self.demand = self.used;
             self.bucket = grant.bucket;
             self.since_ms = asked_ms;
-            self.until_ms = until;
+            self.until_ms = ends_after;
             self.granted = grant.granted;
             self.used = 0;
         }
         self.counted = grant.counted;
         self.free_at_ms = asked_ms + grant.free_in_ms;
-        if !take_one {
-            self.refilling = false;
-            return (None, give_back);
+        if asked != Asked::Waiting {
+            return (None, back);
         }
         let step = if self.used < self.granted {
             self.used += 1;
@@ -187,15 +332,15 @@ impl Lease {
             }
         } else {
             // Used up until this bucket ends (counts only drop when a bucket leaves).
-            self.denied_until_ms = until;
+            self.denied_until_ms = ends_after;
             Step::Refused {
                 retry_ms: grant.free_in_ms.max(1),
             }
         };
-        (Some(step), give_back)
+        (Some(step), back)
     }
 
-    /// A top-up that did not come.
+    /// A background ask that did not come.
     pub fn refill_failed(&mut self) {
         self.refilling = false;
     }
@@ -218,6 +363,9 @@ impl Lease {
 mod tests {
     use super::*;
 
+    /// Sub-buckets of a second: the last quarter is its last 250 ms.
+    const W: u64 = 1_000;
+
     fn grant(granted: u32, bucket: u64, ms_left: u64, counted: u64) -> Grant {
         Grant {
             granted,
@@ -228,92 +376,209 @@ mod tests {
         }
     }
 
+    fn allowed(step: Step) -> (u64, Option<Refill>) {
+        match step {
+            Step::Allowed { bucket, refill, .. } => (bucket, refill),
+            other => panic!("not allowed: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_lease_serves_until_spent_or_its_bucket_ends_and_tops_up_before_it_runs_dry() {
         let mut l = Lease::default();
         // A caller new here asks for a first lease of 4.
         assert_eq!(
-            l.take(100, 1_000),
+            l.take(100, W, 1_000),
             Step::Ask {
                 want: 4,
                 give_back: None
             }
         );
-        // A lease of 4 asked at 1_000 for a bucket that ends at 1_100.
-        let (step, back) = l.install(grant(4, 10, 100, 4), 100, 1_000, true);
+        // A lease of 4 asked at 1_000 for a bucket with 100 ms left: used before 1_099.
+        let (step, back) = l.install(grant(4, 10, 100, 4), 100, W, (1_000, 1_000), Asked::Waiting);
         assert!(
             matches!(step, Some(Step::Allowed { remaining: 99, .. })),
             "{step:?}"
         );
-        assert_eq!(back, None);
-        // 2 used in 20 ms, 2 left for 80 ms: at that rate it runs dry, so it tops up (twice
-        // its size), one top-up at a time.
-        assert!(matches!(
-            l.take(100, 1_020),
-            Step::Allowed {
-                refill: Some(8),
-                ..
-            }
-        ));
-        assert!(matches!(
-            l.take(100, 1_021),
-            Step::Allowed { refill: None, .. }
-        ));
-        assert!(matches!(l.take(100, 1_022), Step::Allowed { .. }));
+        assert_eq!(back, [None, None]);
+        // 2 used in 20 ms, 2 left for 79: at that rate it runs dry, so it is topped up to
+        // last (3 more, half again, less the 2 left), one top-up at a time.
+        let top_up = Refill {
+            want: 3,
+            next: false,
+            give_back: None,
+        };
+        assert_eq!(allowed(l.take(100, W, 1_020)), (10, Some(top_up)));
+        assert_eq!(allowed(l.take(100, W, 1_021)), (10, None));
+        assert_eq!(allowed(l.take(100, W, 1_022)), (10, None));
         // Spent within its bucket: ask for twice as many, nothing to hand back.
         assert_eq!(
-            l.take(100, 1_040),
+            l.take(100, W, 1_040),
             Step::Ask {
                 want: 8,
                 give_back: None
             }
         );
-        // The bucket ends at 1_090 (asked at 1_040 + 50 left): never used past it.
-        l.install(grant(8, 10, 50, 12), 100, 1_040, false);
-        assert!(matches!(l.take(100, 1_089), Step::Allowed { .. }));
-        // Over: the next is sized from what was used (5, and half again), and the unused 7
-        // go back with that same ask, once.
+        // The bucket ends at 1_089 (asked at 1_040 + 50 left, less a ms): never used past it.
+        // In its last quarter, the next bucket's lease is asked for ahead.
+        l.install(grant(8, 10, 50, 12), 100, W, (1_040, 1_041), Asked::TopUp);
+        let (_, refill) = allowed(l.take(100, W, 1_088));
+        assert!(
+            matches!(refill, Some(Refill { next: true, .. })),
+            "{refill:?}"
+        );
+        // Over with none ahead: the next is sized from what was used (5, and half again),
+        // and the unused 7 go back with that same ask, once.
         assert_eq!(
-            l.take(100, 1_090),
+            l.take(100, W, 1_089),
             Step::Ask {
                 want: 8,
                 give_back: Some((10, 7))
             }
         );
-        let (_, back) = l.install(grant(8, 11, 100, 13), 100, 1_090, true);
-        assert_eq!(back, None);
+        let (_, back) = l.install(
+            grant(8, 11, 100, 13),
+            100,
+            W,
+            (1_089, 1_090),
+            Asked::Waiting,
+        );
+        assert_eq!(back, [None, None]);
         // A late top-up of the old bucket goes back whole; the new lease stays.
-        let (_, back) = l.install(grant(3, 10, 0, 17), 100, 1_040, false);
-        assert_eq!(back, Some((10, 3)));
-        assert!(matches!(
-            l.take(100, 1_095),
-            Step::Allowed { bucket: 11, .. }
-        ));
+        let (_, back) = l.install(grant(3, 10, 0, 17), 100, W, (1_040, 1_095), Asked::TopUp);
+        assert_eq!(back, [Some((10, 3)), None]);
+        assert_eq!(allowed(l.take(100, W, 1_095)).0, 11);
     }
 
     #[test]
-    fn a_steady_caller_whose_lease_lasts_its_bucket_does_not_top_up() {
+    fn a_steady_caller_does_not_top_up_and_takes_the_next_lease_in_the_last_quarter() {
         let mut l = Lease::default();
-        // 15 granted at 0 for a bucket ending at 1_000 (sized for 10 with half again); one
+        // 15 granted at 0 for a bucket ending at 999 (sized for 10 with half again); one
         // request every 100 ms uses 10.
-        l.install(grant(15, 5, 1_000, 15), 1_000, 0, true);
-        for t in 1..10 {
-            assert!(
-                matches!(l.take(1_000, t * 100), Step::Allowed { refill: None, .. }),
-                "at {} ms",
+        l.install(grant(15, 5, 1_000, 15), 1_000, W, (0, 0), Asked::Waiting);
+        for t in 1..8 {
+            assert_eq!(
+                allowed(l.take(1_000, W, t * 100)),
+                (5, None),
+                "at {}",
                 t * 100
             );
         }
+        // 8 used in 800 ms: 10 a bucket, with half again.
+        let ahead = Refill {
+            want: 16,
+            next: true,
+            give_back: None,
+        };
+        assert_eq!(allowed(l.take(1_000, W, 800)), (5, Some(ahead)));
+        assert_eq!(allowed(l.take(1_000, W, 900)), (5, None));
+    }
+
+    #[test]
+    fn a_lease_taken_ahead_serves_from_its_bucket_on_without_a_wait() {
+        let mut l = Lease::default();
+        l.install(grant(5, 10, 1_000, 5), 100, W, (0, 0), Asked::Waiting);
+        assert_eq!(allowed(l.take(100, W, 400)), (10, None));
+        let (_, refill) = allowed(l.take(100, W, 800));
+        assert_eq!(
+            refill,
+            Some(Refill {
+                want: 5,
+                next: true,
+                give_back: None
+            })
+        );
+        // Asked at 800, answered by 810 with 150 ms left: bucket 11 begins by 961 and ends
+        // after 1_949; bucket 10's lease still serves until 999.
+        let (_, back) = l.install(grant(5, 11, 150, 8), 100, W, (800, 810), Asked::Next);
+        assert_eq!(back, [None, None]);
+        assert_eq!(allowed(l.take(100, W, 950)), (10, None));
+        // Bucket 10's lease is over: bucket 11's takes its place, no ask.
+        assert_eq!(allowed(l.take(100, W, 999)), (11, None));
+        assert_eq!(allowed(l.take(100, W, 1_400)), (11, None));
+        // What bucket 10's lease left (one) goes back with the next ask ahead.
+        let (_, refill) = allowed(l.take(100, W, 1_800));
+        assert!(
+            matches!(
+                refill,
+                Some(Refill {
+                    next: true,
+                    give_back: Some((10, 1)),
+                    ..
+                })
+            ),
+            "{refill:?}"
+        );
+    }
+
+    #[test]
+    fn a_lease_taken_ahead_for_a_bucket_the_caller_sat_out_goes_back_whole() {
+        let mut l = Lease::default();
+        l.install(grant(5, 10, 1_000, 5), 100, W, (0, 0), Asked::Waiting);
+        let (_, refill) = allowed(l.take(100, W, 800));
+        assert!(matches!(refill, Some(Refill { next: true, .. })));
+        l.install(grant(4, 11, 150, 9), 100, W, (800, 800), Asked::Next);
+        // Back at 2_500: bucket 11 is over too. Bucket 10's rest goes back with the ask,
+        // bucket 11's whole lease with the next.
+        assert_eq!(
+            l.take(100, W, 2_500),
+            Step::Ask {
+                want: 4,
+                give_back: Some((10, 3))
+            }
+        );
+        l.install(grant(4, 12, 500, 4), 100, W, (2_500, 2_501), Asked::Waiting);
+        let (_, refill) = allowed(l.take(100, W, 2_900));
+        assert!(
+            matches!(
+                refill,
+                Some(Refill {
+                    give_back: Some((11, 4)),
+                    ..
+                })
+            ),
+            "{refill:?}"
+        );
+    }
+
+    #[test]
+    fn a_grant_for_the_bucket_of_a_lease_taken_ahead_joins_it() {
+        let mut l = Lease::default();
+        l.install(grant(5, 10, 1_000, 5), 100, W, (0, 0), Asked::Waiting);
+        // Taken ahead at 700, answered by 900 with 200 ms left: usable from 1_101 only.
+        l.install(grant(4, 11, 200, 9), 100, W, (700, 900), Asked::Next);
+        // At 1_000 bucket 10's lease is over and bucket 11's not yet sure to have begun: ask.
+        assert_eq!(
+            l.take(100, W, 1_000),
+            Step::Ask {
+                want: 2,
+                give_back: Some((10, 4))
+            }
+        );
+        // The store says bucket 11 has begun: its lease taken ahead and the grant are one.
+        let (step, back) = l.install(
+            grant(2, 11, 950, 11),
+            100,
+            W,
+            (1_000, 1_002),
+            Asked::Waiting,
+        );
+        assert_eq!(back, [None, None]);
+        assert_eq!(allowed(step.unwrap()).0, 11);
+        for t in 1..6 {
+            assert_eq!(allowed(l.take(100, W, 1_000 + t)).0, 11);
+        }
+        assert!(matches!(l.take(100, W, 1_010), Step::Ask { .. }));
     }
 
     #[test]
     fn a_refused_caller_is_refused_here_until_the_bucket_ends() {
         let mut l = Lease::default();
-        let (step, _) = l.install(grant(0, 10, 30, 10), 10, 1_000, true);
+        let (step, _) = l.install(grant(0, 10, 30, 10), 10, W, (1_000, 1_000), Asked::Waiting);
         assert_eq!(step, Some(Step::Refused { retry_ms: 900 }));
-        assert_eq!(l.take(10, 1_029), Step::Refused { retry_ms: 871 });
+        assert_eq!(l.take(10, W, 1_028), Step::Refused { retry_ms: 872 });
         assert_eq!(
-            l.take(10, 1_030),
+            l.take(10, W, 1_029),
             Step::Ask {
                 want: 1,
                 give_back: None
