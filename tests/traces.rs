@@ -250,15 +250,22 @@ fn spans_continue_the_clients_trace_are_sent_upstream_and_sampled_by_their_paren
         sent.starts_with(&format!("00-{unsampled}-")) && sent.ends_with("-00"),
         "{sent}"
     );
-    let r = p.get("/contacts", Some(&reader));
+    // A `tracestate` without a `traceparent` belongs to no trace: it is not passed on.
+    let r = p.request("GET", "/contacts", Some(&reader), "tracestate: stray=1\r\n");
     let root = r
         .upstream_header("traceparent")
         .expect("a trace of its own, unsampled");
     assert!(root.ends_with("-00"), "{root}");
+    assert_eq!(r.upstream_header("tracestate"), None);
     // A later sampled request is exported after them (the export queue keeps its order).
     let last = "99999999999999999999999999999999";
     let header = format!("traceparent: 00-{last}-3333333333333333-01\r\n");
-    p.request("GET", "/contacts", Some(&reader), &header);
+    let r = p.request("GET", "/contacts", Some(&reader), &header);
+    assert_eq!(
+        r.upstream_header("tracestate"),
+        None,
+        "no empty tracestate is sent"
+    );
     trace_of(&spans, last);
     let exported: Vec<String> = spans
         .lock()

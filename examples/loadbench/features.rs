@@ -195,6 +195,8 @@ pub fn run(secs: u64, rounds: usize) {
         ("DPoP required, ES256 proof each request", 5, Load::Dpop),
     ];
     let mut rows: Vec<Row> = plan.iter().map(|(name, ..)| Row::new(*name)).collect();
+    // Per row on Redis: the store's script calls, and the requests served meanwhile.
+    let mut store_calls = vec![(0u64, 0f64); plan.len()];
     for (port, _) in &procs[..5] {
         wrk(&url(*port), None, Some(&one_h), 2, 50);
         wrk(&url(*port), Some(&script), None, 2, 50);
@@ -209,12 +211,18 @@ pub fn run(secs: u64, rounds: usize) {
             if matches!(load, Load::Dpop) {
                 make_proofs(per_round);
             }
+            let calls_before = redis_calls(redis_port);
             rows[i].measure(pid, || match load {
                 Load::One => wrk(&url(*port), None, Some(&one_h), secs, 50),
                 Load::Pool => wrk(&url(*port), Some(&script), None, secs, 50),
                 Load::Bad => wrk(&url(*port), None, Some(&bad_h), secs, 50),
                 Load::Dpop => wrk(&url(*port), Some(&dpop_script), None, secs, 50),
             });
+            if *v == 2 {
+                let served = rows[i].runs.last().map_or(0.0, |r| r.rps) * secs as f64;
+                store_calls[i].0 += redis_calls(redis_port) - calls_before;
+                store_calls[i].1 += served;
+            }
         }
     }
     print_rows(
@@ -235,6 +243,16 @@ pub fn run(secs: u64, rounds: usize) {
     ] {
         println!("  {what:<36} {:+.1} % {target}", cost(i, base) * 100.0);
     }
+    // How often the quota on Redis went to the store (leases, top-ups, leases taken ahead).
+    for (i, (name, v, _)) in plan.iter().enumerate() {
+        let (calls, served) = store_calls[i];
+        if *v == 2 && served > 0.0 {
+            println!(
+                "  {name}: {:.1} store calls per 1,000 requests",
+                calls as f64 * 1000.0 / served
+            );
+        }
+    }
     // Spans the exporter could not take would be work it did not do: say how many there were.
     for (what, v) in [("tracing 0.01", 3), ("tracing 1.0", 4)] {
         let metrics = admin_get(admins[v], "/metrics");
@@ -244,6 +262,26 @@ pub fn run(secs: u64, rounds: usize) {
             .unwrap_or("?");
         println!("  {what}: spans dropped over the whole run: {dropped}");
     }
+}
+
+/// Scripts redis-server has run (`EVAL` and `EVALSHA`), from `INFO commandstats`.
+fn redis_calls(port: u16) -> u64 {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"INFO commandstats\r\nQUIT\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 /// The body of a GET on an admin listener.

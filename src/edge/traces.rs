@@ -216,7 +216,12 @@ impl Traces {
         let mut fields = Fields(Vec::with_capacity(2));
         self.propagator.inject_context(&cx, &mut fields);
         for (name, value) in fields.0 {
-            let _ = upstream.insert_header(name, value);
+            // An empty `tracestate` is not sent: the client's, if any, goes with it.
+            if value.is_empty() {
+                upstream.remove_header(&name);
+            } else {
+                let _ = upstream.insert_header(name, value);
+            }
         }
         *client = Some(span);
     }
