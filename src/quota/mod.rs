@@ -23,7 +23,7 @@ pub use counters::MAX_CALLERS;
 use shared::{Asked, GiveBacks, Lease, Refill, Step};
 use window::{Take, Window, SUB_BUCKETS};
 
-use crate::shared_state::{LeaseAsk, SharedStore};
+use crate::shared_state::{Grant, LeaseAsk, SharedStore};
 
 /// A compiled quota.
 #[derive(Debug)]
@@ -367,41 +367,37 @@ impl Quotas {
     ) {
         let (store, leases) = (shared.store.clone(), shared.leases.clone());
         let (prefix, limit, width) = (store_key(quota, caller), quota.limit, quota.width_ms());
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if !store.usable() {
             leases.with(key, Lease::refill_failed);
             return;
+        }
+        let ask = LeaseAsk {
+            limit,
+            width_ms: width,
+            want: refill.want,
+            give_back: refill.give_back,
+            next: refill.next,
         };
-        runtime.spawn(async move {
-            let grant = if store.usable() {
-                let ask = LeaseAsk {
-                    limit,
-                    width_ms: width,
-                    want: refill.want,
-                    give_back: refill.give_back,
-                    next: refill.next,
-                };
-                store.quota_take(prefix.clone(), ask).await
-            } else {
-                None
-            };
-            match grant {
-                Some(g) => {
-                    let times = (now_ms, monotonic_ms(Instant::now()));
-                    let asked = if refill.next {
-                        Asked::Next
-                    } else {
-                        Asked::TopUp
-                    };
-                    let (_, back) = leases.with(key, |l| l.install(g, limit, width, times, asked));
-                    give_all_back(&store, &prefix, back);
-                }
-                None => {
-                    leases.with_existing(key, Lease::refill_failed);
-                    // What it carried back was not handed back: the store keeps counting it
-                    // until its bucket leaves the window (early refusals, never more allowed).
-                }
+        let asked = if refill.next {
+            Asked::Next
+        } else {
+            Asked::TopUp
+        };
+        let (store_then, prefix_then) = (store.clone(), prefix.clone());
+        // On the store's thread, when it answers.
+        let then = Box::new(move |grant: Option<Grant>| match grant {
+            Some(g) => {
+                let times = (now_ms, monotonic_ms(Instant::now()));
+                let (_, back) = leases.with(key, |l| l.install(g, limit, width, times, asked));
+                give_all_back(&store_then, &prefix_then, back);
+            }
+            // What it carried back was not handed back: the store keeps counting it until its
+            // bucket leaves the window (early refusals, never more allowed).
+            None => {
+                leases.with_existing(key, Lease::refill_failed);
             }
         });
+        store.quota_take_then(prefix, ask, then);
     }
 
     fn undo(&self, counted: Counted) {
