@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// What a snapshot keeps of `[shared_state]`.
 #[derive(Clone)]
@@ -202,6 +202,8 @@ impl Health {
 /// The client of the shared store; cheap to share (`Arc` it).
 pub struct SharedStore {
     jobs: mpsc::Sender<Job>,
+    /// Wakes the store's thread at once for an operation a request waits on.
+    urgent: Arc<Notify>,
     timeout: Duration,
     health: Arc<Health>,
 }
@@ -221,11 +223,14 @@ impl SharedStore {
             on_error,
         });
         let (url, timeout, h) = (settings.url.clone(), settings.timeout, health.clone());
+        let urgent = Arc::new(Notify::new());
+        let woken = urgent.clone();
         std::thread::Builder::new()
             .name("shared-state".into())
-            .spawn(move || serve(url, timeout, rx, h))?;
+            .spawn(move || serve(url, timeout, (rx, woken), h))?;
         Ok(SharedStore {
             jobs,
+            urgent,
             timeout: settings.timeout,
             health,
         })
@@ -288,6 +293,7 @@ impl SharedStore {
             self.health.failed(op, "too many operations queued");
             return None;
         }
+        self.urgent.notify_one();
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(Ok(value))) => {
                 self.health.reached();
@@ -326,7 +332,12 @@ impl SharedStore {
 }
 
 /// The store's thread: one current-thread runtime and a connection manager that reconnects.
-fn serve(url: String, timeout: Duration, mut rx: mpsc::Receiver<Job>, health: Arc<Health>) {
+fn serve(
+    url: String,
+    timeout: Duration,
+    (mut rx, urgent): (mpsc::Receiver<Job>, Arc<Notify>),
+    health: Arc<Health>,
+) {
     // rediss:// needs a process-wide rustls provider; an error means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -364,14 +375,17 @@ fn serve(url: String, timeout: Duration, mut rx: mpsc::Receiver<Job>, health: Ar
             tokio::spawn(run(job, con, take, give_back, health));
         };
         // Idle, the thread sleeps until an operation wakes it. Busy, it looks for operations
-        // every millisecond instead: a request handing one over then wakes nothing (no
+        // every millisecond instead: a background ask handed over then wakes nothing (no
         // futex, no context switch on its core), and what arrived together is written to
-        // the store together.
+        // the store together. An operation a request waits on still wakes it at once.
         while let Some(job) = rx.recv().await {
             dispatch(job);
             let mut quiet = 0;
             while quiet < IDLE_TICKS {
-                tokio::time::sleep(TICK).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(TICK) => {}
+                    _ = urgent.notified() => {}
+                }
                 let mut any = false;
                 loop {
                     match rx.try_recv() {
