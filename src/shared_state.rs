@@ -366,62 +366,195 @@ fn serve(
                 return;
             }
         };
-        let take = redis::Script::new(TAKE);
-        let give_back = redis::Script::new(GIVE_BACK);
-        let dispatch = |job: Job| {
-            let con = manager.clone();
-            let (take, give_back, health) = (take.clone(), give_back.clone(), health.clone());
-            // Each operation on its own task: one slow answer holds up no other.
-            tokio::spawn(run(job, con, take, give_back, health));
+        let scripts = Scripts {
+            take: redis::Script::new(TAKE),
+            give_back: redis::Script::new(GIVE_BACK),
+        };
+        // Quota operations that arrive together go to the store as one pipeline (one write,
+        // one read); the others each on a task of their own: one slow answer holds up no other.
+        let dispatch = |jobs: &mut Vec<Job>| {
+            let mut quota = Vec::new();
+            for job in jobs.drain(..) {
+                match job {
+                    Job::QuotaTake { .. } | Job::QuotaTakeThen { .. } | Job::QuotaGiveBack { .. } => {
+                        quota.push(job)
+                    }
+                    job => {
+                        tokio::spawn(run(job, manager.clone(), health.clone()));
+                    }
+                }
+            }
+            while !quota.is_empty() {
+                let rest = quota.split_off(quota.len().min(MAX_PIPELINE));
+                let batch = std::mem::replace(&mut quota, rest);
+                let (con, scripts, health) = (manager.clone(), scripts.clone(), health.clone());
+                tokio::spawn(run_quota(batch, con, scripts, health));
+            }
         };
         // Idle, the thread sleeps until an operation wakes it. Busy, it looks for operations
         // every millisecond instead: a background ask handed over then wakes nothing (no
         // futex, no context switch on its core), and what arrived together is written to
         // the store together. An operation a request waits on still wakes it at once.
+        let mut jobs = Vec::new();
         while let Some(job) = rx.recv().await {
-            dispatch(job);
+            jobs.push(job);
             let mut quiet = 0;
             while quiet < IDLE_TICKS {
+                let open = drain(&mut rx, &mut jobs);
+                quiet = if jobs.is_empty() { quiet + 1 } else { 0 };
+                dispatch(&mut jobs);
+                if !open {
+                    return;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(TICK) => {}
                     _ = urgent.notified() => {}
                 }
-                let mut any = false;
-                loop {
-                    match rx.try_recv() {
-                        Ok(job) => {
-                            dispatch(job);
-                            any = true;
-                        }
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => return,
-                    }
-                }
-                quiet = if any { 0 } else { quiet + 1 };
             }
         }
     });
 }
 
-/// While busy, how often the store's thread looks for operations.
-const TICK: Duration = Duration::from_millis(1);
-/// Ticks without an operation before it sleeps until woken again.
-const IDLE_TICKS: u32 = 100;
+/// Move what is queued into `jobs`; `false` once every sender is gone.
+fn drain(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) -> bool {
+    loop {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        }
+    }
+}
 
-/// One operation on the store.
-async fn run(
-    job: Job,
-    mut con: redis::aio::ConnectionManager,
+/// Quota operations in one pipeline at most.
+const MAX_PIPELINE: usize = 256;
+
+#[derive(Clone)]
+struct Scripts {
     take: redis::Script,
     give_back: redis::Script,
+}
+
+impl Scripts {
+    /// The `EVALSHA` of a quota operation.
+    fn command(&self, job: &Job) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        match job {
+            Job::QuotaTake { key, ask, .. } | Job::QuotaTakeThen { key, ask, .. } => {
+                let (back_bucket, back) = ask.give_back.unwrap_or((0, 0));
+                cmd.arg(self.take.get_hash())
+                    .arg(1)
+                    .arg(key)
+                    .arg(ask.limit)
+                    .arg(ask.width_ms)
+                    .arg(SUB_BUCKETS)
+                    .arg(ask.want)
+                    .arg(back_bucket)
+                    .arg(back)
+                    .arg(u8::from(ask.next));
+            }
+            Job::QuotaGiveBack { key, bucket, count } => {
+                cmd.arg(self.give_back.get_hash())
+                    .arg(1)
+                    .arg(format!("{key}{bucket}"))
+                    .arg(*count);
+            }
+            Job::Replay { .. } | Job::Probe => {}
+        }
+        cmd
+    }
+}
+
+/// Quota operations as one pipeline. A store that does not know a script yet (NOSCRIPT: a
+/// new or restarted store) is given both, and the operations it refused for that, and only
+/// those, are sent again.
+async fn run_quota(
+    batch: Vec<Job>,
+    mut con: redis::aio::ConnectionManager,
+    scripts: Scripts,
     health: Arc<Health>,
 ) {
-    match job {
-        Job::QuotaTake { key, ask, reply } => {
-            let _ = reply.send(quota_take(&mut con, &take, key, ask).await);
+    let commands: Vec<redis::Cmd> = batch.iter().map(|job| scripts.command(job)).collect();
+    let send = |indices: &[usize]| {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for &i in indices {
+            pipe.add_command(commands[i].clone());
         }
-        Job::QuotaTakeThen { key, ask, then } => {
-            match quota_take(&mut con, &take, key, ask).await {
+        pipe
+    };
+    let all: Vec<usize> = (0..batch.len()).collect();
+    let mut results: Vec<Option<redis::RedisResult<redis::Value>>> = match send(&all)
+        .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut con)
+        .await
+    {
+        Ok(rs) => rs.into_iter().map(Some).collect(),
+        Err(e) => {
+            let kind = e.kind();
+            let why = e.to_string();
+            (0..batch.len())
+                .map(|_| Some(Err(redis::RedisError::from((kind, "store", why.clone())))))
+                .collect()
+        }
+    };
+    // Every operation gets an answer (one the pipeline did not give is a failure).
+    results.resize_with(batch.len(), || None);
+    let unknown: Vec<usize> = (0..batch.len())
+        .filter(|&i| {
+            matches!(&results[i], Some(Err(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        })
+        .collect();
+    if !unknown.is_empty() {
+        let loaded = async {
+            scripts.take.load_async(&mut con).await?;
+            scripts.give_back.load_async(&mut con).await
+        };
+        let again = match loaded.await {
+            Ok(_) => {
+                send(&unknown)
+                    .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut con)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match again {
+            Ok(rs) => {
+                for (&i, r) in unknown.iter().zip(rs) {
+                    results[i] = Some(r);
+                }
+            }
+            Err(e) => {
+                let (kind, why) = (e.kind(), e.to_string());
+                for &i in &unknown {
+                    results[i] = Some(Err(redis::RedisError::from((kind, "store", why.clone()))));
+                }
+            }
+        }
+    }
+    for (job, result) in batch.into_iter().zip(results) {
+        let result = result.unwrap_or_else(|| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no answer in the pipeline",
+            )))
+        });
+        let grant = |result: redis::RedisResult<redis::Value>| {
+            let (granted, bucket, ms_left, free_in_ms, counted): (u32, u64, u64, u64, u64) =
+                redis::from_redis_value(result?)?;
+            Ok(Grant {
+                granted,
+                bucket,
+                ms_left,
+                free_in_ms,
+                counted,
+            })
+        };
+        match job {
+            Job::QuotaTake { reply, .. } => {
+                let _ = reply.send(grant(result));
+            }
+            Job::QuotaTakeThen { then, .. } => match grant(result) {
                 Ok(grant) => {
                     health.reached();
                     then(Some(grant));
@@ -430,18 +563,27 @@ async fn run(
                     health.failed("quota", &e.to_string());
                     then(None);
                 }
+            },
+            // A hand-back answers how many it took back; only a failure matters.
+            Job::QuotaGiveBack { .. } => {
+                if let Err(e) = result {
+                    health.failed("quota", &e.to_string());
+                }
             }
+            Job::Replay { .. } | Job::Probe => {}
         }
-        Job::QuotaGiveBack { key, bucket, count } => {
-            let r: redis::RedisResult<i64> = give_back
-                .key(format!("{key}{bucket}"))
-                .arg(count)
-                .invoke_async(&mut con)
-                .await;
-            if let Err(e) = r {
-                health.failed("quota", &e.to_string());
-            }
-        }
+    }
+}
+
+/// While busy, how often the store's thread looks for operations.
+const TICK: Duration = Duration::from_millis(1);
+/// Ticks without an operation before it sleeps until woken again.
+const IDLE_TICKS: u32 = 100;
+
+/// One operation on the store (quotas' go in pipelines: `run_quota`).
+async fn run(job: Job, mut con: redis::aio::ConnectionManager, health: Arc<Health>) {
+    match job {
+        Job::QuotaTake { .. } | Job::QuotaTakeThen { .. } | Job::QuotaGiveBack { .. } => {}
         Job::Replay { key, ttl, reply } => {
             let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
                 .arg(format!("scopegate:dpop:{key}"))
@@ -461,32 +603,4 @@ async fn run(
             }
         }
     }
-}
-
-/// The `TAKE` script for one ask.
-async fn quota_take(
-    con: &mut redis::aio::ConnectionManager,
-    take: &redis::Script,
-    key: String,
-    ask: LeaseAsk,
-) -> redis::RedisResult<Grant> {
-    let (back_bucket, back) = ask.give_back.unwrap_or((0, 0));
-    let (granted, bucket, ms_left, free_in_ms, counted): (u32, u64, u64, u64, u64) = take
-        .key(key)
-        .arg(ask.limit)
-        .arg(ask.width_ms)
-        .arg(SUB_BUCKETS)
-        .arg(ask.want)
-        .arg(back_bucket)
-        .arg(back)
-        .arg(u8::from(ask.next))
-        .invoke_async(con)
-        .await?;
-    Ok(Grant {
-        granted,
-        bucket,
-        ms_left,
-        free_in_ms,
-        counted,
-    })
 }
