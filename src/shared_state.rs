@@ -5,7 +5,10 @@
 //! most `timeout_ms`. A failed or late operation is counted (`on_error(op)`), logged once per
 //! outage, and its caller falls back (quotas: in-process counting); it never fails a request.
 //! While the store is down no request waits on it: one probe a second, off the request path,
-//! finds it again.
+//! finds it again. Quota operations that arrive together go to the store as one pipeline;
+//! background ones (lease top-ups, leases taken ahead) are answered on the store's thread and
+//! wake no worker. While busy the thread looks for operations every millisecond rather than
+//! being woken for each; one a request waits on wakes it at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
