@@ -338,7 +338,7 @@ impl SharedStore {
 fn serve(
     url: String,
     timeout: Duration,
-    (mut rx, urgent): (mpsc::Receiver<Job>, Arc<Notify>),
+    jobs: (mpsc::Receiver<Job>, Arc<Notify>),
     health: Arc<Health>,
 ) {
     // rediss:// needs a process-wide rustls provider; an error means one is installed already.
@@ -369,53 +369,62 @@ fn serve(
                 return;
             }
         };
-        let scripts = Scripts {
-            take: redis::Script::new(TAKE),
-            give_back: redis::Script::new(GIVE_BACK),
-        };
-        // Quota operations that arrive together go to the store as one pipeline (one write,
-        // one read); the others each on a task of their own: one slow answer holds up no other.
-        let dispatch = |jobs: &mut Vec<Job>| {
-            let mut quota = Vec::new();
-            for job in jobs.drain(..) {
-                match job {
-                    Job::QuotaTake { .. } | Job::QuotaTakeThen { .. } | Job::QuotaGiveBack { .. } => {
-                        quota.push(job)
-                    }
-                    job => {
-                        tokio::spawn(run(job, manager.clone(), health.clone()));
-                    }
+        serve_jobs(manager, jobs, health).await;
+    });
+}
+
+/// Hand the queued operations to the store until every sender is gone.
+async fn serve_jobs(
+    manager: redis::aio::ConnectionManager,
+    (mut rx, urgent): (mpsc::Receiver<Job>, Arc<Notify>),
+    health: Arc<Health>,
+) {
+    let scripts = Scripts {
+        take: redis::Script::new(TAKE),
+        give_back: redis::Script::new(GIVE_BACK),
+    };
+    // Quota operations that arrive together go to the store as one pipeline (one write, one
+    // read); the others each on a task of their own: one slow answer holds up no other.
+    let dispatch = |jobs: &mut Vec<Job>| {
+        let mut quota = Vec::new();
+        for job in jobs.drain(..) {
+            match job {
+                Job::QuotaTake { .. } | Job::QuotaTakeThen { .. } | Job::QuotaGiveBack { .. } => {
+                    quota.push(job)
                 }
-            }
-            while !quota.is_empty() {
-                let rest = quota.split_off(quota.len().min(MAX_PIPELINE));
-                let batch = std::mem::replace(&mut quota, rest);
-                let (con, scripts, health) = (manager.clone(), scripts.clone(), health.clone());
-                tokio::spawn(run_quota(batch, con, scripts, health));
-            }
-        };
-        // Idle, the thread sleeps until an operation wakes it. Busy, it looks for operations
-        // every millisecond instead: a background ask handed over then wakes nothing (no
-        // futex, no context switch on its core), and what arrived together is written to
-        // the store together. An operation a request waits on still wakes it at once.
-        let mut jobs = Vec::new();
-        while let Some(job) = rx.recv().await {
-            jobs.push(job);
-            let mut quiet = 0;
-            while quiet < IDLE_TICKS {
-                let open = drain(&mut rx, &mut jobs);
-                quiet = if jobs.is_empty() { quiet + 1 } else { 0 };
-                dispatch(&mut jobs);
-                if !open {
-                    return;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(TICK) => {}
-                    _ = urgent.notified() => {}
+                job => {
+                    tokio::spawn(run(job, manager.clone(), health.clone()));
                 }
             }
         }
-    });
+        while !quota.is_empty() {
+            let rest = quota.split_off(quota.len().min(MAX_PIPELINE));
+            let batch = std::mem::replace(&mut quota, rest);
+            let (con, scripts, health) = (manager.clone(), scripts.clone(), health.clone());
+            tokio::spawn(run_quota(batch, con, scripts, health));
+        }
+    };
+    // Idle, the thread sleeps until an operation wakes it. Busy, it looks for operations every
+    // millisecond instead: a background ask handed over then wakes nothing (no futex, no
+    // context switch on its core), and what arrived together is written to the store
+    // together. An operation a request waits on still wakes it at once.
+    let mut jobs = Vec::new();
+    while let Some(job) = rx.recv().await {
+        jobs.push(job);
+        let mut quiet = 0;
+        while quiet < IDLE_TICKS {
+            let open = drain(&mut rx, &mut jobs);
+            quiet = if jobs.is_empty() { quiet + 1 } else { 0 };
+            dispatch(&mut jobs);
+            if !open {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = urgent.notified() => {}
+            }
+        }
+    }
 }
 
 /// Move what is queued into `jobs`; `false` once every sender is gone.
@@ -478,33 +487,12 @@ async fn run_quota(
     health: Arc<Health>,
 ) {
     let commands: Vec<redis::Cmd> = batch.iter().map(|job| scripts.command(job)).collect();
-    let send = |indices: &[usize]| {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for &i in indices {
-            pipe.add_command(commands[i].clone());
-        }
-        pipe
-    };
     let all: Vec<usize> = (0..batch.len()).collect();
-    let mut results: Vec<Option<redis::RedisResult<redis::Value>>> = match send(&all)
-        .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut con)
-        .await
-    {
-        Ok(rs) => rs.into_iter().map(Some).collect(),
-        Err(e) => {
-            let kind = e.kind();
-            let why = e.to_string();
-            (0..batch.len())
-                .map(|_| Some(Err(redis::RedisError::from((kind, "store", why.clone())))))
-                .collect()
-        }
-    };
-    // Every operation gets an answer (one the pipeline did not give is a failure).
-    results.resize_with(batch.len(), || None);
-    let unknown: Vec<usize> = (0..batch.len())
+    let mut results = pipeline(&commands, &all, &mut con).await;
+    let unknown: Vec<usize> = all
+        .into_iter()
         .filter(|&i| {
-            matches!(&results[i], Some(Err(e))
+            matches!(&results[i], Err(e)
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
         })
         .collect();
@@ -514,67 +502,86 @@ async fn run_quota(
             scripts.give_back.load_async(&mut con).await
         };
         let again = match loaded.await {
-            Ok(_) => {
-                send(&unknown)
-                    .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut con)
-                    .await
-            }
-            Err(e) => Err(e),
+            Ok(_) => pipeline(&commands, &unknown, &mut con).await,
+            Err(e) => unknown.iter().map(|_| Err(copy(&e))).collect(),
         };
-        match again {
-            Ok(rs) => {
-                for (&i, r) in unknown.iter().zip(rs) {
-                    results[i] = Some(r);
-                }
-            }
-            Err(e) => {
-                let (kind, why) = (e.kind(), e.to_string());
-                for &i in &unknown {
-                    results[i] = Some(Err(redis::RedisError::from((kind, "store", why.clone()))));
-                }
-            }
+        for (&i, r) in unknown.iter().zip(again) {
+            results[i] = r;
         }
     }
     for (job, result) in batch.into_iter().zip(results) {
-        let result = result.unwrap_or_else(|| {
-            Err(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "no answer in the pipeline",
-            )))
-        });
-        let grant = |result: redis::RedisResult<redis::Value>| {
-            let (granted, bucket, ms_left, free_in_ms, counted): (u32, u64, u64, u64, u64) =
-                redis::from_redis_value(result?)?;
-            Ok(Grant {
-                granted,
-                bucket,
-                ms_left,
-                free_in_ms,
-                counted,
-            })
-        };
-        match job {
-            Job::QuotaTake { reply, .. } => {
-                let _ = reply.send(grant(result));
-            }
-            Job::QuotaTakeThen { then, .. } => match grant(result) {
-                Ok(grant) => {
-                    health.reached();
-                    then(Some(grant));
-                }
-                Err(e) => {
-                    health.failed("quota", &e.to_string());
-                    then(None);
-                }
-            },
-            // A hand-back answers how many it took back; only a failure matters.
-            Job::QuotaGiveBack { .. } => {
-                if let Err(e) = result {
-                    health.failed("quota", &e.to_string());
-                }
-            }
-            Job::Replay { .. } | Job::Probe => {}
+        answer(job, result, &health);
+    }
+}
+
+/// `commands[i]` for each of `indices` in one pipeline: one answer each, in their order.
+async fn pipeline(
+    commands: &[redis::Cmd],
+    indices: &[usize],
+    con: &mut redis::aio::ConnectionManager,
+) -> Vec<redis::RedisResult<redis::Value>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for &i in indices {
+        pipe.add_command(commands[i].clone());
+    }
+    let mut answers = match pipe
+        .query_async::<Vec<redis::RedisResult<redis::Value>>>(con)
+        .await
+    {
+        Ok(answers) => answers,
+        Err(e) => indices.iter().map(|_| Err(copy(&e))).collect(),
+    };
+    // Every operation gets an answer (one the pipeline did not give is a failure).
+    answers.truncate(indices.len());
+    answers.resize_with(indices.len(), || {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no answer in the pipeline",
+        )))
+    });
+    answers
+}
+
+/// An error for each operation a failed pipeline held.
+fn copy(e: &redis::RedisError) -> redis::RedisError {
+    redis::RedisError::from((e.kind(), "store", e.to_string()))
+}
+
+/// Give a quota operation the store's answer.
+fn answer(job: Job, result: redis::RedisResult<redis::Value>, health: &Health) {
+    let grant = |result: redis::RedisResult<redis::Value>| {
+        let (granted, bucket, ms_left, free_in_ms, counted): (u32, u64, u64, u64, u64) =
+            redis::from_redis_value(result?)?;
+        Ok(Grant {
+            granted,
+            bucket,
+            ms_left,
+            free_in_ms,
+            counted,
+        })
+    };
+    match job {
+        Job::QuotaTake { reply, .. } => {
+            let _ = reply.send(grant(result));
         }
+        Job::QuotaTakeThen { then, .. } => match grant(result) {
+            Ok(grant) => {
+                health.reached();
+                then(Some(grant));
+            }
+            Err(e) => {
+                health.failed("quota", &e.to_string());
+                then(None);
+            }
+        },
+        // A hand-back answers how many it took back; only a failure matters.
+        Job::QuotaGiveBack { .. } => {
+            if let Err(e) = result {
+                health.failed("quota", &e.to_string());
+            }
+        }
+        Job::Replay { .. } | Job::Probe => {}
     }
 }
 

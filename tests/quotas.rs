@@ -34,6 +34,22 @@ fn reader(sub: &str) -> String {
     token_with("read:contacts", json!({ "sub": sub }))
 }
 
+/// Two replicas sharing a `sub` quota of `limit` per 60 s through `redis`, and their admin
+/// ports.
+fn two_replicas(redis: &Redis, limit: u32) -> (Proxy, u16, Proxy, u16) {
+    let upstream = start_echo("a");
+    // A generous timeout: a busy test machine must not turn a slow answer into a fallback.
+    let extra = format!(
+        "[shared_state]\nurl = \"redis://127.0.0.1:{}/0\"\ntimeout_ms = 2000\n\
+         [quotas.per_user]\nkey = \"sub\"\nlimit = {limit}\nwindow_seconds = 60\n",
+        redis.port
+    );
+    let (pa, aa, pb, ab) = (free_port(), free_port(), free_port(), free_port());
+    let a = Proxy::start(&quota_config(pa, aa, upstream, &extra), pa);
+    let b = Proxy::start(&quota_config(pb, ab, upstream, &extra), pb);
+    (a, aa, b, ab)
+}
+
 #[test]
 fn a_used_up_quota_is_a_429_with_retry_after_and_the_ratelimit_fields() {
     let (port, admin) = (free_port(), free_port());
@@ -212,16 +228,7 @@ fn the_window_recovers() {
 #[test]
 fn replicas_share_a_limit_through_redis_and_count_in_process_when_it_is_gone() {
     let mut redis = Redis::start();
-    let upstream = start_echo("a");
-    // A generous timeout: a busy test machine must not turn a slow answer into a fallback.
-    let extra = format!(
-        "[shared_state]\nurl = \"redis://127.0.0.1:{}/0\"\ntimeout_ms = 2000\n\
-         [quotas.per_user]\nkey = \"sub\"\nlimit = 20\nwindow_seconds = 60\n",
-        redis.port
-    );
-    let (pa, aa, pb, ab) = (free_port(), free_port(), free_port(), free_port());
-    let a = Proxy::start(&quota_config(pa, aa, upstream, &extra), pa);
-    let b = Proxy::start(&quota_config(pb, ab, upstream, &extra), pb);
+    let (a, aa, b, ab) = two_replicas(&redis, 20);
     let erin = reader("erin");
     let mut allowed = 0;
     for n in 0..60 {
@@ -291,15 +298,7 @@ fn replicas_share_a_limit_through_redis_and_count_in_process_when_it_is_gone() {
 #[test]
 fn replicas_under_concurrent_load_allow_at_most_the_limit_together() {
     let redis = Redis::start();
-    let upstream = start_echo("a");
-    let extra = format!(
-        "[shared_state]\nurl = \"redis://127.0.0.1:{}/0\"\ntimeout_ms = 2000\n\
-         [quotas.per_user]\nkey = \"sub\"\nlimit = 300\nwindow_seconds = 60\n",
-        redis.port
-    );
-    let (pa, aa, pb, ab) = (free_port(), free_port(), free_port(), free_port());
-    let a = Proxy::start(&quota_config(pa, aa, upstream, &extra), pa);
-    let b = Proxy::start(&quota_config(pb, ab, upstream, &extra), pb);
+    let (a, aa, b, ab) = two_replicas(&redis, 300);
     let gina = reader("gina");
     // Two clients on each replica, 225 requests each: three times the limit.
     let allowed: usize = std::thread::scope(|s| {

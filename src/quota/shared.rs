@@ -291,17 +291,7 @@ impl Lease {
             back[0] = (grant.granted > 0).then_some((grant.bucket, grant.granted));
             return (None, back);
         }
-        if let Some(next) = self.next {
-            // The store has moved on: a lease taken ahead for this bucket serves from now
-            // (its bucket has begun), one for an older bucket goes back.
-            if next.bucket == grant.bucket {
-                self.move_on(next.from_ms.max(received_ms));
-                self.until_ms = self.until_ms.min(ends_after);
-            } else if next.bucket < grant.bucket {
-                self.next = None;
-                back[1] = Some((next.bucket, next.granted));
-            }
-        }
+        back[1] = self.store_moved_on(grant.bucket, received_ms, ends_after);
         if grant.bucket == self.bucket && self.until_ms > asked_ms {
             self.granted += grant.granted;
             self.until_ms = self.until_ms.min(ends_after);
@@ -322,22 +312,49 @@ impl Lease {
         if asked != Asked::Waiting {
             return (None, back);
         }
-        let step = if self.used < self.granted {
+        (
+            Some(self.take_granted(limit, grant.free_in_ms, ends_after)),
+            back,
+        )
+    }
+
+    /// The store answered in `bucket`, received at `received_ms`: a lease taken ahead for that
+    /// bucket serves from now (its bucket has begun), until `ends_after` at the latest; one
+    /// for an older bucket is returned, to hand back.
+    fn store_moved_on(
+        &mut self,
+        bucket: u64,
+        received_ms: u64,
+        ends_after: u64,
+    ) -> Option<(u64, u32)> {
+        let next = self.next?;
+        if next.bucket == bucket {
+            self.move_on(next.from_ms.max(received_ms));
+            self.until_ms = self.until_ms.min(ends_after);
+        } else if next.bucket < bucket {
+            self.next = None;
+            return Some((next.bucket, next.granted));
+        }
+        None
+    }
+
+    /// The waiting request's step once a grant is in: one of it, or refused until the
+    /// bucket ends (counts only drop when a bucket leaves).
+    fn take_granted(&mut self, limit: u64, free_in_ms: u64, ends_after: u64) -> Step {
+        if self.used < self.granted {
             self.used += 1;
             Step::Allowed {
                 bucket: self.bucket,
                 remaining: self.remaining(limit),
-                reset_ms: grant.free_in_ms,
+                reset_ms: free_in_ms,
                 refill: None,
             }
         } else {
-            // Used up until this bucket ends (counts only drop when a bucket leaves).
             self.denied_until_ms = ends_after;
             Step::Refused {
-                retry_ms: grant.free_in_ms.max(1),
+                retry_ms: free_in_ms.max(1),
             }
-        };
-        (Some(step), back)
+        }
     }
 
     /// A background ask that did not come.
