@@ -274,6 +274,9 @@ impl Lease {
             ends_after += width_ms;
         }
         if asked == Asked::Next && grant.bucket > self.bucket {
+            // One taken ahead before (for another bucket, the store's clock having moved on
+            // meanwhile) goes back whole.
+            back[0] = self.next.take().map(|old| (old.bucket, old.granted));
             if grant.granted > 0 {
                 self.next = Some(Next {
                     bucket: grant.bucket,
