@@ -45,6 +45,8 @@ pub struct Lease {
     bucket: u64,
     /// When the lease was first used (local ms): its spending rate is `used` since then.
     since_ms: u64,
+    /// When it was last used (local ms).
+    last_ms: u64,
     /// The lease may be used before this (local ms).
     until_ms: u64,
     granted: u32,
@@ -152,6 +154,7 @@ impl Lease {
         }
         if now_ms < self.until_ms && self.used < self.granted {
             self.used += 1;
+            self.last_ms = now_ms;
             let refill = (!self.refilling)
                 .then(|| self.refill(limit, width_ms, now_ms))
                 .flatten();
@@ -173,14 +176,19 @@ impl Lease {
             };
         }
         // Its bucket is over: what it did not use goes back with the next ask (and is no
-        // longer this lease's to hand back), and the next is sized from what it used. A
-        // caller new to this replica starts with a few, so its next requests need no wait.
+        // longer this lease's to hand back), and the next is sized from what it used, or
+        // from the rate it was used at over a whole bucket (at most twice what it used), so
+        // that a caller back after a pause need not top up. A caller new to this replica
+        // starts with a few, so its next requests need no wait.
         let unused = self.granted - self.used;
         self.granted = self.used;
         let want = if self.until_ms == 0 {
             FIRST_LEASE.clamp(1, max_lease(limit))
         } else {
-            headroom(u64::from(self.demand.max(self.used)), limit)
+            let used = u64::from(self.demand.max(self.used));
+            let spent_in = self.last_ms.saturating_sub(self.since_ms).max(1);
+            let at_rate = u64::from(self.used.saturating_sub(1)) * width_ms / spent_in;
+            headroom(at_rate.min(2 * used).max(used), limit)
         };
         let give_back = match unused {
             0 => self.back.take(),
@@ -315,6 +323,7 @@ impl Lease {
         if asked != Asked::Waiting {
             return (None, back);
         }
+        self.last_ms = asked_ms;
         (
             Some(self.take_granted(limit, grant.free_in_ms, ends_after)),
             back,
@@ -447,12 +456,13 @@ mod tests {
             matches!(refill, Some(Refill { next: true, .. })),
             "{refill:?}"
         );
-        // Over with none ahead: the next is sized from what was used (5, and half again),
-        // and the unused 7 go back with that same ask, once.
+        // Over with none ahead: the next is sized from the rate it was used at (5 in 88 ms,
+        // so a whole bucket would take more than twice 5: twice 5 with half again, capped at
+        // a tenth of the limit, 9), and the unused 7 go back with that same ask, once.
         assert_eq!(
             l.take(100, W, 1_089),
             Step::Ask {
-                want: 8,
+                want: 9,
                 give_back: Some((10, 7))
             }
         );
@@ -589,6 +599,23 @@ mod tests {
             assert_eq!(allowed(l.take(100, W, 1_000 + t)).0, 11);
         }
         assert!(matches!(l.take(100, W, 1_010), Step::Ask { .. }));
+    }
+
+    #[test]
+    fn a_caller_back_after_a_pause_gets_a_lease_for_its_rate_over_a_whole_bucket() {
+        let mut l = Lease::default();
+        // 3 requests, 200 ms apart, from a lease of 4 in a bucket of 1_000 ms: 2 in 400 ms
+        // is 5 a bucket, within twice the 3 used; with half again, 8.
+        l.install(grant(4, 10, 1_000, 4), 1_000, W, (0, 0), Asked::Waiting);
+        allowed(l.take(1_000, W, 200));
+        allowed(l.take(1_000, W, 400));
+        assert_eq!(
+            l.take(1_000, W, 5_000),
+            Step::Ask {
+                want: 8,
+                give_back: Some((10, 1))
+            }
+        );
     }
 
     #[test]
