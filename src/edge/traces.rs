@@ -147,10 +147,10 @@ impl Traces {
         if !sampled {
             // A `tracestate` belongs to the `traceparent` it came with (W3C Trace Context
             // §3.3): without a valid one it is not passed on.
-            let tracestate = remote
-                .is_valid()
-                .then(|| headers.get("tracestate").cloned())
-                .flatten();
+            let tracestate = headers
+                .get("tracestate")
+                .filter(|_| remote.is_valid())
+                .cloned();
             return Box::new(RequestTrace::Unsampled {
                 trace_id,
                 tracestate,

@@ -366,11 +366,11 @@ impl Quotas {
         now_ms: u64,
     ) {
         let (store, leases) = (shared.store.clone(), shared.leases.clone());
-        let (prefix, limit, width) = (store_key(quota, caller), quota.limit, quota.width_ms());
         if !store.usable() {
             leases.with(key, Lease::refill_failed);
             return;
         }
+        let (prefix, limit, width) = (store_key(quota, caller), quota.limit, quota.width_ms());
         let ask = LeaseAsk {
             limit,
             width_ms: width,
