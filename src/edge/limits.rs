@@ -23,6 +23,8 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
+
+use super::coalesce::Coalesced;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, timeout_at, Instant};
 
@@ -164,7 +166,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
     /// next header is read by Pingora's session, and the connection is closed if that header
     /// is not parsed within `keepalive` + `header`. Its size is the decision's to check.
     async fn serve_http1(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
-        let mut stream = stream;
+        let mut stream: Stream = Box::new(Coalesced::new(stream));
         let mut persistent: Option<pingora_core::apps::HttpPersistentSettings> = None;
         let mut stopping = shutdown.clone();
         loop {

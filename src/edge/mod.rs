@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod clock;
+pub mod coalesce;
 pub mod console;
 pub mod demo_api;
 pub mod keys;

@@ -370,9 +370,10 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientCertificate {
 /// No buffers below the HTTP session. Reads: the parser reads into a growing buffer of its own
 /// (and scopegate reads a header ahead into one that exists only once bytes arrive); Pingora's
 /// default, 64 KiB per connection allocated at accept, held 320 MB for 5,000 slow clients.
-/// Writes: a write buffer holds a `Content-Length` response's head and body pieces until it
-/// fills or the body ends, so a slow body would delay even the head; without one, what the
-/// upstream sent is on its way to the client as soon as it is written.
+/// Writes: Pingora's write buffer holds a `Content-Length` response's head and body pieces until
+/// it fills or the body ends, so a slow body would delay even the head; an HTTP/1 connection's
+/// writes are gathered above it instead (`super::coalesce`), sent when the session flushes or
+/// goes back to reading, so a response leaves in one send and nothing waits on the upstream.
 fn l4_buffer() -> L4BufferSettings {
     L4BufferSettings::new(0, 0)
 }
