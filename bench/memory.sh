@@ -41,3 +41,41 @@ PY
 wait_ready "$admin"
 for i in $(seq 0 100 9999); do curl -s -o /dev/null "http://127.0.0.1:$listen/r$((i / 100))/items$i/7"; done
 echo -n "10,000 routes, idle after traffic: "; rss $pid
+kill $pid; wait $pid 2>/dev/null || true
+
+# 3. Idle client connections, per connection: plain HTTP/1.1 and HTTPS/1.1 after one request each
+# (kept alive), HTTP/2 after the connection preface (TLS 1.3, ECDSA P-256), each in a fresh process.
+# 10,000 of each where the open-files limit allows it (scopegate counts an upstream descriptor
+# per client connection, so it needs about twice as many).
+n=$(( $(ulimit -n) / 2 - 500 )); [ "$n" -gt 10000 ] && n=10000
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+  -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null
+for mode in plain h1 h2; do
+  listen=$(free_port); admin=$(free_port)
+  tls=""; [ "$mode" != plain ] && tls=$'[server.tls]\ncert = "tls.crt"\nkey = "tls.key"\n'
+  cat > "$dir/idle.toml" <<TOML
+[server]
+listen = "127.0.0.1:$listen"
+admin_listen = "127.0.0.1:$admin"
+upgrade_socket = "$dir/c.sock"
+access_log = "off"
+max_connections = 12000
+$tls
+[[issuers]]
+issuer = "https://issuer.scopegate.local/"
+audiences = ["https://contacts.example"]
+jwks_file = "jwks.json"
+
+[upstreams.api]
+servers = ["127.0.0.1:9"]
+
+[[routes]]
+methods = ["GET"]
+path = "/contacts"
+scopes = ["read:contacts"]
+TOML
+  "$bin" run --config "$dir/idle.toml" 2>/dev/null & pid=$!
+  wait_ready "$admin"
+  python3 bench/idle_connections.py "$listen" "$pid" "$n" "$mode"
+  kill $pid; wait $pid 2>/dev/null || true
+done
