@@ -1,8 +1,10 @@
 //! `BENCH_MODE=tls`: the traffic an edge carries. HTTPS/1.1 keep-alive (wrk), HTTP/2 over TLS
-//! (h2load -c10 -m10) and full handshakes (wrk with `Connection: close`), one RS256 token, an
-//! ECDSA P-256 certificate, TLS 1.3, for scopegate (shipped defaults + `[server.tls]`), bare
-//! Pingora (rustls), nginx and HAProxy pass-through, and HAProxy `jwt_verify`; every proxy on
-//! core 0, the load generator and the nginx upstream on core 1; CPU per request beside rps.
+//! (h2load -c10 -m10), full handshakes (wrk with `Connection: close`) and resumed ones
+//! (`openssl s_time -reuse`, one connection at a time, so client-bound: compare CPU per
+//! handshake), one RS256 token, an ECDSA P-256 certificate, TLS 1.3, for scopegate (shipped
+//! defaults + `[server.tls]`), bare Pingora (rustls), nginx and HAProxy pass-through, and HAProxy
+//! `jwt_verify`; every proxy on core 0, the load generator and the nginx upstream on core 1; CPU
+//! per request beside rps.
 
 use std::process::{Command, Stdio};
 
@@ -64,11 +66,60 @@ fn h2load(url: &str, header: &str, secs: u64) -> Run {
     run
 }
 
+/// `openssl s_time -reuse`: one connection at a time, each resuming the first one's TLS 1.3
+/// session (a ticket), sending `GET /contacts` without a token and reading the answer.
+fn s_time_resumed(port: u16, secs: u64) -> Run {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            "openssl",
+            "s_time",
+            "-reuse",
+            "-www",
+            "/contacts",
+        ])
+        .args([
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-time",
+            &secs.to_string(),
+        ])
+        .output()
+        .expect("openssl s_time");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "4888 connections in 4 real seconds, 277 bytes read per connection"
+    let rps = text
+        .lines()
+        .filter(|l| l.contains("real seconds"))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let n: f64 = w.next()?.parse().ok()?;
+            let s: f64 = w.nth(2)?.parse().ok()?;
+            Some(n / s.max(1.0))
+        })
+        .next_back()
+        .unwrap_or(0.0);
+    if rps == 0.0 {
+        eprintln!(
+            "s_time said:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Run {
+        rps,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        non_2xx: 0,
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Load {
     KeepAlive,
     H2,
     Handshakes,
+    Resumed,
 }
 
 pub fn run(secs: u64, rounds: usize) {
@@ -256,6 +307,7 @@ backend b
         (Load::KeepAlive, "HTTPS/1.1 keep-alive"),
         (Load::H2, "HTTP/2 -c10 -m10"),
         (Load::Handshakes, "full handshakes"),
+        (Load::Resumed, "resumed handshakes"),
     ];
     let mut rows: Vec<Row> = Vec::new();
     for (_, lname) in &loads {
@@ -275,6 +327,7 @@ backend b
                     Load::KeepAlive => wrk(&url(*port), None, Some(&auth), secs, 50),
                     Load::H2 => h2load(&url(*port), &auth, secs),
                     Load::Handshakes => wrk(&url(*port), None, Some(&close), secs, 50),
+                    Load::Resumed => s_time_resumed(*port, secs),
                 });
             }
         }
