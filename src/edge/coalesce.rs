@@ -9,7 +9,10 @@
 //! also go out whenever the session goes back to the connection to read, which its proxy loop
 //! does each time it has written what the upstream has sent so far (its idle read, which
 //! notices a client that went away): so a head and body that arrive together leave in one
-//! `send` (one TLS record), and what arrives later is never held for more.
+//! `send` (one TLS record), and what arrives later is never held for more. One exception: once a
+//! client has sent its next request while a response is still under way (pipelining), Pingora
+//! keeps those bytes and stops reading, so a slow `Content-Length` body's pieces, head included,
+//! then go out with its end or with every 16 KiB of it, as through Pingora's own write buffer.
 //!
 //! Bytes are written in the order given; nothing is parsed here.
 
