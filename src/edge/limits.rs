@@ -160,49 +160,45 @@ pub struct HeaderParsed(pub std::sync::atomic::AtomicBool);
 impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
     /// HTTP/1 requests on one connection, each header under the deadlines.
     ///
-    /// The first request's header is read here (it may take `header` from its first byte, and
-    /// at most 64 KiB). After a response, Pingora may already hold the start of the next
-    /// request (a client pipelining: RFC 9112 §9.3.2) where this loop cannot see it, so the
-    /// next header is read by Pingora's session, and the connection is closed if that header
-    /// is not parsed within `keepalive` + `header`. Its size is the decision's to check.
+    /// Each request's header is read here before Pingora's session exists (the first byte may
+    /// take `header` on a new connection, `keepalive` on a kept-alive one; the whole header
+    /// `header` from its first byte, and at most 64 KiB), so an idle connection holds no
+    /// session. After a response, Pingora may already hold the start of the next request (a
+    /// client pipelining: RFC 9112 §9.3.2) where this loop cannot read it: that request's header
+    /// is read by Pingora's session, and the connection is closed if it is not parsed within
+    /// `keepalive` + `header`. Its size is the decision's to check.
     async fn serve_http1(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let mut stream: Stream = Box::new(Coalesced::new(stream));
         let mut persistent: Option<pingora_core::apps::HttpPersistentSettings> = None;
         let mut stopping = shutdown.clone();
         loop {
-            let reused = persistent.is_some();
             let mut session;
-            let parsed = Arc::new(HeaderParsed::default());
-            if let Some(mut settings) = persistent.take() {
-                settings.set_user_context(Box::new(parsed.clone()));
-                session = ServerSession::new_http1(stream);
-                pingora_core::apps::HttpPersistentSettings::apply_to_session(
-                    settings,
-                    &mut session,
-                );
-            } else {
-                let first_by = Instant::now() + self.limits.header;
-                let read =
-                    match preread_header(&mut stream, first_by, self.limits.header, &mut stopping)
-                        .await
-                    {
-                        Ok(read) => read,
-                        Err(NoRequest::Closed) => return,
-                        Err(NoRequest::Late) => {
-                            tracing::debug!(
-                                "no complete request header in time: connection closed"
-                            );
-                            return;
-                        }
-                        Err(NoRequest::TooLarge) => {
-                            let _ = stream.write_all(TOO_LARGE).await;
-                            let _ = stream.flush().await;
-                            let _ = stream.shutdown().await;
-                            return;
-                        }
+            let mut parsed = None;
+            match persistent.take() {
+                Some(mut settings) if holds_pipelined_bytes(&settings) => {
+                    let flag = Arc::new(HeaderParsed::default());
+                    settings.set_user_context(Box::new(flag.clone()));
+                    parsed = Some(flag);
+                    session = ServerSession::new_http1(stream);
+                    settings.apply_to_session(&mut session);
+                }
+                settings => {
+                    let wait = match settings {
+                        Some(_) => self.limits.keepalive,
+                        None => self.limits.header,
                     };
-                session = ServerSession::new_http1(stream);
-                session.set_pipelined_prefix(read);
+                    let Some(read) = self
+                        .next_header(&mut stream, Instant::now() + wait, &mut stopping)
+                        .await
+                    else {
+                        return;
+                    };
+                    session = ServerSession::new_http1(stream);
+                    if let Some(settings) = settings {
+                        settings.apply_to_session(&mut session);
+                    }
+                    session.set_pipelined_prefix(read);
+                }
             }
             session.set_pipelining_enabled(true);
             // Set on every session: Pingora's own carries no idle timeout over to the next.
@@ -212,22 +208,23 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                 session.set_keepalive(Some(self.limits.keepalive.as_secs().max(1)));
             }
             let serving = self.inner.process_new_http(session, shutdown);
-            let done = if reused {
-                let deadline = Instant::now() + self.limits.keepalive + self.limits.header;
-                tokio::pin!(serving);
-                tokio::select! {
-                    biased;
-                    done = &mut serving => done,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        if !parsed.0.load(Ordering::Relaxed) {
-                            tracing::debug!("no complete request header in time: connection closed");
-                            return;
+            let done = match parsed {
+                Some(parsed) => {
+                    let deadline = Instant::now() + self.limits.keepalive + self.limits.header;
+                    tokio::pin!(serving);
+                    tokio::select! {
+                        biased;
+                        done = &mut serving => done,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            if !parsed.0.load(Ordering::Relaxed) {
+                                tracing::debug!("no complete request header in time: connection closed");
+                                return;
+                            }
+                            serving.await
                         }
-                        serving.await
                     }
                 }
-            } else {
-                serving.await
+                None => serving.await,
             };
             let Some(reused) = done else {
                 return;
@@ -239,6 +236,63 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
             persistent = settings;
         }
     }
+
+    /// The next request's header, read whole (`preread_header`); `None` when the connection is
+    /// done with: closed by the client, late (closed here), or over 64 KiB (a 431, then closed).
+    async fn next_header(
+        &self,
+        stream: &mut Stream,
+        first_by: Instant,
+        stopping: &mut ShutdownWatch,
+    ) -> Option<BytesMut> {
+        match preread_header(stream, first_by, self.limits.header, stopping).await {
+            Ok(read) => Some(read),
+            Err(NoRequest::Closed) => None,
+            Err(NoRequest::Late) => {
+                tracing::debug!("no complete request header in time: connection closed");
+                None
+            }
+            Err(NoRequest::TooLarge) => {
+                let _ = stream.write_all(TOO_LARGE).await;
+                let _ = stream.flush().await;
+                let _ = stream.shutdown().await;
+                None
+            }
+        }
+    }
+}
+
+/// Whether the settings Pingora hands over with a kept-alive connection carry bytes it read of
+/// the client's next request (a pipelining client), which only its next session can take.
+/// Pingora 0.9 says so only in the settings' `Debug` text (`pipelined_prefix: None` when it
+/// keeps none); anything else counts as holding bytes, which costs only the early wait.
+fn holds_pipelined_bytes(settings: &pingora_core::apps::HttpPersistentSettings) -> bool {
+    use std::fmt::Write;
+    /// Keeps the start of the text; a longer one (bytes printed) stops the formatting.
+    struct Start {
+        buf: [u8; 256],
+        len: usize,
+    }
+    impl Write for Start {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = self.len + s.len();
+            if end > self.buf.len() {
+                return Err(std::fmt::Error);
+            }
+            self.buf[self.len..end].copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+    let mut text = Start {
+        buf: [0; 256],
+        len: 0,
+    };
+    if write!(text, "{settings:?}").is_err() {
+        return true;
+    }
+    const NONE: &[u8] = b"pipelined_prefix: None";
+    !text.buf[..text.len].windows(NONE.len()).any(|w| w == NONE)
 }
 
 #[async_trait]
@@ -290,5 +344,27 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
 
     async fn cleanup(&self) {
         self.inner.http_cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora_core::apps::HttpPersistentSettings;
+
+    #[tokio::test]
+    async fn pipelined_bytes_pingora_keeps_are_seen_in_its_settings() {
+        let (near, _far) = tokio::io::duplex(64);
+        let session = ServerSession::new_http1(Box::new(near));
+        let mut settings = HttpPersistentSettings::for_session(&session);
+        assert!(!holds_pipelined_bytes(&settings), "{settings:?}");
+        settings.set_user_context(Box::new(Arc::new(HeaderParsed::default())));
+        assert!(!holds_pipelined_bytes(&settings), "{settings:?}");
+        settings.set_pipelined_prefix(BytesMut::from(&b"GET /next HTTP/1.1\r\n"[..]));
+        assert!(holds_pipelined_bytes(&settings), "{settings:?}");
+        // A long prefix stops the formatting early and still counts.
+        let mut long = HttpPersistentSettings::for_session(&session);
+        long.set_pipelined_prefix(BytesMut::from(&[b'x'; 10_000][..]));
+        assert!(holds_pipelined_bytes(&long));
     }
 }
