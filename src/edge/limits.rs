@@ -93,9 +93,14 @@ async fn preread_header(
         first_by
     };
     let mut started = false;
+    // Over TLS the first byte is read alone: rustls holds the rest of its record, so the buffer
+    // exists only once a request comes, at no extra system call. (In plain TCP it would cost one.)
+    let tls = stream.get_ssl().is_some();
+    let mut one = [0u8; 1];
     loop {
         let scan_from = buf.len().saturating_sub(2);
-        if buf.capacity() == buf.len() {
+        let first_alone = tls && buf.is_empty();
+        if !first_alone && buf.capacity() == buf.len() {
             let grow = if buf.is_empty() {
                 FIRST_READ
             } else {
@@ -105,7 +110,13 @@ async fn preread_header(
         }
         let read = tokio::select! {
             biased;
-            read = timeout_at(deadline, stream.read_buf(&mut buf)) => read,
+            read = timeout_at(deadline, async {
+                if first_alone {
+                    stream.read(&mut one).await
+                } else {
+                    stream.read_buf(&mut buf).await
+                }
+            }) => read,
             // Shutdown began while idle: shorten the wait, then read on.
             _ = stopping.changed(), if !started && !*stopping.borrow() => {
                 deadline = deadline.min(Instant::now() + SHUTDOWN_IDLE);
@@ -115,6 +126,10 @@ async fn preread_header(
         match read {
             Err(_) => return Err(NoRequest::Late),
             Ok(Ok(0)) | Ok(Err(_)) => return Err(NoRequest::Closed),
+            Ok(Ok(_)) if first_alone => {
+                buf.reserve(FIRST_READ);
+                buf.extend_from_slice(&one);
+            }
             Ok(Ok(_)) => {}
         };
         if !started {
