@@ -150,21 +150,20 @@ async fn preread_header(
 }
 
 /// Where the header in `buf` ends (searched from `from`): at the first empty line, CRLF or
-/// bare LF as HTTP/1.1 parsers accept (RFC 9112 §2.2).
+/// bare LF as HTTP/1.1 parsers accept (RFC 9112 §2.2). Only line ends are looked at (`memchr`).
 fn header_end(buf: &[u8], from: usize) -> Option<usize> {
-    let at = buf[from..]
-        .windows(2)
-        .position(|w| w == b"\n\n" || w == b"\n\r")?;
-    let i = from + at;
-    match buf[i + 1] {
-        b'\n' => Some(i + 2),
-        // `\n\r` is a blank line only when `\n` follows.
-        _ => match buf.get(i + 2) {
-            Some(b'\n') => Some(i + 3),
-            Some(_) => header_end(buf, i + 1),
-            None => None,
-        },
+    let mut at = from;
+    while let Some(found) = memchr::memchr(b'\n', &buf[at..]) {
+        let i = at + found;
+        match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => return Some(i + 2),
+            // `\n\r` is a blank line only when `\n` follows.
+            (Some(b'\r'), Some(b'\n')) => return Some(i + 3),
+            (None, _) | (Some(b'\r'), None) => return None,
+            _ => at = i + 1,
+        }
     }
+    None
 }
 
 /// Set by the proxy once Pingora has parsed the header of a request on a reused connection
@@ -366,6 +365,46 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
 mod tests {
     use super::*;
     use pingora_core::apps::HttpPersistentSettings;
+    use proptest::prelude::*;
+
+    /// The end of the header by the plain reading of RFC 9112 §2.2: the first `\n` that an
+    /// empty line (`\n` or `\r\n`) follows.
+    fn header_end_spelled_out(buf: &[u8], from: usize) -> Option<usize> {
+        (from..buf.len()).find_map(|i| {
+            if buf[i] != b'\n' {
+                return None;
+            }
+            match (buf.get(i + 1), buf.get(i + 2)) {
+                (Some(b'\n'), _) => Some(i + 2),
+                (Some(b'\r'), Some(b'\n')) => Some(i + 3),
+                _ => None,
+            }
+        })
+    }
+
+    #[test]
+    fn a_header_ends_at_its_first_empty_line() {
+        let h = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody";
+        assert_eq!(header_end(h, 0), Some(h.len() - 4));
+        assert_eq!(header_end(b"GET / HTTP/1.1\nHost: a\n\nrest", 0), Some(24));
+        assert_eq!(
+            header_end(b"GET / HTTP/1.1\r\nX: a\n\rb\r\n\r\n", 0),
+            Some(27)
+        );
+        assert_eq!(header_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
+        assert_eq!(header_end(b"GET / HTTP/1.1\r\n", 0), None);
+    }
+
+    proptest! {
+        #[test]
+        fn header_end_finds_what_the_rfc_reading_finds(
+            buf in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a')], 0..64),
+            from in 0usize..8,
+        ) {
+            let from = from.min(buf.len());
+            prop_assert_eq!(header_end(&buf, from), header_end_spelled_out(&buf, from));
+        }
+    }
 
     #[tokio::test]
     async fn pipelined_bytes_pingora_keeps_are_seen_in_its_settings() {
