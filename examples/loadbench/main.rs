@@ -215,9 +215,11 @@ impl Row {
     }
 }
 
-/// The table every bench mode prints: medians, CPU and CPU per request beside rps.
+/// The table every bench mode prints: medians, CPU and CPU per request beside rps. Rows that
+/// were not run (`BENCH_ROWS`) are left out.
 fn print_rows(title: &str, rows: &[Row]) {
     println!("\n{title}");
+    let rows: Vec<&Row> = rows.iter().filter(|r| !r.runs.is_empty()).collect();
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(6).max(6);
     println!(
         "{:<width$} {:>9} {:>8} {:>8} {:>6} {:>10} {:>9} {:>8}",
