@@ -23,10 +23,10 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
-
-use super::coalesce::Coalesced;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, timeout_at, Instant};
+
+use super::coalesce::Coalesced;
 
 /// The `[server]` limits, in force from process start.
 #[derive(Debug, Clone, Copy)]
