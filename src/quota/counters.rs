@@ -10,15 +10,36 @@ use lru::LruCache;
 /// Shards: with a handful of worker threads, two rarely want the same one at once.
 const SHARDS: usize = 64;
 /// Callers (each under each of its quotas) kept per process, in-process counts and shared
-/// leases each. An entry is about 100 bytes (key, value, the LRU's links and the hash table's
+/// leases each. An entry is about 110 bytes (key, value, the LRU's links and the hash table's
 /// slot), so each map stays under 64 MiB however many callers there are. Past it the least
-/// recently seen caller of the shard is forgotten: its next request starts a fresh count.
+/// recently seen caller of the shard is forgotten (to within `REORDER_AFTER` of its shard's
+/// accesses): its next request starts a fresh count.
 pub const MAX_CALLERS: usize = 1 << 19;
 const PER_SHARD: usize = MAX_CALLERS / SHARDS;
 
+/// A caller seen again is moved to the front of its shard's order only when more than this
+/// many accesses to the shard came since it last was: moving an entry touches three others in
+/// memory, which with many callers is most of an access's cost. An entry placed within the
+/// last `REORDER_AFTER` accesses is among the `REORDER_AFTER` nearest the front, so it is never
+/// the one forgotten; the one forgotten was seen by none of the last
+/// `PER_SHARD - 2 * REORDER_AFTER` accesses to its shard.
+const REORDER_AFTER: u32 = (PER_SHARD / 4) as u32;
+
+/// One shard: the map, and its accesses counted (the clock `REORDER_AFTER` is told in).
+struct Shard<V> {
+    map: LruCache<u64, Slot<V>, PreHashed>,
+    tick: u32,
+}
+
+struct Slot<V> {
+    value: V,
+    /// The shard's `tick` when the entry was last moved to the front.
+    placed: u32,
+}
+
 /// A bounded map from a caller's hash to `V`, least recently used out first.
 pub struct Counters<V> {
-    shards: Box<[Mutex<LruCache<u64, V, PreHashed>>]>,
+    shards: Box<[Mutex<Shard<V>>]>,
     hasher: ahash::RandomState,
 }
 
@@ -55,7 +76,12 @@ impl<V: Default> Counters<V> {
             // Unbounded as the LRU sees it (so no table is allocated up front); `with` keeps
             // each shard within `PER_SHARD`.
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::unbounded_with_hasher(PreHashed)))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: LruCache::unbounded_with_hasher(PreHashed),
+                        tick: 0,
+                    })
+                })
                 .collect(),
             hasher: ahash::RandomState::new(),
         }
@@ -71,33 +97,54 @@ impl<V: Default> Counters<V> {
     }
 
     /// The shard of `key`: middle bits (the table inside uses the lowest and the top 7).
-    fn shard(&self, key: u64) -> &Mutex<LruCache<u64, V, PreHashed>> {
+    fn shard(&self, key: u64) -> &Mutex<Shard<V>> {
         &self.shards[(key >> 32) as usize % SHARDS]
     }
 
     /// Run `f` on the entry of `key`, made when missing.
     pub fn with<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> R {
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = shard.get_mut(&key) {
-            return f(v);
+        let shard = &mut *shard;
+        shard.tick = shard.tick.wrapping_add(1);
+        let tick = shard.tick;
+        let stale = match shard.map.peek_mut(&key) {
+            Some(slot) if tick.wrapping_sub(slot.placed) <= REORDER_AFTER => {
+                return f(&mut slot.value)
+            }
+            Some(slot) => {
+                slot.placed = tick;
+                true
+            }
+            None => false,
+        };
+        if stale {
+            // `get_mut` moves it to the front.
+            if let Some(slot) = shard.map.get_mut(&key) {
+                return f(&mut slot.value);
+            }
         }
-        if shard.len() >= PER_SHARD {
-            shard.pop_lru();
+        if shard.map.len() >= PER_SHARD {
+            shard.map.pop_lru();
         }
-        f(shard.get_or_insert_mut(key, V::default))
+        let slot = shard.map.get_or_insert_mut(key, || Slot {
+            value: V::default(),
+            placed: tick,
+        });
+        f(&mut slot.value)
     }
 
-    /// Run `f` on the entry of `key` if there is one.
+    /// Run `f` on the entry of `key` if there is one (its place in the order unchanged: taking
+    /// a count back is not seeing the caller).
     pub fn with_existing<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        shard.get_mut(&key).map(f)
+        shard.map.peek_mut(&key).map(|slot| f(&mut slot.value))
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).map.len())
             .sum()
     }
 }
@@ -123,6 +170,35 @@ mod tests {
         assert!(c.len() <= MAX_CALLERS, "{}", c.len());
         assert_eq!(c.with_existing(first, |v| *v), None);
         // The entry itself is small: key, a window of 11 counters and its head.
-        assert!(std::mem::size_of::<(u64, super::super::window::Window)>() <= 64);
+        assert!(std::mem::size_of::<(u64, Slot<super::super::window::Window>)>() <= 72);
+    }
+
+    #[test]
+    fn a_caller_seen_again_is_kept_over_those_not_seen_since() {
+        let c: Counters<u32> = Counters::new();
+        // Keys of shard 0 (bits 32..38 zero), spread over the table's own bits.
+        let k = |i: u64| (i << 38) | (i.wrapping_mul(0x9E37_79B9) & 0xFFFF_FFFF);
+        for i in 0..PER_SHARD as u64 {
+            c.with(k(i), |v| *v = 1);
+        }
+        // The least recently seen caller comes back, then one more fills the shard past its
+        // bound: the one forgotten is the next least recently seen.
+        c.with(k(0), |v| *v += 1);
+        c.with(k(PER_SHARD as u64), |v| *v = 1);
+        assert_eq!(c.with_existing(k(0), |v| *v), Some(2));
+        assert_eq!(c.with_existing(k(1), |v| *v), None);
+        // Seen again right after it was placed, a caller keeps its place near the front, and
+        // its count goes on.
+        c.with(k(2), |v| *v += 5);
+        c.with(k(2), |v| *v += 5);
+        assert_eq!(c.with_existing(k(2), |v| *v), Some(11));
+        for i in 0..(PER_SHARD - 2 * REORDER_AFTER as usize) as u64 {
+            c.with(k(PER_SHARD as u64 + 1 + i), |v| *v = 1);
+        }
+        assert_eq!(
+            c.with_existing(k(0), |v| *v),
+            Some(2),
+            "seen within the bound: kept"
+        );
     }
 }
