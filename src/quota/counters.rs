@@ -20,9 +20,9 @@ const PER_SHARD: usize = MAX_CALLERS / SHARDS;
 /// A caller seen again is moved to the front of its shard's order only when more than this
 /// many accesses to the shard came since it last was: moving an entry touches three others in
 /// memory, which with many callers is most of an access's cost. An entry placed within the
-/// last `REORDER_AFTER` accesses is among the `REORDER_AFTER` nearest the front, so it is never
-/// the one forgotten; the one forgotten was seen by none of the last
-/// `PER_SHARD - 2 * REORDER_AFTER` accesses to its shard.
+/// last `REORDER_AFTER` accesses is among the `REORDER_AFTER` nearest the front, and each
+/// access moves it back by one at most, so the one forgotten was seen by none of the last
+/// `PER_SHARD - REORDER_AFTER` accesses to its shard.
 const REORDER_AFTER: u32 = (PER_SHARD / 4) as u32;
 
 /// One shard: the map, and its accesses counted (the clock `REORDER_AFTER` is told in).
@@ -192,13 +192,33 @@ mod tests {
         c.with(k(2), |v| *v += 5);
         c.with(k(2), |v| *v += 5);
         assert_eq!(c.with_existing(k(2), |v| *v), Some(11));
-        for i in 0..(PER_SHARD - 2 * REORDER_AFTER as usize) as u64 {
-            c.with(k(PER_SHARD as u64 + 1 + i), |v| *v = 1);
-        }
+        // The bound at its worst: a caller placed at the front, then `REORDER_AFTER - 1`
+        // newcomers, is seen again and not moved (it is `REORDER_AFTER`th from the front). It
+        // is kept through `PER_SHARD - REORDER_AFTER` newcomers after that, and only then,
+        // being the last, forgotten.
+        let x = k(3 * PER_SHARD as u64);
+        let newcomers = |from: u64, n: u64| {
+            for i in 0..n {
+                c.with(k(from + i), |v| *v = 1);
+            }
+        };
+        c.with(x, |v| *v = 1);
+        newcomers(4 * PER_SHARD as u64, u64::from(REORDER_AFTER) - 1);
+        c.with(x, |v| *v += 1);
+        newcomers(
+            5 * PER_SHARD as u64,
+            (PER_SHARD as u64) - u64::from(REORDER_AFTER),
+        );
         assert_eq!(
-            c.with_existing(k(0), |v| *v),
+            c.with_existing(x, |v| *v),
             Some(2),
             "seen within the bound: kept"
+        );
+        newcomers(6 * PER_SHARD as u64, 1);
+        assert_eq!(
+            c.with_existing(x, |v| *v),
+            None,
+            "not moved when seen again that soon"
         );
     }
 }
