@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Resident memory per idle TLS client connection of a running scopegate.
+"""Resident memory per idle client connection of a running scopegate.
 
   idle_connections.py PORT PID N h1|h2|plain
 
 h1: N TLS connections (ALPN http/1.1), each makes one request (`GET /contacts`, answered without
 an upstream) and stays open, kept alive. h2: N TLS connections (ALPN h2), each sends the
-connection preface and its SETTINGS, reads the server's SETTINGS and stays open. plain: h1 without TLS. Prints the
-process's RSS before and with all N open, and the difference per connection.
+connection preface and its SETTINGS, reads the server's SETTINGS and stays open. plain: h1
+without TLS. Prints the process's RSS before and with all N open, and the difference per
+connection.
 """
 import socket
 import ssl
@@ -34,10 +35,8 @@ def read_some(sock, want):
 
 def open_one(ctx, port, mode):
     raw = socket.create_connection(("127.0.0.1", port))
-    s = raw if mode in ("plain", "connect") else ctx.wrap_socket(raw, server_hostname="localhost")
-    if mode == "connect":
-        pass
-    elif mode in ("h1", "plain"):
+    s = raw if mode == "plain" else ctx.wrap_socket(raw, server_hostname="localhost")
+    if mode in ("h1", "plain"):
         s.sendall(b"GET /contacts HTTP/1.1\r\nHost: localhost\r\n\r\n")
         head = read_some(s, b"\r\n\r\n")
         length = 0
@@ -75,7 +74,7 @@ def main():
     time.sleep(1)
     after = rss_kib(pid)
     print(
-        f"{n} idle { {'h2': 'HTTP/2', 'h1': 'HTTPS/1.1', 'plain': 'plain HTTP/1.1', 'connect': 'plain, no request yet,'}[mode] } connections: RSS {before / 1024:.1f} -> "
+        f"{n} idle { {'h2': 'HTTP/2', 'h1': 'HTTPS/1.1', 'plain': 'plain HTTP/1.1'}[mode] } connections: RSS {before / 1024:.1f} -> "
         f"{after / 1024:.1f} MB, {(after - before) * 1024 / n / 1024:.1f} KiB per connection"
     )
     for s in held:
