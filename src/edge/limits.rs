@@ -166,8 +166,9 @@ fn header_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Set by the proxy once Pingora has parsed the header of a request on a reused connection
-/// (`ProxyHttp::on_connection_reuse`), carried there as the connection's user context.
+/// Set by the proxy once Pingora has parsed the header of a request a client pipelined (one
+/// whose header Pingora's session reads: `ProxyHttp::on_connection_reuse`), carried there as the
+/// connection's user context.
 #[derive(Debug, Default)]
 pub struct HeaderParsed(pub std::sync::atomic::AtomicBool);
 
@@ -305,8 +306,7 @@ fn holds_pipelined_bytes(settings: &pingora_core::apps::HttpPersistentSettings) 
     if write!(text, "{settings:?}").is_err() {
         return true;
     }
-    const NONE: &[u8] = b"pipelined_prefix: None";
-    !text.buf[..text.len].windows(NONE.len()).any(|w| w == NONE)
+    memchr::memmem::find(&text.buf[..text.len], b"pipelined_prefix: None").is_none()
 }
 
 #[async_trait]

@@ -645,8 +645,8 @@ impl ProxyHttp for ScopeGate {
         RequestCtx::new()
     }
 
-    // The header of a request on a reused connection is parsed: the connection loop's
-    // deadline for it is met (see `limits::Limited::serve_http1`).
+    // The header of a request a client pipelined, read by Pingora's session, is parsed: the
+    // connection loop's deadline for it is met (see `limits::Limited::serve_http1`).
     fn on_connection_reuse(
         &self,
         _session: &mut Session,
