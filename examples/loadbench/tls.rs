@@ -67,7 +67,8 @@ fn h2load(url: &str, header: &str, secs: u64) -> Run {
 }
 
 /// `openssl s_time -reuse`: one connection at a time, each resuming the first one's TLS 1.3
-/// session (a ticket), sending `GET /contacts` without a token and reading the answer.
+/// session (a ticket), sending `GET /contacts` without a token and reading the answer (whose
+/// status s_time does not count: `non_2xx` stays 0).
 fn s_time_resumed(port: u16, secs: u64) -> Run {
     let out = Command::new("taskset")
         .args([
