@@ -39,6 +39,8 @@ pub struct Quota {
     pub methods: Vec<Method>,
     /// `RateLimit-Policy: "per_user";q=600;w=60`, built once.
     pub policy: HeaderValue,
+    /// `"per_user";r=`: the start of its `RateLimit` field, built once.
+    rate_limit_prefix: Box<[u8]>,
     /// Who it is across reloads: its label and window (a new window starts new counts).
     pub id: u64,
     /// The key prefix of its counters in the shared store.
@@ -66,6 +68,7 @@ impl Quota {
         let policy = format!("{};q={limit};w={window_seconds}", sf_string(name));
         let policy = HeaderValue::from_str(&policy)
             .map_err(|_| format!("quota name {name:?} does not fit in a header"))?;
+        let rate_limit_prefix = format!("{};r=", sf_string(name)).into_bytes().into();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&label, window_seconds).hash(&mut h);
         let digest = aws_lc_rs::digest::digest(
@@ -84,6 +87,7 @@ impl Quota {
             window_seconds,
             methods,
             policy,
+            rate_limit_prefix,
             id: h.finish(),
             store_id,
         })
@@ -100,13 +104,17 @@ impl Quota {
             || (*method == Method::HEAD && self.methods.contains(&Method::GET))
     }
 
-    /// `RateLimit: "per_user";r=0;t=12`.
+    /// `RateLimit: "per_user";r=0;t=12` (on every allowed response: the quoted name is
+    /// written once, at load, and only the numbers here).
     pub fn rate_limit(&self, remaining: u64, reset_seconds: u64) -> Option<HeaderValue> {
-        HeaderValue::from_str(&format!(
-            "{};r={remaining};t={reset_seconds}",
-            sf_string(&self.name)
-        ))
-        .ok()
+        let mut numbers = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (r, t) = (numbers.0.format(remaining), numbers.1.format(reset_seconds));
+        let mut field = Vec::with_capacity(self.rate_limit_prefix.len() + r.len() + t.len() + 3);
+        field.extend_from_slice(&self.rate_limit_prefix);
+        field.extend_from_slice(r.as_bytes());
+        field.extend_from_slice(b";t=");
+        field.extend_from_slice(t.as_bytes());
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(field)).ok()
     }
 
     /// `600 per 60 s by sub (POST, PUT)`, for `check` and `explain`.
@@ -560,5 +568,10 @@ mod tests {
         .unwrap();
         assert_eq!(q.policy, "\"per_user\";q=600;w=60");
         assert_eq!(q.rate_limit(0, 12).unwrap(), "\"per_user\";r=0;t=12");
+        let odd = Quota::new(r#"a"b\c"#, "x".into(), QuotaKey::ClientIp, 1, 1, vec![]).unwrap();
+        assert_eq!(
+            odd.rate_limit(u64::MAX, 1_000).unwrap(),
+            r#""a\"b\\c";r=18446744073709551615;t=1000"#
+        );
     }
 }
