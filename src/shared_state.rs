@@ -239,6 +239,11 @@ impl SharedStore {
         })
     }
 
+    /// How long an operation may take (`timeout_ms`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Whether to ask the store now. While it is down: no, and at most once a second a probe
     /// (not awaited) looks whether it is back.
     pub fn usable(&self) -> bool {

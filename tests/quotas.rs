@@ -334,6 +334,49 @@ fn replicas_under_concurrent_load_allow_at_most_the_limit_together() {
     }
 }
 
+/// SPEC: the store is not on a request's path more than once per caller and window fraction.
+/// Requests of a new caller that come in together, while the store holds every command,
+/// wait for the one ask the first of them made (then for as few more as the leases need)
+/// instead of each asking the store.
+#[test]
+fn a_callers_requests_that_come_together_wait_for_one_store_call_not_one_each() {
+    let redis = Redis::start();
+    let extra = format!(
+        "[shared_state]\nurl = \"redis://127.0.0.1:{}/0\"\ntimeout_ms = 20000\n\
+         [quotas.per_user]\nkey = \"sub\"\nlimit = 1000\nwindow_seconds = 60\n",
+        redis.port
+    );
+    let (port, admin) = (free_port(), free_port());
+    let p = Proxy::start(&quota_config(port, admin, start_echo("a"), &extra), port);
+    // The store's connection made and its scripts loaded, by another caller.
+    assert_eq!(p.get("/contacts", Some(&reader("warm"))).status, 200);
+    let before = redis.scripts_run();
+    let ivy = reader("ivy");
+    const TOGETHER: usize = 16;
+    let ready = std::sync::Barrier::new(TOGETHER + 1);
+    std::thread::scope(|s| {
+        for _ in 0..TOGETHER {
+            s.spawn(|| {
+                ready.wait();
+                assert_eq!(p.get("/contacts", Some(&ivy)).status, 200);
+            });
+        }
+        // Every command held for 3 s while the requests come in.
+        let paused = redis.command("CLIENT PAUSE 3000");
+        assert!(paused.starts_with("+OK"), "{paused}");
+        ready.wait();
+    });
+    let calls = redis.scripts_run() - before;
+    eprintln!("{calls} store calls for {TOGETHER} requests of one caller that came together");
+    // Asked one each, it would be 16; one ask of 4 (the first lease), then the doubling asks of
+    // those that found it spent (8, 16) and a background top-up or two.
+    assert!(
+        calls <= 8,
+        "{calls} store calls for {TOGETHER} requests of one caller that came together"
+    );
+    assert_eq!(p.get("/contacts", Some(&ivy)).status, 200);
+}
+
 #[test]
 fn check_and_explain_show_the_quotas_a_route_is_under() {
     let upstream = start_echo("a");

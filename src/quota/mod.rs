@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method};
 use serde_json::Value;
+use tokio::sync::Notify;
 
 use counters::Counters;
 pub use counters::MAX_CALLERS;
@@ -212,6 +213,52 @@ pub struct Quotas {
 struct Shared {
     store: Arc<SharedStore>,
     leases: Arc<Counters<Lease>>,
+    /// Rung when a caller's waiting ask is over (by the caller's key, modulo their number):
+    /// its other requests, waiting for that answer, take again.
+    answered: Box<[Notify]>,
+}
+
+/// How many `Shared::answered` there are.
+const ANSWERED: usize = 64;
+
+impl Shared {
+    fn answered(&self, key: u64) -> &Notify {
+        &self.answered[key as usize % ANSWERED]
+    }
+
+    /// Another request of this caller asks the store: wait for its answer (at most the
+    /// store's timeout), then take again. The step, and the time it was taken at; `None`
+    /// when no answer came in time.
+    async fn join(&self, key: u64, (limit, width): (u64, u64), now_ms: u64) -> Option<(Step, u64)> {
+        let waited = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.store.timeout();
+        loop {
+            // Listening before looking: an answer between the two is not missed.
+            let answered = self.answered(key).notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            let now = now_ms + waited.elapsed().as_millis() as u64;
+            match self.leases.with(key, |l| l.take(limit, width, now)) {
+                Step::Join => {}
+                step => return Some((step, now)),
+            }
+            tokio::time::timeout_at(deadline, answered).await.ok()?;
+        }
+    }
+}
+
+/// The waiting ask of a caller, while it lasts: once over (answered, failed, or its request
+/// gone), the caller's next request may ask, and those waiting for it take again.
+struct Asking<'a> {
+    shared: &'a Shared,
+    key: u64,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        self.shared.leases.with_existing(self.key, Lease::ask_over);
+        self.shared.answered(self.key).notify_waiters();
+    }
 }
 
 /// A request counted under one quota, to take back if another refuses it.
@@ -228,6 +275,7 @@ impl Quotas {
             shared: store.map(|store| Shared {
                 store,
                 leases: Arc::new(Counters::new()),
+                answered: (0..ANSWERED).map(|_| Notify::new()).collect(),
             }),
         }
     }
@@ -320,9 +368,17 @@ impl Quotas {
     ) -> Result<(Counted, u64, u64), u64> {
         let key = shared.leases.key(quota.id, caller);
         let (limit, width) = (quota.limit, quota.width_ms());
-        let step = shared.leases.with(key, |l| l.take(limit, width, now_ms));
+        let mut step = shared.leases.with(key, |l| l.take(limit, width, now_ms));
+        let mut now_ms = now_ms;
+        if step == Step::Join {
+            match shared.join(key, (limit, width), now_ms).await {
+                Some((then, at)) => (step, now_ms) = (then, at),
+                None => return self.local_take(quota, caller, now_ms),
+            }
+        }
         let step = match step {
             Step::Ask { want, give_back } => {
+                let _asking = Asking { shared, key };
                 if !shared.store.usable() {
                     return self.local_take(quota, caller, now_ms);
                 }
@@ -359,7 +415,7 @@ impl Quotas {
                 Ok((Counted::Leased(key, bucket), remaining, reset_ms))
             }
             Step::Refused { retry_ms } => Err(retry_ms),
-            Step::Ask { .. } => Err(1000),
+            Step::Ask { .. } | Step::Join => Err(1000),
         }
     }
 

@@ -61,6 +61,9 @@ pub struct Lease {
     counted: u64,
     /// A background ask (a top-up or the next bucket's lease) is on its way.
     refilling: bool,
+    /// A request of this caller is waiting for the store's answer: the others wait for it
+    /// too, instead of asking the store each.
+    asking: bool,
     /// The next bucket's lease, taken ahead.
     next: Option<Next>,
     /// An ended lease's unused rest, handed back with the next ask.
@@ -93,6 +96,9 @@ pub enum Step {
     Refused {
         retry_ms: u64,
     },
+    /// No usable lease, and a request of this caller is asking the store already: wait for
+    /// its answer, then take again.
+    Join,
     /// No usable lease: ask the store for this many (and wait), handing back the unused rest
     /// of an ended lease (its bucket, how many) in the same call.
     Ask {
@@ -168,6 +174,11 @@ impl Lease {
                 refill,
             };
         }
+        // Nothing usable: one request asks the store, the others of this caller wait for it.
+        if self.asking {
+            return Step::Join;
+        }
+        self.asking = true;
         if now_ms < self.until_ms {
             // Spent within its bucket: a busier caller than the lease was sized for.
             return Step::Ask {
@@ -270,7 +281,9 @@ impl Lease {
         asked: Asked,
     ) -> (Option<Step>, GiveBacks) {
         let mut back: GiveBacks = [None, None];
-        if asked != Asked::Waiting {
+        if asked == Asked::Waiting {
+            self.asking = false;
+        } else {
             self.refilling = false;
         }
         // The store's answer came after the ask and before it arrived (one ms off for the
@@ -374,6 +387,12 @@ impl Lease {
         self.refilling = false;
     }
 
+    /// The waiting ask is over without a grant (failed, or its request gone): the next
+    /// request asks again.
+    pub fn ask_over(&mut self) {
+        self.asking = false;
+    }
+
     /// Give back a request allowed from the lease of `bucket` (another quota refused it).
     pub fn undo(&mut self, bucket: u64) {
         if bucket == self.bucket && self.used > 0 {
@@ -448,8 +467,12 @@ mod tests {
                 give_back: None
             }
         );
-        // The bucket ends at 1_089 (asked at 1_040 + 50 left, less a ms): never used past it.
-        // In its last quarter, the next bucket's lease is asked for ahead.
+        // Meanwhile another request of the caller waits for that answer instead of asking.
+        assert_eq!(l.take(100, W, 1_040), Step::Join);
+        // The request that asked gave up waiting (its ask is over); the grant comes as a
+        // top-up would. The bucket ends at 1_089 (asked at 1_040 + 50 left, less a ms): never
+        // used past it. In its last quarter, the next bucket's lease is asked for ahead.
+        l.ask_over();
         l.install(grant(8, 10, 50, 12), 100, W, (1_040, 1_041), Asked::TopUp);
         let (_, refill) = allowed(l.take(100, W, 1_088));
         assert!(
@@ -466,6 +489,7 @@ mod tests {
                 give_back: Some((10, 7))
             }
         );
+        assert_eq!(l.take(100, W, 1_089), Step::Join);
         let (_, back) = l.install(
             grant(8, 11, 100, 13),
             100,
@@ -474,6 +498,8 @@ mod tests {
             Asked::Waiting,
         );
         assert_eq!(back, [None, None]);
+        // Answered: the request that waited for it is served from the new lease.
+        assert_eq!(allowed(l.take(100, W, 1_090)).0, 11);
         // A late top-up of the old bucket goes back whole; the new lease stays.
         let (_, back) = l.install(grant(3, 10, 0, 17), 100, W, (1_040, 1_095), Asked::TopUp);
         assert_eq!(back, [Some((10, 3)), None]);
