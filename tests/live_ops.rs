@@ -467,7 +467,7 @@ fn sigterm_lets_a_request_in_flight_finish() {
 }
 
 #[test]
-fn listen_and_threads_changes_wait_for_a_restart() {
+fn listen_threads_and_connection_limits_wait_for_a_restart_and_say_so() {
     let upstream = start_echo("a");
     let (port, admin) = (free_port(), free_port());
     let p = Proxy::start(&variant(port, admin, upstream, "read:contacts"), port);
@@ -479,7 +479,11 @@ fn listen_and_threads_changes_wait_for_a_restart() {
             &format!("listen = \"127.0.0.1:{other}\""),
             1,
         )
-        .replacen("threads = 1", "threads = 2", 1);
+        .replacen(
+            "threads = 1",
+            "threads = 2\nheader_timeout_seconds = 7\nmax_connections = 77",
+            1,
+        );
     write_atomic(&p.config_path(), &moved);
     assert!(eventually(10, || generation(admin) == 2.0), "{}", p.log());
     assert_eq!(
@@ -492,10 +496,14 @@ fn listen_and_threads_changes_wait_for_a_restart() {
         "not yet on the new one"
     );
     let log = p.log();
-    assert!(
-        log.contains("server.listen") && log.contains("server.threads"),
-        "{log}"
-    );
+    for setting in [
+        "server.listen",
+        "server.threads",
+        "server.header_timeout_seconds",
+        "server.max_connections",
+    ] {
+        assert!(log.contains(setting), "{setting} not named: {log}");
+    }
     assert!(
         log.contains("this setting applies at the next restart"),
         "{log}"

@@ -203,10 +203,11 @@ pub fn run(secs: u64, rounds: usize) {
         ("DPoP required, ES256 proof each request", 5, Load::Dpop),
     ];
     let mut rows: Vec<Row> = plan.iter().map(|(name, ..)| Row::new(*name)).collect();
-    // BENCH_ROWS: only the rows whose names contain one of these (comma-separated) pieces.
+    // BENCH_ROWS: only the rows whose names contain one of these pieces, separated by `|` (row
+    // names hold commas: "10,000").
     let only: Option<Vec<String>> = std::env::var("BENCH_ROWS")
         .ok()
-        .map(|v| v.split(',').map(|p| p.trim().to_string()).collect());
+        .map(|v| v.split('|').map(|p| p.trim().to_string()).collect());
     let wanted = |name: &str| {
         only.as_ref()
             .is_none_or(|pieces| pieces.iter().any(|p| name.contains(p.as_str())))

@@ -234,6 +234,32 @@ fn warn_restart_only(running: &ProcessSettings, configured: &ProcessSettings) {
         format!("{:?}", running.tracing),
         format!("{:?}", configured.tracing),
     );
+    // Read once, when the listeners and their connection limits are set up.
+    changed(
+        "server.max_connections",
+        running.max_connections.to_string(),
+        configured.max_connections.to_string(),
+    );
+    changed(
+        "server.header_timeout_seconds",
+        running.header_timeout_seconds.to_string(),
+        configured.header_timeout_seconds.to_string(),
+    );
+    changed(
+        "server.keepalive_timeout_seconds",
+        running.keepalive_timeout_seconds.to_string(),
+        configured.keepalive_timeout_seconds.to_string(),
+    );
+    changed(
+        "server.access_log",
+        format!("{:?}", running.access_log),
+        format!("{:?}", configured.access_log),
+    );
+    changed(
+        "server.upgrade_socket",
+        running.upgrade_socket.display().to_string(),
+        configured.upgrade_socket.display().to_string(),
+    );
 }
 
 fn dir_of(p: &Path) -> PathBuf {
