@@ -239,6 +239,12 @@ impl SharedStore {
         })
     }
 
+    /// An operation not tried because the store is unreachable (its request falls back):
+    /// counted as a failed `op`, like one tried that failed.
+    pub fn skipped(&self, op: &'static str) {
+        (self.health.on_error)(op);
+    }
+
     /// How long an operation may take (`timeout_ms`).
     pub fn timeout(&self) -> Duration {
         self.timeout

@@ -159,7 +159,7 @@ impl Metrics {
         );
         let shared_state_errors = counters(
             "scopegate_shared_state_errors_total",
-            "Shared state operations that failed or timed out, by operation.",
+            "Shared state operations that failed, timed out, or were not tried while the store was unreachable (each a request that fell back), by operation.",
             &["op"],
         );
         for op in SHARED_STATE_OPS {

@@ -125,6 +125,7 @@ impl Replays {
         }
         if let Some(store) = &self.store {
             if !store.usable() {
+                store.skipped("replay");
                 return Seen::Unavailable;
             }
             return match store.replay_insert(proof.replay_key_hex(), proof.ttl).await {

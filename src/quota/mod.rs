@@ -380,6 +380,7 @@ impl Quotas {
             Step::Ask { want, give_back } => {
                 let _asking = Asking { shared, key };
                 if !shared.store.usable() {
+                    shared.store.skipped("quota");
                     return self.local_take(quota, caller, now_ms);
                 }
                 let prefix = store_key(quota, caller);
