@@ -2,7 +2,8 @@
 //! (h2load -c10 -m10), full handshakes (wrk with `Connection: close`) and resumed ones
 //! (`openssl s_time -reuse`, one connection at a time, so client-bound: compare CPU per
 //! handshake), one RS256 token, an ECDSA P-256 certificate, TLS 1.3, for scopegate (shipped
-//! defaults + `[server.tls]`), bare Pingora (rustls), nginx and HAProxy pass-through, and HAProxy
+//! defaults + `[server.tls]`), bare Pingora (rustls), the same on Pingora's sessions without its
+//! proxy loop (`examples/lean_pingora.rs`), nginx and HAProxy pass-through, and HAProxy
 //! `jwt_verify`; every proxy on core 0, the load generator and the nginx upstream on core 1; CPU
 //! per request beside rps.
 
@@ -127,6 +128,8 @@ pub fn run(secs: u64, rounds: usize) {
     let bin = std::env::var("SCOPEGATE_BIN").unwrap_or_else(|_| "target/release/scopegate".into());
     let bare =
         std::env::var("BARE_BIN").unwrap_or_else(|_| "target/release/examples/bare_pingora".into());
+    let lean =
+        std::env::var("LEAN_BIN").unwrap_or_else(|_| "target/release/examples/lean_pingora".into());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (pem, jwks) = mint::generate_rsa_key("bench");
@@ -246,6 +249,20 @@ pub fn run(secs: u64, rounds: usize) {
             &key,
         ],
     );
+    // The same pass-through on Pingora's sessions without its proxy loop: what a lean loop
+    // could save (examples/lean_pingora.rs).
+    let lp = free_port();
+    let lean_pingora = spawn(
+        "0",
+        &[
+            &lean,
+            &format!("127.0.0.1:{lp}"),
+            &format!("127.0.0.1:{up}"),
+            "1",
+            &crt,
+            &key,
+        ],
+    );
     let (hp, hj) = (free_port(), free_port());
     let tls_pem = d.join("tls.pem").display().to_string();
     std::fs::write(
@@ -289,7 +306,7 @@ backend b
     .unwrap();
     let haproxy_cfg = d.join("haproxy.cfg").display().to_string();
     let haproxy = spawn("0", &["haproxy", "-db", "-f", &haproxy_cfg]);
-    for p in [sg, sg_admin, bp, hp, hj, ng] {
+    for p in [sg, sg_admin, bp, lp, hp, hj, ng] {
         wait_port(p);
     }
 
@@ -297,12 +314,13 @@ backend b
     let auth = format!("Authorization: Bearer {token}");
     let url = |port: u16| format!("https://127.0.0.1:{port}/contacts");
 
-    let systems: [(&str, u16, u32); 5] = [
+    let systems: [(&str, u16, u32); 6] = [
         ("scopegate defaults", sg, scopegate.0.id()),
         ("bare Pingora pass-through", bp, bare_pingora.0.id()),
         ("nginx pass-through", ng, nginx.0.id()),
         ("HAProxy pass-through", hp, haproxy.0.id()),
         ("HAProxy jwt_verify", hj, haproxy.0.id()),
+        ("Pingora sessions, no proxy loop", lp, lean_pingora.0.id()),
     ];
     let loads = [
         (Load::KeepAlive, "HTTPS/1.1 keep-alive"),
