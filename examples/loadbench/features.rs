@@ -220,6 +220,12 @@ pub fn run(secs: u64, rounds: usize) {
     }
     make_proofs(per_round / 2);
     wrk(&url(dpop_port), Some(&dpop_script), None, 2, 50);
+    // BENCH_CONNECTIONS: wrk's connections (50). More keep the proxy's core busy on rows whose
+    // requests wait (on the store), so their rps shows throughput at saturation.
+    let conns: u32 = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(50);
     for round in 0..rounds {
         eprintln!("round {}/{rounds} ...", round + 1);
         for (i, (name, v, load)) in plan.iter().enumerate() {
@@ -234,10 +240,10 @@ pub fn run(secs: u64, rounds: usize) {
             // Only the quota on Redis (variant 2) calls the store's scripts.
             let calls_before = (*v == 2).then(|| redis_calls(redis_port));
             rows[i].measure(pid, || match load {
-                Load::One => wrk(&url(*port), None, Some(&one_h), secs, 50),
-                Load::Pool => wrk(&url(*port), Some(&script), None, secs, 50),
-                Load::Bad => wrk(&url(*port), None, Some(&bad_h), secs, 50),
-                Load::Dpop => wrk(&url(*port), Some(&dpop_script), None, secs, 50),
+                Load::One => wrk(&url(*port), None, Some(&one_h), secs, conns),
+                Load::Pool => wrk(&url(*port), Some(&script), None, secs, conns),
+                Load::Bad => wrk(&url(*port), None, Some(&bad_h), secs, conns),
+                Load::Dpop => wrk(&url(*port), Some(&dpop_script), None, secs, conns),
             });
             if let Some(before) = calls_before {
                 let served = rows[i].runs.last().map_or(0.0, |r| r.rps) * secs as f64;
@@ -247,7 +253,7 @@ pub fn run(secs: u64, rounds: usize) {
         }
     }
     print_rows(
-        &format!("features bench: {rounds} interleaved rounds of {secs}s, wrk -t1 -c50 keep-alive; every scopegate on core 0, wrk + nginx + redis on core 1; medians"),
+        &format!("features bench: {rounds} interleaved rounds of {secs}s, wrk -t1 -c{conns} keep-alive; every scopegate on core 0, wrk + nginx + redis on core 1; medians"),
         &rows,
     );
     let per_req = cpu_per_request;
