@@ -252,11 +252,23 @@ impl Shared {
 struct Asking<'a> {
     shared: &'a Shared,
     key: u64,
+    /// Not answered yet: when dropped so, the lease is told the ask is over (an answer tells
+    /// it as it is installed, and a request that asks after that must keep its own mark).
+    open: bool,
+}
+
+impl Asking<'_> {
+    /// The answer is installed: wake those waiting for it.
+    fn answered(mut self) {
+        self.open = false;
+    }
 }
 
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
-        self.shared.leases.with_existing(self.key, Lease::ask_over);
+        if self.open {
+            self.shared.leases.with_existing(self.key, Lease::ask_over);
+        }
         self.shared.answered(self.key).notify_waiters();
     }
 }
@@ -378,7 +390,11 @@ impl Quotas {
         }
         let step = match step {
             Step::Ask { want, give_back } => {
-                let _asking = Asking { shared, key };
+                let asking = Asking {
+                    shared,
+                    key,
+                    open: true,
+                };
                 if !shared.store.usable() {
                     shared.store.skipped("quota");
                     return self.local_take(quota, caller, now_ms);
@@ -398,6 +414,7 @@ impl Quotas {
                 let (step, back) = shared.leases.with(key, |l| {
                     l.install(grant, limit, width, times, Asked::Waiting)
                 });
+                asking.answered();
                 give_all_back(&shared.store, &prefix, back);
                 step.unwrap_or(Step::Refused { retry_ms: 1000 })
             }
