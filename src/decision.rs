@@ -664,10 +664,9 @@ pub fn authenticate(
         }
         verdict.is_ok()
     });
-    match (accepted, first) {
-        (None, Some(r)) => return Err(refused(r)),
-        // No API at all for this host: a valid token can only learn that nothing is here.
-        _ => {}
+    // With no API at all for this host, a valid token can only learn that nothing is here.
+    if let (None, Some(r)) = (accepted, first) {
+        return Err(refused(r));
     }
     // A described token (policy tests) is taken as presented with whatever binds it; a real
     // one given to explain, as presented in a `Bearer` header (so a bound one is refused).

@@ -107,7 +107,7 @@ pub fn group_alive(pgid: libc::pid_t) -> bool {
         return false;
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| stat(pid))
+        .filter_map(stat)
         .any(|(state, pgrp)| pgrp == pgid && !matches!(state, 'Z' | 'X' | 'x'))
 }
 

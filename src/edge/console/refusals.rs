@@ -130,7 +130,7 @@ impl RefusalLog {
             .iter()
             .flat_map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect();
-        all.sort_by(|a, b| b.time.cmp(&a.time));
+        all.sort_by_key(|r| std::cmp::Reverse(r.time));
         all.truncate(KEPT);
         all
     }
