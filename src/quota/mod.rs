@@ -385,7 +385,11 @@ impl Quotas {
         if step == Step::Join {
             match shared.join(key, (limit, width), now_ms).await {
                 Some((then, at)) => (step, now_ms) = (then, at),
-                None => return self.local_take(quota, caller, now_ms),
+                // The ask it waited for came too late: counted as it falls back.
+                None => {
+                    shared.store.skipped("quota");
+                    return self.local_take(quota, caller, now_ms);
+                }
             }
         }
         let step = match step {
