@@ -191,75 +191,35 @@ fn warn_restart_only(running: &ProcessSettings, configured: &ProcessSettings) {
     if running == configured {
         return;
     }
-    let changed = |what: &str, old: String, new: String| {
+    let changed = |what: &str, show: &dyn Fn(&ProcessSettings) -> String| {
+        let (old, new) = (show(running), show(configured));
         if old != new {
             tracing::warn!(setting = what, running = %old, configured = %new, "this setting applies at the next restart");
         }
     };
-    changed(
-        "server.listen",
-        format!("{:?}", running.listen),
-        format!("{:?}", configured.listen),
-    );
-    changed(
-        "server.admin_listen",
-        format!("{:?}", running.admin_listen),
-        format!("{:?}", configured.admin_listen),
-    );
-    changed(
-        "server.threads",
-        running.threads.to_string(),
-        configured.threads.to_string(),
-    );
-    changed(
-        "server.shutdown_grace_seconds",
-        running.shutdown_grace_seconds.to_string(),
-        configured.shutdown_grace_seconds.to_string(),
-    );
-    changed(
-        "server.tls (on/off)",
-        running.tls.to_string(),
-        configured.tls.to_string(),
-    );
-    changed(
-        "server.tls.client_certificates, client_ca",
-        format!("{:?} {:?}", running.client_certificates, running.client_ca),
-        format!(
-            "{:?} {:?}",
-            configured.client_certificates, configured.client_ca
-        ),
-    );
-    changed(
-        "tracing",
-        format!("{:?}", running.tracing),
-        format!("{:?}", configured.tracing),
-    );
+    changed("server.listen", &|s| format!("{:?}", s.listen));
+    changed("server.admin_listen", &|s| format!("{:?}", s.admin_listen));
+    changed("server.threads", &|s| s.threads.to_string());
+    changed("server.shutdown_grace_seconds", &|s| {
+        s.shutdown_grace_seconds.to_string()
+    });
+    changed("server.tls (on/off)", &|s| s.tls.to_string());
+    changed("server.tls.client_certificates, client_ca", &|s| {
+        format!("{:?} {:?}", s.client_certificates, s.client_ca)
+    });
+    changed("tracing", &|s| format!("{:?}", s.tracing));
     // Read once, when the listeners and their connection limits are set up.
-    changed(
-        "server.max_connections",
-        running.max_connections.to_string(),
-        configured.max_connections.to_string(),
-    );
-    changed(
-        "server.header_timeout_seconds",
-        running.header_timeout_seconds.to_string(),
-        configured.header_timeout_seconds.to_string(),
-    );
-    changed(
-        "server.keepalive_timeout_seconds",
-        running.keepalive_timeout_seconds.to_string(),
-        configured.keepalive_timeout_seconds.to_string(),
-    );
-    changed(
-        "server.access_log",
-        format!("{:?}", running.access_log),
-        format!("{:?}", configured.access_log),
-    );
-    changed(
-        "server.upgrade_socket",
-        running.upgrade_socket.display().to_string(),
-        configured.upgrade_socket.display().to_string(),
-    );
+    changed("server.max_connections", &|s| s.max_connections.to_string());
+    changed("server.header_timeout_seconds", &|s| {
+        s.header_timeout_seconds.to_string()
+    });
+    changed("server.keepalive_timeout_seconds", &|s| {
+        s.keepalive_timeout_seconds.to_string()
+    });
+    changed("server.access_log", &|s| format!("{:?}", s.access_log));
+    changed("server.upgrade_socket", &|s| {
+        s.upgrade_socket.display().to_string()
+    });
 }
 
 fn dir_of(p: &Path) -> PathBuf {
