@@ -7,5 +7,5 @@ if ! command -v wrk >/dev/null 2>&1 || ! command -v haproxy >/dev/null 2>&1 || !
   # same run; nginx is the upstream.
   apt-get update -qq && apt-get install -y -qq wrk haproxy nginx-light nghttp2-client >/dev/null
 fi
-cargo build --release --bin scopegate --example loadbench --example bare_pingora --example lean_pingora
+cargo build --release --bin scopegate --example loadbench --example bare_pingora
 exec ./target/release/examples/loadbench

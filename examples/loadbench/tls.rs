@@ -3,7 +3,7 @@
 //! (`openssl s_time -reuse`, one connection at a time, so client-bound: compare CPU per
 //! handshake), one RS256 token, an ECDSA P-256 certificate, TLS 1.3, for scopegate (shipped
 //! defaults + `[server.tls]`), bare Pingora (rustls), the same on Pingora's sessions without its
-//! proxy loop (`examples/lean_pingora.rs`), nginx and HAProxy pass-through, and HAProxy
+//! proxy loop (`bare_pingora --no-proxy-loop`), nginx and HAProxy pass-through, and HAProxy
 //! `jwt_verify`; every proxy on core 0, the load generator and the nginx upstream on core 1; CPU
 //! per request beside rps.
 
@@ -128,8 +128,6 @@ pub fn run(secs: u64, rounds: usize) {
     let bin = std::env::var("SCOPEGATE_BIN").unwrap_or_else(|_| "target/release/scopegate".into());
     let bare =
         std::env::var("BARE_BIN").unwrap_or_else(|_| "target/release/examples/bare_pingora".into());
-    let lean =
-        std::env::var("LEAN_BIN").unwrap_or_else(|_| "target/release/examples/lean_pingora".into());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (pem, jwks) = mint::generate_rsa_key("bench");
@@ -250,12 +248,13 @@ pub fn run(secs: u64, rounds: usize) {
         ],
     );
     // The same pass-through on Pingora's sessions without its proxy loop: what a lean loop
-    // could save (examples/lean_pingora.rs).
+    // could save.
     let lp = free_port();
     let lean_pingora = spawn(
         "0",
         &[
-            &lean,
+            &bare,
+            "--no-proxy-loop",
             &format!("127.0.0.1:{lp}"),
             &format!("127.0.0.1:{up}"),
             "1",
