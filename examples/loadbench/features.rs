@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use scopegate::cli::mint;
 
 use super::{
-    bench_token, cpu_per_request, free_port, print_rows, scopegate_config, wait_port, wrk, Kill,
-    Row,
+    bench_token, cpu_per_request, env_or, free_port, print_rows, scopegate_config, wait_port, wrk,
+    Kill, Row,
 };
 
 pub fn run(secs: u64, rounds: usize) {
@@ -222,10 +222,7 @@ pub fn run(secs: u64, rounds: usize) {
     wrk(&url(dpop_port), Some(&dpop_script), None, 2, 50);
     // BENCH_CONNECTIONS: wrk's connections (50). More keep the proxy's core busy on rows whose
     // requests wait (on the store), so their rps shows throughput at saturation.
-    let conns: u32 = std::env::var("BENCH_CONNECTIONS")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(50);
+    let conns: u32 = env_or("BENCH_CONNECTIONS", 50);
     for round in 0..rounds {
         eprintln!("round {}/{rounds} ...", round + 1);
         for (i, (name, v, load)) in plan.iter().enumerate() {

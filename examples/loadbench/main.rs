@@ -215,6 +215,14 @@ impl Row {
     }
 }
 
+/// The number in the environment variable `name`, or `default`.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The table every bench mode prints: medians, CPU and CPU per request beside rps. Rows that
 /// were not run (`BENCH_ROWS`) are left out.
 fn print_rows(title: &str, rows: &[Row]) {
@@ -257,14 +265,8 @@ fn bench_token(pem: &str, sub: String, scope: &str) -> String {
 }
 
 fn main() {
-    let secs: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let secs: u64 = env_or("BENCH_SECONDS", 8);
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
     match std::env::var("BENCH_MODE").as_deref() {
         Ok("tls") => return tls::run(secs, rounds),
         Ok("features") => return features::run(secs, rounds),
