@@ -236,32 +236,18 @@ pub fn run(secs: u64, rounds: usize) {
         d.join("tls.crt").display().to_string(),
         d.join("tls.key").display().to_string(),
     );
-    let bare_pingora = spawn(
-        "0",
-        &[
-            &bare,
-            &format!("127.0.0.1:{bp}"),
-            &format!("127.0.0.1:{up}"),
-            "1",
-            &crt,
-            &key,
-        ],
-    );
-    // The same pass-through on Pingora's sessions without its proxy loop: what a lean loop
-    // could save.
+    // Bare Pingora, and (`--no-proxy-loop`) the same pass-through on Pingora's sessions
+    // without its proxy loop: what a lean loop could save.
+    let bare_on = |port: u16, mode: &[&str]| {
+        let (listen, upstream) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{up}"));
+        let mut args: Vec<&str> = vec![&bare];
+        args.extend_from_slice(mode);
+        args.extend_from_slice(&[&listen, &upstream, "1", &crt, &key]);
+        spawn("0", &args)
+    };
+    let bare_pingora = bare_on(bp, &[]);
     let lp = free_port();
-    let lean_pingora = spawn(
-        "0",
-        &[
-            &bare,
-            "--no-proxy-loop",
-            &format!("127.0.0.1:{lp}"),
-            &format!("127.0.0.1:{up}"),
-            "1",
-            &crt,
-            &key,
-        ],
-    );
+    let lean_pingora = bare_on(lp, &["--no-proxy-loop"]);
     let (hp, hj) = (free_port(), free_port());
     let tls_pem = d.join("tls.pem").display().to_string();
     std::fs::write(
