@@ -71,6 +71,8 @@ pub struct LeaseAsk {
     pub give_back: Option<(u64, u32)>,
     /// For the next sub-bucket, ahead of it (else for the current one).
     pub next: bool,
+    /// Requests allowed on credit, counted into the current sub-bucket first.
+    pub report: u32,
 }
 
 /// What a background ask does with the store's answer (`None`: it did not come), on the
@@ -108,11 +110,13 @@ enum Job {
 /// into the current sub-bucket `i` or, asked ahead, into the next one, adds it to that
 /// bucket's counter, and says how long until the count drops. For bucket `i` the sum is over
 /// `i-B..=i+1` (leases taken ahead for `i+1` count too), for `i+1` over `i+1-B..=i+1`: each
-/// grant sees every count that shares a window with it, so no window of B+1 buckets ever holds
-/// more than the limit. KEYS[1] is the caller's key prefix; ARGV: limit, width in ms, B
-/// (sub-buckets per window), want, the handed-back lease's bucket and count (0 0: none), 1 to
-/// ask for the next bucket. Answers the grant, its bucket, the ms until bucket `i` ends (when
-/// `i+1` starts), the ms until the count drops, and the sum.
+/// grant sees every count that shares a window with it, so the leases of no window of B+1
+/// buckets ever hold more than the limit. KEYS[1] is the caller's key prefix; ARGV: limit,
+/// width in ms, B (sub-buckets per window), want, the handed-back lease's bucket and count
+/// (0 0: none), 1 to ask for the next bucket, and the requests allowed on credit, counted into
+/// bucket `i` first (in the sums from then on; never refused: they were allowed). Answers the
+/// grant, its bucket, the ms until bucket `i` ends (when `i+1` starts), the ms until the count
+/// drops, and the sum.
 const TAKE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local back = tonumber(ARGV[6])
@@ -125,6 +129,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, w, b, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local i = math.floor(now / w)
+local report = tonumber(ARGV[8])
+if report > 0 then
+  redis.call('INCRBY', KEYS[1] .. i, report)
+  redis.call('PEXPIRE', KEYS[1] .. i, w * (b + 2))
+end
 local target = i + tonumber(ARGV[7])
 local first = target - b
 local keys = {}
@@ -161,6 +170,43 @@ return d
 
 /// Sub-buckets per window, as in `quota::window`.
 pub const SUB_BUCKETS: u64 = 10;
+
+/// How often a replica tells the store it is there (for quota credit, `quota::shared`).
+const BEAT: Duration = Duration::from_secs(1);
+/// The replicas sharing the store: a sorted set of ids, scored by the store's clock (ms).
+const REPLICAS: &str = "scopegate:replicas";
+/// A replica not heard from for this long has left the set.
+const GONE_AFTER_MS: u64 = 5_000;
+
+/// How many replicas share the store, as this one last heard, and whether every other has
+/// counted this one by now.
+struct Replicas {
+    /// Asked for by a quota that could spend credit: beats start then.
+    wanted: AtomicBool,
+    start: Notify,
+    count: AtomicU64,
+    /// The first answer (ms since `Health::epoch`) of the beats answered without a break
+    /// since (`u64::MAX`: none).
+    since_ms: AtomicU64,
+    /// When the last answered beat was sent.
+    sent_ms: AtomicU64,
+    /// Told the count each beat (0 while credit may not be spent).
+    on_count: Box<dyn Fn(u64) + Send + Sync>,
+}
+
+impl Replicas {
+    /// The count, when credit may be spent at `now_ms`: every other replica beats every
+    /// second, so one that has beaten for 3 s without a break is counted by each other's last
+    /// beat (sent less than 2 s ago, or that one spends no credit); and after 2 s without a
+    /// beat answered, its id may soon leave the set (at 5 s), so it stops.
+    fn count_at(&self, now_ms: u64) -> Option<u64> {
+        let beat = BEAT.as_millis() as u64;
+        let since = self.since_ms.load(Ordering::Relaxed);
+        let sent = self.sent_ms.load(Ordering::Relaxed);
+        (since != u64::MAX && now_ms >= since + 3 * beat && now_ms < sent + 2 * beat)
+            .then(|| self.count.load(Ordering::Relaxed))
+    }
+}
 
 struct Health {
     up: AtomicBool,
@@ -205,6 +251,7 @@ impl Health {
 /// The client of the shared store; cheap to share (`Arc` it).
 pub struct SharedStore {
     jobs: mpsc::Sender<Job>,
+    replicas: Arc<Replicas>,
     /// Wakes the store's thread at once for an operation a request waits on.
     urgent: Arc<Notify>,
     timeout: Duration,
@@ -213,10 +260,12 @@ pub struct SharedStore {
 
 impl SharedStore {
     /// Start the store's thread; it connects on first use and reconnects on its own.
-    /// `on_error(op)` counts each failed operation.
+    /// `on_error(op)` counts each failed operation; `on_replicas(n)` is told how many replicas
+    /// share the store (0 while this one spends no quota credit), each second once quotas ask.
     pub fn start(
         settings: &SharedStateSettings,
         on_error: Box<dyn Fn(&'static str) + Send + Sync>,
+        on_replicas: Box<dyn Fn(u64) + Send + Sync>,
     ) -> std::io::Result<SharedStore> {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let health = Arc::new(Health {
@@ -225,14 +274,23 @@ impl SharedStore {
             epoch: Instant::now(),
             on_error,
         });
+        let replicas = Arc::new(Replicas {
+            wanted: AtomicBool::new(false),
+            start: Notify::new(),
+            count: AtomicU64::new(0),
+            since_ms: AtomicU64::new(u64::MAX),
+            sent_ms: AtomicU64::new(0),
+            on_count: on_replicas,
+        });
         let (url, timeout, h) = (settings.url.clone(), settings.timeout, health.clone());
         let urgent = Arc::new(Notify::new());
-        let woken = urgent.clone();
+        let (woken, r) = (urgent.clone(), replicas.clone());
         std::thread::Builder::new()
             .name("shared-state".into())
-            .spawn(move || serve(url, timeout, (rx, woken), h))?;
+            .spawn(move || serve(url, timeout, (rx, woken), h, r))?;
         Ok(SharedStore {
             jobs,
+            replicas,
             urgent,
             timeout: settings.timeout,
             health,
@@ -243,6 +301,17 @@ impl SharedStore {
     /// counted as a failed `op`, like one tried that failed.
     pub fn skipped(&self, op: &'static str) {
         (self.health.on_error)(op);
+    }
+
+    /// How many replicas share the store (this one included), once every other one counts
+    /// this one too; `None` until then, and while the store is not heard (no quota credit).
+    /// The first call starts this replica's beats.
+    pub fn replicas(&self) -> Option<u64> {
+        let r = &self.replicas;
+        if !r.wanted.load(Ordering::Relaxed) && !r.wanted.swap(true, Ordering::Relaxed) {
+            r.start.notify_one();
+        }
+        r.count_at(self.health.now_ms())
     }
 
     /// How long an operation may take (`timeout_ms`).
@@ -351,6 +420,7 @@ fn serve(
     timeout: Duration,
     jobs: (mpsc::Receiver<Job>, Arc<Notify>),
     health: Arc<Health>,
+    replicas: Arc<Replicas>,
 ) {
     // rediss:// needs a process-wide rustls provider; an error means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -380,8 +450,67 @@ fn serve(
                 return;
             }
         };
+        tokio::spawn(beat(manager.clone(), replicas, health.clone()));
         serve_jobs(manager, jobs, health).await;
     });
+}
+
+/// Once quotas ask for it: every second, add this replica's id to the set with the store's
+/// time, drop the ids not heard from for `GONE_AFTER_MS`, and count the rest.
+async fn beat(
+    mut con: redis::aio::ConnectionManager,
+    replicas: Arc<Replicas>,
+    health: Arc<Health>,
+) {
+    replicas.start.notified().await;
+    let mut id = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut id).is_err() {
+        return;
+    }
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let beat_ms = BEAT.as_millis() as u64;
+    let mut every = tokio::time::interval(BEAT);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let sent = health.now_ms();
+        let counted = async {
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut con).await?;
+            let now = secs * 1000 + micros / 1000;
+            let (count,): (u64,) = redis::pipe()
+                .atomic()
+                .zadd(REPLICAS, &id, now)
+                .ignore()
+                .zrembyscore(REPLICAS, "-inf", now.saturating_sub(GONE_AFTER_MS))
+                .ignore()
+                .pexpire(REPLICAS, (2 * GONE_AFTER_MS) as i64)
+                .ignore()
+                .zcard(REPLICAS)
+                .query_async(&mut con)
+                .await?;
+            Ok::<u64, redis::RedisError>(count)
+        };
+        let count = counted.await;
+        let answered = health.now_ms();
+        let last = replicas.sent_ms.load(Ordering::Relaxed);
+        match count {
+            // A beat late or slow breaks the run: the others may have dropped this id.
+            Ok(n) if answered < sent + beat_ms && sent < last + 2 * beat_ms => {
+                if replicas.since_ms.load(Ordering::Relaxed) == u64::MAX {
+                    replicas.since_ms.store(answered, Ordering::Relaxed);
+                }
+                replicas.count.store(n.max(1), Ordering::Relaxed);
+                replicas.sent_ms.store(sent, Ordering::Relaxed);
+            }
+            Ok(n) => {
+                replicas.since_ms.store(answered, Ordering::Relaxed);
+                replicas.count.store(n.max(1), Ordering::Relaxed);
+                replicas.sent_ms.store(sent, Ordering::Relaxed);
+            }
+            Err(_) => replicas.since_ms.store(u64::MAX, Ordering::Relaxed),
+        }
+        (replicas.on_count)(replicas.count_at(answered).unwrap_or(0));
+    }
 }
 
 /// Hand the queued operations to the store until every sender is gone.
@@ -474,7 +603,8 @@ impl Scripts {
                     .arg(ask.want)
                     .arg(back_bucket)
                     .arg(back)
-                    .arg(u8::from(ask.next));
+                    .arg(u8::from(ask.next))
+                    .arg(ask.report);
             }
             Job::QuotaGiveBack { key, bucket, count } => {
                 cmd.arg(self.give_back.get_hash())

@@ -383,6 +383,97 @@ fn a_callers_requests_that_come_together_wait_for_one_store_call_not_one_each() 
     assert_eq!(p.get("/contacts", Some(&ivy)).status, 200);
 }
 
+/// A caller back after a pause (or new) need not wait for the store: with a limit that leaves
+/// credit (a 40th of it over the replicas and the sub-buckets of a window), its requests are
+/// allowed at once and counted in the store after. Seen while the store holds every command:
+/// the requests are answered before a command sent to the store before them is.
+#[test]
+fn a_caller_without_a_lease_is_allowed_on_credit_while_the_store_holds_its_ask() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let redis = Redis::start();
+    // Credit: 4,400 / (40 x 1 replica x 11) = 10 requests a sub-bucket.
+    let extra = format!(
+        "[shared_state]\nurl = \"redis://127.0.0.1:{}/0\"\ntimeout_ms = 20000\n\
+         [quotas.per_user]\nkey = \"sub\"\nlimit = 4400\nwindow_seconds = 60\n",
+        redis.port
+    );
+    let (port, admin) = (free_port(), free_port());
+    let p = Proxy::start(&quota_config(port, admin, start_echo("a"), &extra), port);
+    assert_eq!(p.get("/contacts", Some(&reader("warm"))).status, 200);
+    // It spends credit once every replica counts it (here: itself, after 3 s of beats).
+    metric_reaches(admin, "scopegate_shared_state_replicas", 1.0);
+    let paused = redis.command("CLIENT PAUSE 4000");
+    assert!(paused.starts_with("+OK"), "{paused}");
+    // A PING sent now is answered only once the store serves commands again.
+    let ponged = AtomicBool::new(false);
+    let kim = reader("kim");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            c.write_all(b"PING\r\n").unwrap();
+            let mut buf = [0u8; 16];
+            let n = c.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"+PONG"));
+            ponged.store(true, Ordering::SeqCst);
+        });
+        for _ in 0..5 {
+            assert_eq!(p.get("/contacts", Some(&kim)).status, 200);
+        }
+        assert!(
+            !ponged.load(Ordering::SeqCst),
+            "the requests waited for the store"
+        );
+    });
+    // The store is back: the caller's lease came in the background; nothing failed.
+    assert_eq!(p.get("/contacts", Some(&kim)).status, 200);
+    metric_reaches(
+        admin,
+        "scopegate_shared_state_errors_total{op=\"quota\"}",
+        0.0,
+    );
+}
+
+/// Two replicas that spend credit still allow at most the limit plus 5 % together.
+#[test]
+fn replicas_spending_credit_allow_at_most_the_limit_and_five_percent_together() {
+    let redis = Redis::start();
+    // Credit: 2,200 / (40 x 2 replicas x 11) = 2 requests a sub-bucket each.
+    let (a, aa, b, ab) = two_replicas(&redis, 2200);
+    let warm = reader("warm");
+    assert_eq!(a.get("/contacts", Some(&warm)).status, 200);
+    assert_eq!(b.get("/contacts", Some(&warm)).status, 200);
+    metric_reaches(aa, "scopegate_shared_state_replicas", 2.0);
+    metric_reaches(ab, "scopegate_shared_state_replicas", 2.0);
+    let hal = reader("hal");
+    // Two clients on each replica, 1,650 requests each: three times the limit.
+    let allowed: usize = std::thread::scope(|s| {
+        let clients: Vec<_> = [&a, &a, &b, &b]
+            .into_iter()
+            .map(|p| {
+                let hal = &hal;
+                s.spawn(move || {
+                    (0..1650)
+                        .filter(|_| match p.get("/contacts", Some(hal)).status {
+                            200 => true,
+                            429 => false,
+                            other => panic!("status {other}"),
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).sum()
+    });
+    eprintln!("{allowed} of 6600 allowed by two replicas spending credit, limit 2200");
+    assert!(allowed <= 2310, "{allowed} allowed: over the limit and 5 %");
+    assert!(
+        allowed >= 1500,
+        "{allowed} allowed: leases held too much back"
+    );
+}
+
 #[test]
 fn check_and_explain_show_the_quotas_a_route_is_under() {
     let upstream = start_echo("a");
@@ -492,7 +583,8 @@ fn client_ip_is_the_address_scopegate_believes() {
 
 /// The store's side of a lease: the unused rest of an ended lease goes back in the same call
 /// that takes the next one, and never takes a count below zero; a lease of the next bucket,
-/// taken ahead, counts in the current bucket's window and the current bucket in its own.
+/// taken ahead, counts in the current bucket's window and the current bucket in its own;
+/// requests allowed on credit are counted as reported.
 /// (Buckets of 10^12 ms: the current one ends in 2033, so every call here lands in the same
 /// one.)
 #[test]
@@ -505,7 +597,12 @@ fn a_lease_hands_back_its_unused_rest_and_one_taken_ahead_counts_in_both_windows
         secret: None,
         timeout: Duration::from_secs(5),
     };
-    let store = SharedStore::start(&settings, Box::new(|op| panic!("store failed: {op}"))).unwrap();
+    let store = SharedStore::start(
+        &settings,
+        Box::new(|op| panic!("store failed: {op}")),
+        Box::new(|_| {}),
+    )
+    .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -518,6 +615,7 @@ fn a_lease_hands_back_its_unused_rest_and_one_taken_ahead_counts_in_both_windows
             want,
             give_back,
             next,
+            report: 0,
         };
         runtime
             .block_on(store.quota_take(key.clone(), ask))
@@ -538,6 +636,20 @@ fn a_lease_hands_back_its_unused_rest_and_one_taken_ahead_counts_in_both_windows
     assert_eq!((fourth.granted, fourth.counted), (95, 100));
     let stored = redis.command(&format!("GET {key}{}", first.bucket));
     assert!(stored.contains("100"), "{stored}");
+    // Requests allowed on credit are counted even past the limit (they were allowed), and
+    // grant nothing more.
+    let ask = LeaseAsk {
+        limit: 100,
+        width_ms: 1_000_000_000_000,
+        want: 4,
+        give_back: None,
+        next: false,
+        report: 3,
+    };
+    let reported = runtime
+        .block_on(store.quota_take(key.clone(), ask))
+        .expect("the store answers");
+    assert_eq!((reported.granted, reported.counted), (0, 103));
 
     // Another caller: 30 now, then 50 of the next bucket ahead (its window holds the 30).
     let key = "scopegate:q:{test2}:".to_string();
@@ -548,6 +660,7 @@ fn a_lease_hands_back_its_unused_rest_and_one_taken_ahead_counts_in_both_windows
             want,
             give_back: None,
             next,
+            report: 0,
         };
         runtime
             .block_on(store.quota_take(key.clone(), ask))

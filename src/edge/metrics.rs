@@ -53,6 +53,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     quota_rejections: IntCounterVec,
     shared_state_errors: IntCounterVec,
+    /// Replicas sharing the store that quotas spend credit for (0: none spent).
+    pub shared_state_replicas: IntGauge,
     /// Spans that did not fit the exporter's queue.
     pub spans_dropped: IntCounter,
 }
@@ -80,7 +82,7 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
 
 /// The request duration histogram, the config generation, and the dropped-lines and
 /// dropped-spans counters.
-fn unlabelled(registry: &Registry) -> (HistogramVec, IntGauge, IntCounter, IntCounter) {
+fn unlabelled(registry: &Registry) -> (HistogramVec, [IntGauge; 2], IntCounter, IntCounter) {
     let duration = register(
         registry,
         HistogramVec::new(
@@ -99,6 +101,13 @@ fn unlabelled(registry: &Registry) -> (HistogramVec, IntGauge, IntCounter, IntCo
             "Generation of the config in use (1 at start).",
         ),
     );
+    let shared_state_replicas = register(
+        registry,
+        IntGauge::new(
+            "scopegate_shared_state_replicas",
+            "Replicas sharing the store, as this one last counted them (0 while it spends no quota credit).",
+        ),
+    );
     let access_log_dropped = register(
         registry,
         IntCounter::new(
@@ -115,7 +124,7 @@ fn unlabelled(registry: &Registry) -> (HistogramVec, IntGauge, IntCounter, IntCo
     );
     (
         duration,
-        config_generation,
+        [config_generation, shared_state_replicas],
         access_log_dropped,
         spans_dropped,
     )
@@ -165,8 +174,12 @@ impl Metrics {
         for op in SHARED_STATE_OPS {
             shared_state_errors.with_label_values(&[op]);
         }
-        let (duration, config_generation, access_log_dropped, spans_dropped) =
-            unlabelled(&registry);
+        let (
+            duration,
+            [config_generation, shared_state_replicas],
+            access_log_dropped,
+            spans_dropped,
+        ) = unlabelled(&registry);
         // Series that exist from the start, at 0.
         let rejection_counters = RejectionReason::ALL
             .iter()
@@ -187,6 +200,7 @@ impl Metrics {
             access_log_dropped,
             quota_rejections,
             shared_state_errors,
+            shared_state_replicas,
             spans_dropped,
         }
     }

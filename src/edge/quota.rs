@@ -19,8 +19,10 @@ use crate::snapshot::Snapshot;
 /// replay detection go through it.
 pub fn shared_store(snapshot: &Snapshot, metrics: &Arc<Metrics>) -> Option<Arc<SharedStore>> {
     snapshot.shared_state.as_ref().and_then(|settings| {
-        let m = metrics.clone();
-        match SharedStore::start(settings, Box::new(move |op| m.shared_state_error(op))) {
+        let (m, gauge) = (metrics.clone(), metrics.shared_state_replicas.clone());
+        let on_error = Box::new(move |op| m.shared_state_error(op));
+        let on_replicas = Box::new(move |n: u64| gauge.set(n as i64));
+        match SharedStore::start(settings, on_error, on_replicas) {
             Ok(store) => Some(Arc::new(store)),
             Err(e) => {
                 tracing::error!(error = %e, "shared state: cannot start its thread; quotas are counted in-process and DPoP requests refused");

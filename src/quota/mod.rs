@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use counters::Counters;
 pub use counters::MAX_CALLERS;
-use shared::{Asked, GiveBacks, Lease, Refill, Step};
+use shared::{credit, Asked, GiveBacks, Lease, Refill, Step, CREDIT_FROM};
 use window::{Take, Window, SUB_BUCKETS};
 
 use crate::shared_state::{Grant, LeaseAsk, SharedStore};
@@ -213,9 +213,9 @@ pub struct Quotas {
 struct Shared {
     store: Arc<SharedStore>,
     leases: Arc<Counters<Lease>>,
-    /// Rung when a caller's waiting ask is over (by the caller's key, modulo their number):
-    /// its other requests, waiting for that answer, take again.
-    answered: Box<[Notify]>,
+    /// Rung when a caller's waiting ask (or ask on credit) is over (by the caller's key,
+    /// modulo their number): its other requests, waiting for that answer, take again.
+    answered: Arc<[Notify]>,
 }
 
 /// How many `Shared::answered` there are.
@@ -226,10 +226,24 @@ impl Shared {
         &self.answered[key as usize % ANSWERED]
     }
 
+    /// Requests a caller may be allowed on credit per sub-bucket under `limit` (see
+    /// `shared`): none until this replica knows how many share the store.
+    fn credit(&self, limit: u64) -> u32 {
+        if limit < CREDIT_FROM {
+            return 0;
+        }
+        self.store.replicas().map_or(0, |n| credit(limit, n))
+    }
+
     /// Another request of this caller asks the store: wait for its answer (at most the
     /// store's timeout), then take again. The step, and the time it was taken at; `None`
     /// when no answer came in time.
-    async fn join(&self, key: u64, (limit, width): (u64, u64), now_ms: u64) -> Option<(Step, u64)> {
+    async fn join(
+        &self,
+        key: u64,
+        (limit, width, credit): (u64, u64, u32),
+        now_ms: u64,
+    ) -> Option<(Step, u64)> {
         let waited = Instant::now();
         let deadline = tokio::time::Instant::now() + self.store.timeout();
         loop {
@@ -238,7 +252,7 @@ impl Shared {
             tokio::pin!(answered);
             answered.as_mut().enable();
             let now = now_ms + waited.elapsed().as_millis() as u64;
-            match self.leases.with(key, |l| l.take(limit, width, now)) {
+            match self.leases.with(key, |l| l.take(limit, width, now, credit)) {
                 Step::Join => {}
                 step => return Some((step, now)),
             }
@@ -267,7 +281,9 @@ impl Asking<'_> {
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
         if self.open {
-            self.shared.leases.with_existing(self.key, Lease::ask_over);
+            self.shared
+                .leases
+                .with_existing(self.key, |l| l.ask_over(Asked::Waiting));
         }
         self.shared.answered(self.key).notify_waiters();
     }
@@ -287,7 +303,10 @@ impl Quotas {
             shared: store.map(|store| Shared {
                 store,
                 leases: Arc::new(Counters::new()),
-                answered: (0..ANSWERED).map(|_| Notify::new()).collect(),
+                answered: (0..ANSWERED)
+                    .map(|_| Notify::new())
+                    .collect::<Vec<_>>()
+                    .into(),
             }),
         }
     }
@@ -380,10 +399,13 @@ impl Quotas {
     ) -> Result<(Counted, u64, u64), u64> {
         let key = shared.leases.key(quota.id, caller);
         let (limit, width) = (quota.limit, quota.width_ms());
-        let mut step = shared.leases.with(key, |l| l.take(limit, width, now_ms));
+        let credit = shared.credit(limit);
+        let mut step = shared
+            .leases
+            .with(key, |l| l.take(limit, width, now_ms, credit));
         let mut now_ms = now_ms;
         if step == Step::Join {
-            match shared.join(key, (limit, width), now_ms).await {
+            match shared.join(key, (limit, width, credit), now_ms).await {
                 Some((then, at)) => (step, now_ms) = (then, at),
                 // The ask it waited for came too late: counted as it falls back.
                 None => {
@@ -393,7 +415,11 @@ impl Quotas {
             }
         }
         let step = match step {
-            Step::Ask { want, give_back } => {
+            Step::Ask {
+                want,
+                give_back,
+                report,
+            } => {
                 let asking = Asking {
                     shared,
                     key,
@@ -410,6 +436,7 @@ impl Quotas {
                     want,
                     give_back,
                     next: false,
+                    report,
                 };
                 let Some(grant) = shared.store.quota_take(prefix.clone(), ask).await else {
                     return self.local_take(quota, caller, now_ms);
@@ -441,7 +468,8 @@ impl Quotas {
         }
     }
 
-    /// Top up a lease, or take the next bucket's, in the background.
+    /// Top up a lease, take the next bucket's, or take one for a request allowed on credit,
+    /// in the background.
     fn refill(
         &self,
         shared: &Shared,
@@ -451,9 +479,21 @@ impl Quotas {
         refill: Refill,
         now_ms: u64,
     ) {
-        let (store, leases) = (shared.store.clone(), shared.leases.clone());
+        let (store, leases, answered) = (
+            shared.store.clone(),
+            shared.leases.clone(),
+            shared.answered.clone(),
+        );
+        let asked = refill.kind;
+        // Those waiting for an ask on credit take again once it is over.
+        let wake = move || {
+            if asked == Asked::Credit {
+                answered[key as usize % ANSWERED].notify_waiters();
+            }
+        };
         if !store.usable() {
-            leases.with(key, Lease::refill_failed);
+            leases.with(key, |l| l.ask_over(asked));
+            wake();
             return;
         }
         let (prefix, limit, width) = (store_key(quota, caller), quota.limit, quota.width_ms());
@@ -462,26 +502,26 @@ impl Quotas {
             width_ms: width,
             want: refill.want,
             give_back: refill.give_back,
-            next: refill.next,
-        };
-        let asked = if refill.next {
-            Asked::Next
-        } else {
-            Asked::TopUp
+            next: asked == Asked::Next,
+            report: refill.report,
         };
         let (store_then, prefix_then) = (store.clone(), prefix.clone());
         // On the store's thread, when it answers.
-        let then = Box::new(move |grant: Option<Grant>| match grant {
-            Some(g) => {
-                let times = (now_ms, monotonic_ms(Instant::now()));
-                let (_, back) = leases.with(key, |l| l.install(g, limit, width, times, asked));
-                give_all_back(&store_then, &prefix_then, back);
+        let then = Box::new(move |grant: Option<Grant>| {
+            match grant {
+                Some(g) => {
+                    let times = (now_ms, monotonic_ms(Instant::now()));
+                    let (_, back) = leases.with(key, |l| l.install(g, limit, width, times, asked));
+                    give_all_back(&store_then, &prefix_then, back);
+                }
+                // What it carried back was not handed back (nor its report counted): the
+                // store keeps counting it until its bucket leaves the window (early refusals,
+                // never more allowed).
+                None => {
+                    leases.with_existing(key, |l| l.ask_over(asked));
+                }
             }
-            // What it carried back was not handed back: the store keeps counting it until its
-            // bucket leaves the window (early refusals, never more allowed).
-            None => {
-                leases.with_existing(key, Lease::refill_failed);
-            }
+            wake();
         });
         store.quota_take_then(prefix, ask, then);
     }

@@ -24,7 +24,22 @@
 //! with (1), together the replicas never allow more than `limit` in any window (no clock needs
 //! to agree with another). Permits a replica leased but did not use stay counted until it
 //! hands them back once their bucket is over, so a lease may refuse others early, never allow
-//! more. The +5 % SPEC tolerates is not needed.
+//! more.
+//!
+//! Credit: the +5 % SPEC tolerates, spent so that a caller back after a pause need not wait.
+//! A request that finds no usable lease may be allowed at once on credit, its count reported
+//! to the store with the next ask (which it starts, in the background). Each replica allows at
+//! most `credit(limit, n)` = limit / (40 n (B+1)) on credit per caller in each of its own
+//! sub-buckets (of its own clock), `n` being the replicas sharing the store as this one last
+//! heard from it (`SharedStore::replicas`: a replica spends credit only once every other has
+//! counted it, and stops when it has not been heard). A window overlaps at most B+1 of a
+//! replica's sub-buckets, so with the set of replicas fixed they together allow at most
+//! limit / 40 (2.5 %) on credit in any window. A change of the set (any number of replicas
+//! joining or leaving at once) lets each replica spend at its old share for at most the one
+//! sub-bucket it is in, limit / (40 (B+1)) over them all: up to ten changes within one window
+//! stay within the other 2.5 %. Leases keep (2): reported credit is counted in the store's
+//! sums, so grants stay within the limit less it. Below 440 requests per window the credit is
+//! 0 and every request waits for its lease, as without credit.
 //!
 //! Cost on the request path: a caller's first request on a replica, and a request that finds
 //! its lease spent or over with none taken ahead, waits for a lease (at most `timeout_ms`). A
@@ -68,7 +83,26 @@ pub struct Lease {
     next: Option<Next>,
     /// An ended lease's unused rest, handed back with the next ask.
     back: Option<(u64, u32)>,
+    /// The sub-bucket (of this replica's clock) `credit_used` counts in.
+    credit_bucket: u64,
+    /// Requests allowed on credit in it.
+    credit_used: u32,
+    /// Requests allowed on credit the store has not been told of: reported with the next ask.
+    unreported: u32,
 }
+
+/// The bucket of a request allowed on credit (no lease's).
+pub const CREDIT: u64 = u64::MAX;
+
+/// Requests a replica may allow on credit per caller and sub-bucket of its own, when `replicas`
+/// share the store: a 40th of the limit (half the SPEC's 5 %) over the replicas and the B+1
+/// sub-buckets a window overlaps (see the module's bound).
+pub fn credit(limit: u64, replicas: u64) -> u32 {
+    (limit / (40 * replicas.max(1) * (SUB_BUCKETS + 1))).min(u64::from(u32::MAX)) as u32
+}
+
+/// The smallest limit with any credit (for one replica).
+pub const CREDIT_FROM: u64 = 40 * (SUB_BUCKETS + 1);
 
 /// A lease of the next sub-bucket, taken while the current one still runs.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +138,8 @@ pub enum Step {
     Ask {
         want: u32,
         give_back: Option<(u64, u32)>,
+        /// Requests allowed on credit, to count in the store.
+        report: u32,
     },
 }
 
@@ -111,8 +147,11 @@ pub enum Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refill {
     pub want: u32,
-    pub next: bool,
+    /// `TopUp`, `Next`, or `Credit`: the lease of a request allowed on credit.
+    pub kind: Asked,
     pub give_back: Option<(u64, u32)>,
+    /// Requests allowed on credit, to count in the store.
+    pub report: u32,
 }
 
 /// What a grant was asked for.
@@ -124,6 +163,9 @@ pub enum Asked {
     TopUp,
     /// The next bucket's lease, in the background.
     Next,
+    /// A lease for a caller whose request was allowed on credit, in the background (the
+    /// caller's other requests without a usable lease wait for it, or spend credit too).
+    Credit,
 }
 
 /// Permits to hand back to the store (at most two: an ended lease's and a stale one's).
@@ -148,8 +190,9 @@ fn headroom(n: u64, limit: u64) -> u32 {
 }
 
 impl Lease {
-    /// A request at `now_ms`, under a quota of `limit` per window of sub-buckets `width_ms`.
-    pub fn take(&mut self, limit: u64, width_ms: u64, now_ms: u64) -> Step {
+    /// A request at `now_ms`, under a quota of `limit` per window of sub-buckets `width_ms`,
+    /// with `credit` requests a sub-bucket this replica may allow before the store counts them.
+    pub fn take(&mut self, limit: u64, width_ms: u64, now_ms: u64, credit: u32) -> Step {
         if now_ms < self.denied_until_ms {
             return Step::Refused {
                 retry_ms: self.free_at_ms.saturating_sub(now_ms).max(1),
@@ -174,17 +217,67 @@ impl Lease {
                 refill,
             };
         }
-        // Nothing usable: one request asks the store, the others of this caller wait for it.
+        // Nothing usable: one request asks the store, the others of this caller wait for it,
+        // or, while there is credit, are allowed on it (and the ask goes in the background).
         if self.asking {
-            return Step::Join;
+            return match self.on_credit(credit, width_ms, now_ms) {
+                true => self.allowed_on_credit(limit, now_ms, None),
+                false => Step::Join,
+            };
         }
         self.asking = true;
+        let (want, give_back) = self.ask_for(limit, width_ms, now_ms);
+        if self.on_credit(credit, width_ms, now_ms) {
+            let refill = Refill {
+                want,
+                kind: Asked::Credit,
+                give_back,
+                report: std::mem::take(&mut self.unreported),
+            };
+            return self.allowed_on_credit(limit, now_ms, Some(refill));
+        }
+        Step::Ask {
+            want,
+            give_back,
+            report: std::mem::take(&mut self.unreported),
+        }
+    }
+
+    /// Allow a request on credit, if this sub-bucket (of `width_ms`, on this replica's clock)
+    /// has some left.
+    fn on_credit(&mut self, credit: u32, width_ms: u64, now_ms: u64) -> bool {
+        let bucket = now_ms / width_ms.max(1);
+        if bucket != self.credit_bucket {
+            self.credit_bucket = bucket;
+            self.credit_used = 0;
+        }
+        if self.credit_used >= credit {
+            return false;
+        }
+        self.credit_used += 1;
+        self.unreported += 1;
+        true
+    }
+
+    fn allowed_on_credit(&mut self, limit: u64, now_ms: u64, refill: Option<Refill>) -> Step {
+        self.last_ms = now_ms;
+        Step::Allowed {
+            bucket: CREDIT,
+            remaining: self.remaining(limit),
+            reset_ms: self.free_at_ms.saturating_sub(now_ms),
+            refill,
+        }
+    }
+
+    /// What to ask the store for when nothing is usable at `now_ms`: how many, and the unused
+    /// rest of an ended lease to hand back with it.
+    fn ask_for(&mut self, limit: u64, width_ms: u64, now_ms: u64) -> (u32, Option<(u64, u32)>) {
         if now_ms < self.until_ms {
             // Spent within its bucket: a busier caller than the lease was sized for.
-            return Step::Ask {
-                want: self.granted.saturating_mul(2).clamp(1, max_lease(limit)),
-                give_back: self.back.take(),
-            };
+            return (
+                self.granted.saturating_mul(2).clamp(1, max_lease(limit)),
+                self.back.take(),
+            );
         }
         // Its bucket is over: what it did not use goes back with the next ask (and is no
         // longer this lease's to hand back), and the next is sized from what it used, or
@@ -205,7 +298,7 @@ impl Lease {
             0 => self.back.take(),
             n => Some((self.bucket, n)),
         };
-        Step::Ask { want, give_back }
+        (want, give_back)
     }
 
     /// The current lease is over at `now_ms`: the next bucket's, when one was taken ahead and
@@ -253,8 +346,9 @@ impl Lease {
             let want = headroom(need, limit).saturating_sub(left as u32);
             return Some(Refill {
                 want: want.min(self.granted.saturating_mul(2)).max(1),
-                next: false,
+                kind: Asked::TopUp,
                 give_back: self.back.take(),
+                report: std::mem::take(&mut self.unreported),
             });
         }
         if self.next.is_none() && to_go <= width_ms / 4 {
@@ -263,8 +357,9 @@ impl Lease {
                 .max(u64::from(self.used));
             return Some(Refill {
                 want: headroom(whole, limit),
-                next: true,
+                kind: Asked::Next,
                 give_back: self.back.take(),
+                report: std::mem::take(&mut self.unreported),
             });
         }
         None
@@ -281,11 +376,7 @@ impl Lease {
         asked: Asked,
     ) -> (Option<Step>, GiveBacks) {
         let mut back: GiveBacks = [None, None];
-        if asked == Asked::Waiting {
-            self.asking = false;
-        } else {
-            self.refilling = false;
-        }
+        self.ask_over(asked);
         // The store's answer came after the ask and before it arrived (one ms off for the
         // store's rounding). The current bucket ends `ms_left` after that answer; the next
         // bucket, asked for ahead, starts then and ends a bucket later.
@@ -333,6 +424,11 @@ impl Lease {
         }
         self.counted = grant.counted;
         self.free_at_ms = asked_ms + grant.free_in_ms;
+        if asked == Asked::Credit && self.used >= self.granted {
+            // Nothing granted for a caller allowed on credit: refused here until the bucket
+            // ends, as a waiting request would have been.
+            self.denied_until_ms = ends_after;
+        }
         if asked != Asked::Waiting {
             return (None, back);
         }
@@ -382,20 +478,22 @@ impl Lease {
         }
     }
 
-    /// A background ask that did not come.
-    pub fn refill_failed(&mut self) {
-        self.refilling = false;
+    /// An ask is over (answered, or without a grant: failed, or its request gone): the next
+    /// request that needs one asks again.
+    pub fn ask_over(&mut self, asked: Asked) {
+        match asked {
+            Asked::Waiting | Asked::Credit => self.asking = false,
+            Asked::TopUp | Asked::Next => self.refilling = false,
+        }
     }
 
-    /// The waiting ask is over without a grant (failed, or its request gone): the next
-    /// request asks again.
-    pub fn ask_over(&mut self) {
-        self.asking = false;
-    }
-
-    /// Give back a request allowed from the lease of `bucket` (another quota refused it).
+    /// Give back a request allowed from the lease of `bucket`, or on credit (another quota
+    /// refused it).
     pub fn undo(&mut self, bucket: u64) {
-        if bucket == self.bucket && self.used > 0 {
+        if bucket == CREDIT {
+            self.credit_used = self.credit_used.saturating_sub(1);
+            self.unreported = self.unreported.saturating_sub(1);
+        } else if bucket == self.bucket && self.used > 0 {
             self.used -= 1;
         }
     }
@@ -436,10 +534,11 @@ mod tests {
         let mut l = Lease::default();
         // A caller new here asks for a first lease of 4.
         assert_eq!(
-            l.take(100, W, 1_000),
+            l.take(100, W, 1_000, 0),
             Step::Ask {
                 want: 4,
-                give_back: None
+                give_back: None,
+                report: 0
             }
         );
         // A lease of 4 asked at 1_000 for a bucket with 100 ms left: used before 1_099.
@@ -453,43 +552,52 @@ mod tests {
         // last (3 more, half again, less the 2 left), one top-up at a time.
         let top_up = Refill {
             want: 3,
-            next: false,
+            kind: Asked::TopUp,
             give_back: None,
+            report: 0,
         };
-        assert_eq!(allowed(l.take(100, W, 1_020)), (10, Some(top_up)));
-        assert_eq!(allowed(l.take(100, W, 1_021)), (10, None));
-        assert_eq!(allowed(l.take(100, W, 1_022)), (10, None));
+        assert_eq!(allowed(l.take(100, W, 1_020, 0)), (10, Some(top_up)));
+        assert_eq!(allowed(l.take(100, W, 1_021, 0)), (10, None));
+        assert_eq!(allowed(l.take(100, W, 1_022, 0)), (10, None));
         // Spent within its bucket: ask for twice as many, nothing to hand back.
         assert_eq!(
-            l.take(100, W, 1_040),
+            l.take(100, W, 1_040, 0),
             Step::Ask {
                 want: 8,
-                give_back: None
+                give_back: None,
+                report: 0
             }
         );
         // Meanwhile another request of the caller waits for that answer instead of asking.
-        assert_eq!(l.take(100, W, 1_040), Step::Join);
+        assert_eq!(l.take(100, W, 1_040, 0), Step::Join);
         // The request that asked gave up waiting (its ask is over); the grant comes as a
         // top-up would. The bucket ends at 1_089 (asked at 1_040 + 50 left, less a ms): never
         // used past it. In its last quarter, the next bucket's lease is asked for ahead.
-        l.ask_over();
+        l.ask_over(Asked::Waiting);
         l.install(grant(8, 10, 50, 12), 100, W, (1_040, 1_041), Asked::TopUp);
-        let (_, refill) = allowed(l.take(100, W, 1_088));
+        let (_, refill) = allowed(l.take(100, W, 1_088, 0));
         assert!(
-            matches!(refill, Some(Refill { next: true, .. })),
+            matches!(
+                refill,
+                Some(Refill {
+                    kind: Asked::Next,
+                    ..
+                })
+            ),
             "{refill:?}"
         );
         // Over with none ahead: the next is sized from the rate it was used at (5 in 88 ms,
         // so a whole bucket would take more than twice 5: twice 5 with half again, capped at
         // a tenth of the limit, 9), and the unused 7 go back with that same ask, once.
         assert_eq!(
-            l.take(100, W, 1_089),
+            l.take(100, W, 1_089, 0),
             Step::Ask {
                 want: 9,
-                give_back: Some((10, 7))
+                give_back: Some((10, 7)),
+                report: 0
             }
         );
-        assert_eq!(l.take(100, W, 1_089), Step::Join);
+        assert_eq!(l.take(100, W, 1_089, 0), Step::Join);
         let (_, back) = l.install(
             grant(8, 11, 100, 13),
             100,
@@ -499,11 +607,11 @@ mod tests {
         );
         assert_eq!(back, [None, None]);
         // Answered: the request that waited for it is served from the new lease.
-        assert_eq!(allowed(l.take(100, W, 1_090)).0, 11);
+        assert_eq!(allowed(l.take(100, W, 1_090, 0)).0, 11);
         // A late top-up of the old bucket goes back whole; the new lease stays.
         let (_, back) = l.install(grant(3, 10, 0, 17), 100, W, (1_040, 1_095), Asked::TopUp);
         assert_eq!(back, [Some((10, 3)), None]);
-        assert_eq!(allowed(l.take(100, W, 1_095)).0, 11);
+        assert_eq!(allowed(l.take(100, W, 1_095, 0)).0, 11);
     }
 
     #[test]
@@ -514,7 +622,7 @@ mod tests {
         l.install(grant(15, 5, 1_000, 15), 1_000, W, (0, 0), Asked::Waiting);
         for t in 1..8 {
             assert_eq!(
-                allowed(l.take(1_000, W, t * 100)),
+                allowed(l.take(1_000, W, t * 100, 0)),
                 (5, None),
                 "at {}",
                 t * 100
@@ -523,42 +631,44 @@ mod tests {
         // 8 used in 800 ms: 10 a bucket, with half again.
         let ahead = Refill {
             want: 16,
-            next: true,
+            kind: Asked::Next,
             give_back: None,
+            report: 0,
         };
-        assert_eq!(allowed(l.take(1_000, W, 800)), (5, Some(ahead)));
-        assert_eq!(allowed(l.take(1_000, W, 900)), (5, None));
+        assert_eq!(allowed(l.take(1_000, W, 800, 0)), (5, Some(ahead)));
+        assert_eq!(allowed(l.take(1_000, W, 900, 0)), (5, None));
     }
 
     #[test]
     fn a_lease_taken_ahead_serves_from_its_bucket_on_without_a_wait() {
         let mut l = Lease::default();
         l.install(grant(5, 10, 1_000, 5), 100, W, (0, 0), Asked::Waiting);
-        assert_eq!(allowed(l.take(100, W, 400)), (10, None));
-        let (_, refill) = allowed(l.take(100, W, 800));
+        assert_eq!(allowed(l.take(100, W, 400, 0)), (10, None));
+        let (_, refill) = allowed(l.take(100, W, 800, 0));
         assert_eq!(
             refill,
             Some(Refill {
                 want: 5,
-                next: true,
-                give_back: None
+                kind: Asked::Next,
+                give_back: None,
+                report: 0
             })
         );
         // Asked at 800, answered by 810 with 150 ms left: bucket 11 begins by 961 and ends
         // after 1_949; bucket 10's lease still serves until 999.
         let (_, back) = l.install(grant(5, 11, 150, 8), 100, W, (800, 810), Asked::Next);
         assert_eq!(back, [None, None]);
-        assert_eq!(allowed(l.take(100, W, 950)), (10, None));
+        assert_eq!(allowed(l.take(100, W, 950, 0)), (10, None));
         // Bucket 10's lease is over: bucket 11's takes its place, no ask.
-        assert_eq!(allowed(l.take(100, W, 999)), (11, None));
-        assert_eq!(allowed(l.take(100, W, 1_400)), (11, None));
+        assert_eq!(allowed(l.take(100, W, 999, 0)), (11, None));
+        assert_eq!(allowed(l.take(100, W, 1_400, 0)), (11, None));
         // What bucket 10's lease left (one) goes back with the next ask ahead.
-        let (_, refill) = allowed(l.take(100, W, 1_800));
+        let (_, refill) = allowed(l.take(100, W, 1_800, 0));
         assert!(
             matches!(
                 refill,
                 Some(Refill {
-                    next: true,
+                    kind: Asked::Next,
                     give_back: Some((10, 1)),
                     ..
                 })
@@ -571,20 +681,27 @@ mod tests {
     fn a_lease_taken_ahead_for_a_bucket_the_caller_sat_out_goes_back_whole() {
         let mut l = Lease::default();
         l.install(grant(5, 10, 1_000, 5), 100, W, (0, 0), Asked::Waiting);
-        let (_, refill) = allowed(l.take(100, W, 800));
-        assert!(matches!(refill, Some(Refill { next: true, .. })));
+        let (_, refill) = allowed(l.take(100, W, 800, 0));
+        assert!(matches!(
+            refill,
+            Some(Refill {
+                kind: Asked::Next,
+                ..
+            })
+        ));
         l.install(grant(4, 11, 150, 9), 100, W, (800, 800), Asked::Next);
         // Back at 2_500: bucket 11 is over too. Bucket 10's rest goes back with the ask,
         // bucket 11's whole lease with the next.
         assert_eq!(
-            l.take(100, W, 2_500),
+            l.take(100, W, 2_500, 0),
             Step::Ask {
                 want: 4,
-                give_back: Some((10, 3))
+                give_back: Some((10, 3)),
+                report: 0
             }
         );
         l.install(grant(4, 12, 500, 4), 100, W, (2_500, 2_501), Asked::Waiting);
-        let (_, refill) = allowed(l.take(100, W, 2_900));
+        let (_, refill) = allowed(l.take(100, W, 2_900, 0));
         assert!(
             matches!(
                 refill,
@@ -605,10 +722,11 @@ mod tests {
         l.install(grant(4, 11, 200, 9), 100, W, (700, 900), Asked::Next);
         // At 1_000 bucket 10's lease is over and bucket 11's not yet sure to have begun: ask.
         assert_eq!(
-            l.take(100, W, 1_000),
+            l.take(100, W, 1_000, 0),
             Step::Ask {
                 want: 2,
-                give_back: Some((10, 4))
+                give_back: Some((10, 4)),
+                report: 0
             }
         );
         // The store says bucket 11 has begun: its lease taken ahead and the grant are one.
@@ -622,9 +740,9 @@ mod tests {
         assert_eq!(back, [None, None]);
         assert_eq!(allowed(step.unwrap()).0, 11);
         for t in 1..6 {
-            assert_eq!(allowed(l.take(100, W, 1_000 + t)).0, 11);
+            assert_eq!(allowed(l.take(100, W, 1_000 + t, 0)).0, 11);
         }
-        assert!(matches!(l.take(100, W, 1_010), Step::Ask { .. }));
+        assert!(matches!(l.take(100, W, 1_010, 0), Step::Ask { .. }));
     }
 
     #[test]
@@ -633,15 +751,111 @@ mod tests {
         // 3 requests, 200 ms apart, from a lease of 4 in a bucket of 1_000 ms: 2 in 400 ms
         // is 5 a bucket, within twice the 3 used; with half again, 8.
         l.install(grant(4, 10, 1_000, 4), 1_000, W, (0, 0), Asked::Waiting);
-        allowed(l.take(1_000, W, 200));
-        allowed(l.take(1_000, W, 400));
+        allowed(l.take(1_000, W, 200, 0));
+        allowed(l.take(1_000, W, 400, 0));
         assert_eq!(
-            l.take(1_000, W, 5_000),
+            l.take(1_000, W, 5_000, 0),
             Step::Ask {
                 want: 8,
-                give_back: Some((10, 1))
+                give_back: Some((10, 1)),
+                report: 0
             }
         );
+    }
+
+    #[test]
+    fn a_caller_without_a_lease_is_allowed_on_credit_while_its_lease_comes_in_the_background() {
+        let mut l = Lease::default();
+        // A new caller with a credit of 2 a sub-bucket: allowed at once, and its first lease
+        // asked for in the background, reporting this request.
+        let credit_ask = Refill {
+            want: 4,
+            kind: Asked::Credit,
+            give_back: None,
+            report: 1,
+        };
+        assert_eq!(
+            allowed(l.take(1_000, W, 1_000, 2)),
+            (CREDIT, Some(credit_ask))
+        );
+        // While it is on its way: one more on credit, then the credit is spent and the next
+        // waits for the answer.
+        assert_eq!(allowed(l.take(1_000, W, 1_001, 2)), (CREDIT, None));
+        assert_eq!(l.take(1_000, W, 1_002, 2), Step::Join);
+        // The lease comes (nobody waited on it as a request): served from it; the second
+        // request on credit is reported with the next ask, the top-up.
+        let (step, back) = l.install(
+            grant(4, 10, 500, 6),
+            1_000,
+            W,
+            (1_000, 1_003),
+            Asked::Credit,
+        );
+        assert_eq!((step, back), (None, [None, None]));
+        assert_eq!(allowed(l.take(1_000, W, 1_003, 2)), (10, None));
+        let (bucket, refill) = allowed(l.take(1_000, W, 1_004, 2));
+        assert_eq!(bucket, 10);
+        assert!(
+            matches!(
+                refill,
+                Some(Refill {
+                    kind: Asked::TopUp,
+                    report: 1,
+                    ..
+                })
+            ),
+            "{refill:?}"
+        );
+        allowed(l.take(1_000, W, 1_005, 2));
+        allowed(l.take(1_000, W, 1_006, 2));
+        // Spent, with the credit of this sub-bucket spent too: it asks and waits.
+        assert!(matches!(
+            l.take(1_000, W, 1_007, 2),
+            Step::Ask { report: 0, .. }
+        ));
+        // Another quota refused a request allowed on credit: taken back, it is not reported.
+        l.ask_over(Asked::Waiting);
+        let mut l = Lease::default();
+        allowed(l.take(1_000, W, 5_000, 2));
+        let (bucket, _) = allowed(l.take(1_000, W, 5_001, 2));
+        l.undo(bucket);
+        assert_eq!(allowed(l.take(1_000, W, 5_002, 2)), (CREDIT, None));
+        assert_eq!(l.take(1_000, W, 5_003, 2), Step::Join);
+        // The store grants nothing (other replicas used the quota up): refused here until the
+        // bucket ends, credit or not; in the next sub-bucket there is credit again.
+        l.install(
+            grant(0, 14, 300, 1_000),
+            1_000,
+            W,
+            (5_000, 5_001),
+            Asked::Credit,
+        );
+        assert!(matches!(l.take(1_000, W, 5_100, 2), Step::Refused { .. }));
+        assert!(matches!(l.take(1_000, W, 5_298, 2), Step::Refused { .. }));
+        let (bucket, refill) = allowed(l.take(1_000, W, 6_000, 2));
+        assert_eq!(bucket, CREDIT);
+        assert!(
+            matches!(
+                refill,
+                Some(Refill {
+                    kind: Asked::Credit,
+                    report: 2,
+                    ..
+                })
+            ),
+            "{refill:?}"
+        );
+    }
+
+    #[test]
+    fn credit_is_a_fortieth_of_the_limit_over_the_replicas_and_sub_buckets() {
+        assert_eq!(CREDIT_FROM, 440);
+        assert_eq!(credit(439, 1), 0);
+        assert_eq!(credit(440, 1), 1);
+        assert_eq!(credit(880, 2), 1);
+        assert_eq!(credit(879, 2), 0);
+        assert_eq!(credit(44_000, 4), 25);
+        assert_eq!(credit(1_000_000, 1), 2_272);
     }
 
     #[test]
@@ -649,12 +863,13 @@ mod tests {
         let mut l = Lease::default();
         let (step, _) = l.install(grant(0, 10, 30, 10), 10, W, (1_000, 1_000), Asked::Waiting);
         assert_eq!(step, Some(Step::Refused { retry_ms: 900 }));
-        assert_eq!(l.take(10, W, 1_028), Step::Refused { retry_ms: 872 });
+        assert_eq!(l.take(10, W, 1_028, 0), Step::Refused { retry_ms: 872 });
         assert_eq!(
-            l.take(10, W, 1_029),
+            l.take(10, W, 1_029, 0),
             Step::Ask {
                 want: 1,
-                give_back: None
+                give_back: None,
+                report: 0
             }
         );
     }
