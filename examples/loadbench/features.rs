@@ -62,7 +62,7 @@ pub fn run(secs: u64, rounds: usize) {
     wait_port(redis_port);
 
     let quota = "[quotas.per_user]\nkey = \"sub\"\nlimit = 1000000000\nwindow_seconds = 60\n";
-    let variants: [(&str, String); 7] = [
+    let variants: [(&str, String); 8] = [
         ("defaults", String::new()),
         ("quota in-process", quota.to_string()),
         (
@@ -86,6 +86,16 @@ pub fn run(secs: u64, rounds: usize) {
         // The defaults again in a process of their own: how far two identical processes differ
         // (memory layout, the host) is the floor under every other row's difference.
         ("defaults, a second process", String::new()),
+        // A limit a real API would set (10 a second a user): its credit is 1 a sub-bucket, so
+        // every caller takes leases from the store. In a database of its own: the same quota
+        // name and window as the other would share its counts.
+        (
+            "quota on Redis, 600 a minute",
+            format!(
+                "[quotas.per_user]\nkey = \"sub\"\nlimit = 600\nwindow_seconds = 60\n\n\
+                 [shared_state]\nurl = \"redis://127.0.0.1:{redis_port}/1\"\n"
+            ),
+        ),
     ];
     let mut procs = Vec::new();
     let mut admins = Vec::new();
@@ -185,7 +195,7 @@ pub fn run(secs: u64, rounds: usize) {
         Dpop,
     }
     // (name, variant, load)
-    let plan: [(&str, usize, Load); 11] = [
+    let plan: [(&str, usize, Load); 12] = [
         ("defaults, one token", 0, Load::One),
         ("tracing sample_ratio 0.01", 3, Load::One),
         ("tracing sample_ratio 1.0", 4, Load::One),
@@ -199,6 +209,11 @@ pub fn run(secs: u64, rounds: usize) {
         ),
         ("quota in-process, 10,000 callers", 1, Load::Pool),
         ("quota on Redis, 10,000 callers", 2, Load::Pool),
+        (
+            "quota on Redis, 600 a minute, 10,000 callers",
+            7,
+            Load::Pool,
+        ),
         ("defaults, bad signature (refusals)", 0, Load::Bad),
         ("DPoP required, ES256 proof each request", 5, Load::Dpop),
     ];
@@ -234,8 +249,8 @@ pub fn run(secs: u64, rounds: usize) {
             if matches!(load, Load::Dpop) {
                 make_proofs(per_round);
             }
-            // Only the quota on Redis (variant 2) calls the store's scripts.
-            let calls_before = (*v == 2).then(|| redis_calls(redis_port));
+            // Only the quotas on Redis (variants 2 and 7) call the store's scripts.
+            let calls_before = matches!(v, 2 | 7).then(|| redis_calls(redis_port));
             rows[i].measure(pid, || match load {
                 Load::One => wrk(&url(*port), None, Some(&one_h), secs, conns),
                 Load::Pool => wrk(&url(*port), Some(&script), None, secs, conns),
@@ -269,7 +284,8 @@ pub fn run(secs: u64, rounds: usize) {
         ),
         ("quota in-process, 10,000 callers", 7, 5, "[<= 5 %]"),
         ("quota on Redis, 10,000 callers", 8, 5, "[<= 15 %]"),
-        ("DPoP (ES256 proof) vs Bearer", 10, 0, "[reported]"),
+        ("quota on Redis 600/min, 10,000", 9, 5, "[reported]"),
+        ("DPoP (ES256 proof) vs Bearer", 11, 0, "[reported]"),
     ] {
         if rows[i].runs.is_empty() || rows[base].runs.is_empty() {
             continue;
@@ -284,6 +300,20 @@ pub fn run(secs: u64, rounds: usize) {
                 "  {name}: {:.1} store calls per 1,000 requests",
                 calls as f64 * 1000.0 / served
             );
+        }
+    }
+    // The quotas on Redis: the replicas each counted (1: it spent credit), and fallbacks.
+    for v in [2, 7] {
+        let metrics = admin_get(admins[v], "/metrics");
+        for series in [
+            "scopegate_shared_state_replicas ",
+            "scopegate_shared_state_errors_total{op=\"quota\"} ",
+        ] {
+            let value = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(series))
+                .unwrap_or("?");
+            println!("  {}: {} {value}", variants[v].0, series.trim_end());
         }
     }
     // Spans the exporter could not take would be work it did not do: say how many there were.

@@ -9,9 +9,9 @@
 //! grants `min(want, limit - sum)`, and adds the grant to that bucket before answering. The
 //! replica then allows requests from the lease, without I/O, while its bucket runs.
 //!
-//! The bound. (1) Every request any replica allows spends a permit that was counted in the
-//! store before it was allowed, in the bucket that runs on the store's clock when it is
-//! allowed: a lease of bucket `i` is used from its answer's arrival (a lease taken ahead: from
+//! The bound. (1) Every request any replica allows from a lease spends a permit that was
+//! counted in the store before it was allowed, in the bucket that runs on the store's clock
+//! when it is allowed: a lease of bucket `i` is used from its answer's arrival (a lease taken ahead: from
 //! its arrival plus the time the store said was left of bucket `i`, never before `i+1` begins)
 //! until the time the replica *asked* plus what was left (plus a bucket, for one taken ahead),
 //! less a millisecond for the store's rounding: never after the bucket ends. (2) No B+1
@@ -26,26 +26,31 @@
 //! hands them back once their bucket is over, so a lease may refuse others early, never allow
 //! more.
 //!
-//! Credit: the +5 % SPEC tolerates, spent so that a caller back after a pause need not wait.
-//! A request that finds no usable lease may be allowed at once on credit, its count reported
-//! to the store with the next ask (which it starts, in the background). Each replica allows at
-//! most `credit(limit, n)` = limit / (40 n (B+1)) on credit per caller in each of its own
+//! Credit: the +5 % SPEC tolerates, spent so that callers far from their limit need no store
+//! call, and one back after a pause need not wait. A request that finds no usable lease is
+//! allowed at once on credit while there is some: each replica allows at most
+//! `credit(limit, n)` = limit / (40 n (B+1)) on credit per caller in each of its own
 //! sub-buckets (of its own clock), `n` being the replicas sharing the store as this one last
 //! heard from it (`SharedStore::replicas`: a replica spends credit only once every other has
-//! counted it, and stops when it has not been heard). A window overlaps at most B+1 of a
-//! replica's sub-buckets, so with the set of replicas fixed they together allow at most
-//! limit / 40 (2.5 %) on credit in any window. A change of the set (any number of replicas
-//! joining or leaving at once) lets each replica spend at its old share for at most the one
-//! sub-bucket it is in, limit / (40 (B+1)) over them all: up to ten changes within one window
-//! stay within the other 2.5 %. Leases keep (2): reported credit is counted in the store's
-//! sums, so grants stay within the limit less it. Below 440 requests per window the credit is
-//! 0 and every request waits for its lease, as without credit.
+//! counted it, and stops when it has not been heard). Once more than half of a sub-bucket's
+//! credit is spent, the caller's lease is asked for in the background (a caller that needs
+//! more has it before the credit runs out), and that ask, like any other, reports what the
+//! sub-bucket spent on credit so far, counted in the store's sums from then on; what a caller
+//! spent on credit without ever needing an ask is not counted in the store. The bound: a
+//! window overlaps at most B+1 of a replica's sub-buckets, so with the set of replicas fixed
+//! they together allow at most limit / 40 (2.5 %) on credit in any window, reported or not. A
+//! change of the set (any number of replicas joining or leaving at once) lets each replica
+//! spend at its old share for at most the one sub-bucket it is in, limit / (40 (B+1)) over
+//! them all: up to ten changes within one window stay within the other 2.5 %. Leases keep (2)
+//! (reported credit only lowers later grants), so together: at most the limit plus 5 %. Below
+//! 440 requests per window the credit is 0: every lease is asked for as without credit.
 //!
-//! Cost on the request path: a caller's first request on a replica, and a request that finds
-//! its lease spent or over with none taken ahead, waits for a lease (at most `timeout_ms`). A
-//! lease is sized to what the caller is expected to use, with half again for headroom (a
-//! caller new to the replica: 4; never more than a tenth of the limit); the unused rest of an
-//! ended lease is handed back by the next call. In the background, off the request path: a
+//! Cost on the request path: a request that finds no usable lease and no credit (a caller's
+//! first request on a replica, a request that finds its lease spent or over with none taken
+//! ahead) waits for a lease (at most `timeout_ms`). A lease is sized to what the caller is
+//! expected to use, with half again for headroom (a caller new to the replica: 4; never more
+//! than a tenth of the limit); the unused rest of an ended lease is handed back by the next
+//! call. In the background, off the request path: a
 //! lease that would run dry before its bucket ends, at the rate it is being spent, is topped
 //! up; in the last quarter of its bucket, a lease in use takes the next bucket's ahead. So a
 //! steady caller waits on the store once, when it first comes, and costs one background store
@@ -217,25 +222,28 @@ impl Lease {
                 refill,
             };
         }
-        // Nothing usable: one request asks the store, the others of this caller wait for it,
-        // or, while there is credit, are allowed on it (and the ask goes in the background).
+        // Nothing usable: allowed on credit while this sub-bucket has some, asking the store
+        // for a lease, in the background, once more than half of it is spent (a caller that
+        // needs more then has its lease before the credit runs out; one that needs no more
+        // costs no store call). Then one request asks the store, the others wait for it.
+        if self.on_credit(credit, width_ms, now_ms) {
+            let ask = (!self.asking && 2 * self.credit_used > credit).then(|| {
+                self.asking = true;
+                let (want, give_back) = self.ask_for(limit, width_ms, now_ms);
+                Refill {
+                    want,
+                    kind: Asked::Credit,
+                    give_back,
+                    report: std::mem::take(&mut self.unreported),
+                }
+            });
+            return self.allowed_on_credit(limit, now_ms, ask);
+        }
         if self.asking {
-            return match self.on_credit(credit, width_ms, now_ms) {
-                true => self.allowed_on_credit(limit, now_ms, None),
-                false => Step::Join,
-            };
+            return Step::Join;
         }
         self.asking = true;
         let (want, give_back) = self.ask_for(limit, width_ms, now_ms);
-        if self.on_credit(credit, width_ms, now_ms) {
-            let refill = Refill {
-                want,
-                kind: Asked::Credit,
-                give_back,
-                report: std::mem::take(&mut self.unreported),
-            };
-            return self.allowed_on_credit(limit, now_ms, Some(refill));
-        }
         Step::Ask {
             want,
             give_back,
@@ -248,8 +256,10 @@ impl Lease {
     fn on_credit(&mut self, credit: u32, width_ms: u64, now_ms: u64) -> bool {
         let bucket = now_ms / width_ms.max(1);
         if bucket != self.credit_bucket {
+            // What the last one spent and no ask reported stays unreported (see the bound).
             self.credit_bucket = bucket;
             self.credit_used = 0;
+            self.unreported = 0;
         }
         if self.credit_used >= credit {
             return false;
@@ -765,35 +775,36 @@ mod tests {
 
     #[test]
     fn a_caller_without_a_lease_is_allowed_on_credit_while_its_lease_comes_in_the_background() {
-        let mut l = Lease::default();
-        // A new caller with a credit of 2 a sub-bucket: allowed at once, and its first lease
-        // asked for in the background, reporting this request.
-        let credit_ask = Refill {
+        let credit_ask = |report| Refill {
             want: 4,
             kind: Asked::Credit,
             give_back: None,
-            report: 1,
+            report,
         };
+        let mut l = Lease::default();
+        // A new caller with a credit of 3 a sub-bucket: allowed at once, and no store call
+        // while at most half of the credit is spent.
+        assert_eq!(allowed(l.take(1_000, W, 1_000, 3)), (CREDIT, None));
+        // Past half: its first lease is asked for in the background, reporting both.
         assert_eq!(
-            allowed(l.take(1_000, W, 1_000, 2)),
-            (CREDIT, Some(credit_ask))
+            allowed(l.take(1_000, W, 1_001, 3)),
+            (CREDIT, Some(credit_ask(2)))
         );
-        // While it is on its way: one more on credit, then the credit is spent and the next
-        // waits for the answer.
-        assert_eq!(allowed(l.take(1_000, W, 1_001, 2)), (CREDIT, None));
-        assert_eq!(l.take(1_000, W, 1_002, 2), Step::Join);
-        // The lease comes (nobody waited on it as a request): served from it; the second
+        // While it is on its way: the last of the credit, then the next request waits.
+        assert_eq!(allowed(l.take(1_000, W, 1_002, 3)), (CREDIT, None));
+        assert_eq!(l.take(1_000, W, 1_003, 3), Step::Join);
+        // The lease comes (no request waited on it as its own): served from it; the third
         // request on credit is reported with the next ask, the top-up.
         let (step, back) = l.install(
             grant(4, 10, 500, 6),
             1_000,
             W,
-            (1_000, 1_003),
+            (1_001, 1_004),
             Asked::Credit,
         );
         assert_eq!((step, back), (None, [None, None]));
-        assert_eq!(allowed(l.take(1_000, W, 1_003, 2)), (10, None));
-        let (bucket, refill) = allowed(l.take(1_000, W, 1_004, 2));
+        assert_eq!(allowed(l.take(1_000, W, 1_004, 3)), (10, None));
+        let (bucket, refill) = allowed(l.take(1_000, W, 1_005, 3));
         assert_eq!(bucket, 10);
         assert!(
             matches!(
@@ -806,44 +817,42 @@ mod tests {
             ),
             "{refill:?}"
         );
-        allowed(l.take(1_000, W, 1_005, 2));
-        allowed(l.take(1_000, W, 1_006, 2));
-        // Spent, with the credit of this sub-bucket spent too: it asks and waits.
+        allowed(l.take(1_000, W, 1_006, 3));
+        allowed(l.take(1_000, W, 1_007, 3));
+        // Spent, with this sub-bucket's credit spent too: it asks, and waits.
         assert!(matches!(
-            l.take(1_000, W, 1_007, 2),
+            l.take(1_000, W, 1_008, 3),
             Step::Ask { report: 0, .. }
         ));
+
         // Another quota refused a request allowed on credit: taken back, it is not reported.
-        l.ask_over(Asked::Waiting);
         let mut l = Lease::default();
-        allowed(l.take(1_000, W, 5_000, 2));
-        let (bucket, _) = allowed(l.take(1_000, W, 5_001, 2));
+        let (bucket, _) = allowed(l.take(1_000, W, 5_000, 3));
         l.undo(bucket);
-        assert_eq!(allowed(l.take(1_000, W, 5_002, 2)), (CREDIT, None));
-        assert_eq!(l.take(1_000, W, 5_003, 2), Step::Join);
+        assert_eq!(allowed(l.take(1_000, W, 5_001, 3)), (CREDIT, None));
+        assert_eq!(
+            allowed(l.take(1_000, W, 5_002, 3)),
+            (CREDIT, Some(credit_ask(2)))
+        );
+        assert_eq!(allowed(l.take(1_000, W, 5_003, 3)), (CREDIT, None));
+        assert_eq!(l.take(1_000, W, 5_004, 3), Step::Join);
         // The store grants nothing (other replicas used the quota up): refused here until the
         // bucket ends, credit or not; in the next sub-bucket there is credit again.
         l.install(
             grant(0, 14, 300, 1_000),
             1_000,
             W,
-            (5_000, 5_001),
+            (5_002, 5_003),
             Asked::Credit,
         );
-        assert!(matches!(l.take(1_000, W, 5_100, 2), Step::Refused { .. }));
-        assert!(matches!(l.take(1_000, W, 5_298, 2), Step::Refused { .. }));
-        let (bucket, refill) = allowed(l.take(1_000, W, 6_000, 2));
-        assert_eq!(bucket, CREDIT);
-        assert!(
-            matches!(
-                refill,
-                Some(Refill {
-                    kind: Asked::Credit,
-                    report: 2,
-                    ..
-                })
-            ),
-            "{refill:?}"
+        assert!(matches!(l.take(1_000, W, 5_100, 3), Step::Refused { .. }));
+        assert!(matches!(l.take(1_000, W, 5_300, 3), Step::Refused { .. }));
+        assert_eq!(allowed(l.take(1_000, W, 6_000, 3)), (CREDIT, None));
+        // What a sub-bucket spent on credit and no ask reported is not carried to the next.
+        assert_eq!(allowed(l.take(1_000, W, 7_000, 3)), (CREDIT, None));
+        assert_eq!(
+            allowed(l.take(1_000, W, 7_001, 3)).1.map(|r| r.report),
+            Some(2)
         );
     }
 
