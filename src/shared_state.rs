@@ -10,7 +10,7 @@
 //! wake no worker. While busy the thread looks for operations every millisecond rather than
 //! being woken for each; one a request waits on wakes it at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,10 @@ impl std::fmt::Debug for SharedStateSettings {
 
 /// Operations queued at most; past it an operation fails at once (and its caller falls back).
 const QUEUE: usize = 4096;
+/// Background asks on their way at most; past it one is not made (its lease is asked for
+/// later, or by a request that waits): a burst of callers must not queue more than the store
+/// answers in time, and a background ask is never one a request falls back for.
+const MAX_BACKGROUND: usize = 256;
 /// While the store is down, how often a probe looks for it.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -210,6 +214,8 @@ impl Replicas {
 
 struct Health {
     up: AtomicBool,
+    /// Background asks on their way.
+    background: AtomicUsize,
     /// While down: when (ms since `epoch`) the next probe may go.
     probe_at_ms: AtomicU64,
     epoch: Instant,
@@ -270,6 +276,7 @@ impl SharedStore {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let health = Arc::new(Health {
             up: AtomicBool::new(true),
+            background: AtomicUsize::new(0),
             probe_at_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             on_error,
@@ -355,9 +362,17 @@ impl SharedStore {
 
     /// Take a lease in the background: `then` gets the answer on the store's thread, and no
     /// task, timer or wake-up of the caller's is involved. A failure is counted as a failed
-    /// `quota` operation and answered `None`.
+    /// `quota` operation and answered `None`; so is, without being counted, an ask past
+    /// `MAX_BACKGROUND` on their way.
     pub fn quota_take_then(&self, key: String, ask: LeaseAsk, then: Then) {
+        let background = &self.health.background;
+        if background.fetch_add(1, Ordering::Relaxed) >= MAX_BACKGROUND {
+            background.fetch_sub(1, Ordering::Relaxed);
+            then(None);
+            return;
+        }
         if let Err(e) = self.jobs.try_send(Job::QuotaTakeThen { key, ask, then }) {
+            background.fetch_sub(1, Ordering::Relaxed);
             self.health.failed("quota", "too many operations queued");
             if let Job::QuotaTakeThen { then, .. } = e.into_inner() {
                 then(None);
@@ -706,16 +721,19 @@ fn answer(job: Job, result: redis::RedisResult<redis::Value>, health: &Health) {
         Job::QuotaTake { reply, .. } => {
             let _ = reply.send(grant(result));
         }
-        Job::QuotaTakeThen { then, .. } => match grant(result) {
-            Ok(grant) => {
-                health.reached();
-                then(Some(grant));
+        Job::QuotaTakeThen { then, .. } => {
+            health.background.fetch_sub(1, Ordering::Relaxed);
+            match grant(result) {
+                Ok(grant) => {
+                    health.reached();
+                    then(Some(grant));
+                }
+                Err(e) => {
+                    health.failed("quota", &e.to_string());
+                    then(None);
+                }
             }
-            Err(e) => {
-                health.failed("quota", &e.to_string());
-                then(None);
-            }
-        },
+        }
         // A hand-back answers how many it took back; only a failure matters.
         Job::QuotaGiveBack { .. } => {
             if let Err(e) = result {
