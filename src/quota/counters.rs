@@ -174,6 +174,8 @@ mod tests {
         assert_eq!(c.with_existing(first, |v| *v), None);
         // The entry itself is small: key, a window of 11 counters and its head.
         assert!(std::mem::size_of::<(u64, Slot<super::super::window::Window>)>() <= 72);
+        // A shared lease's, with the LRU's links and slot, about 230 bytes (README, "Memory").
+        assert!(std::mem::size_of::<(u64, Slot<super::super::shared::Lease>)>() <= 184);
     }
 
     #[test]
