@@ -418,8 +418,13 @@ fn a_caller_without_a_lease_is_allowed_on_credit_while_the_store_holds_its_ask()
             assert!(buf[..n].starts_with(b"+PONG"));
             ponged.store(true, Ordering::SeqCst);
         });
-        for _ in 0..5 {
-            assert_eq!(p.get("/contacts", Some(&kim)).status, 200);
+        // Together, so they take one request's time: the credit lasts a second at least
+        // after the store stops answering (until 2 s after its last beat was answered).
+        let asked: Vec<_> = (0..5)
+            .map(|_| s.spawn(|| p.get("/contacts", Some(&kim)).status))
+            .collect();
+        for request in asked {
+            assert_eq!(request.join().unwrap(), 200);
         }
         assert!(
             !ponged.load(Ordering::SeqCst),
