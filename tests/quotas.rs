@@ -50,6 +50,28 @@ fn two_replicas(redis: &Redis, limit: u32) -> (Proxy, u16, Proxy, u16) {
     (a, aa, b, ab)
 }
 
+/// Two clients on each of `a` and `b`, `each` requests of `token` each: how many were allowed
+/// (200; anything but 200 or 429 fails the test).
+fn hammer(a: &Proxy, b: &Proxy, token: &str, each: usize) -> usize {
+    std::thread::scope(|s| {
+        let clients: Vec<_> = [a, a, b, b]
+            .into_iter()
+            .map(|p| {
+                s.spawn(move || {
+                    (0..each)
+                        .filter(|_| match p.get("/contacts", Some(token)).status {
+                            200 => true,
+                            429 => false,
+                            other => panic!("status {other}"),
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).sum()
+    })
+}
+
 #[test]
 fn a_used_up_quota_is_a_429_with_retry_after_and_the_ratelimit_fields() {
     let (port, admin) = (free_port(), free_port());
@@ -305,26 +327,8 @@ fn replicas_share_a_limit_through_redis_and_count_in_process_when_it_is_gone() {
 fn replicas_under_concurrent_load_allow_at_most_the_limit_together() {
     let redis = Redis::start();
     let (a, aa, b, ab) = two_replicas(&redis, 300);
-    let gina = reader("gina");
     // Two clients on each replica, 225 requests each: three times the limit.
-    let allowed: usize = std::thread::scope(|s| {
-        let clients: Vec<_> = [&a, &a, &b, &b]
-            .into_iter()
-            .map(|p| {
-                let gina = &gina;
-                s.spawn(move || {
-                    (0..225)
-                        .filter(|_| match p.get("/contacts", Some(gina)).status {
-                            200 => true,
-                            429 => false,
-                            other => panic!("status {other}"),
-                        })
-                        .count()
-                })
-            })
-            .collect();
-        clients.into_iter().map(|c| c.join().unwrap()).sum()
-    });
+    let allowed = hammer(&a, &b, &reader("gina"), 225);
     eprintln!("{allowed} of 900 allowed by two replicas under load, limit 300");
     assert!(allowed <= 300, "{allowed} allowed: over the limit");
     assert!(
@@ -451,26 +455,8 @@ fn replicas_spending_credit_allow_at_most_the_limit_and_five_percent_together() 
     assert_eq!(b.get("/contacts", Some(&warm)).status, 200);
     metric_reaches(aa, "scopegate_shared_state_replicas", 2.0);
     metric_reaches(ab, "scopegate_shared_state_replicas", 2.0);
-    let hal = reader("hal");
     // Two clients on each replica, 1,650 requests each: three times the limit.
-    let allowed: usize = std::thread::scope(|s| {
-        let clients: Vec<_> = [&a, &a, &b, &b]
-            .into_iter()
-            .map(|p| {
-                let hal = &hal;
-                s.spawn(move || {
-                    (0..1650)
-                        .filter(|_| match p.get("/contacts", Some(hal)).status {
-                            200 => true,
-                            429 => false,
-                            other => panic!("status {other}"),
-                        })
-                        .count()
-                })
-            })
-            .collect();
-        clients.into_iter().map(|c| c.join().unwrap()).sum()
-    });
+    let allowed = hammer(&a, &b, &reader("hal"), 1650);
     eprintln!("{allowed} of 6600 allowed by two replicas spending credit, limit 2200");
     assert!(allowed <= 2310, "{allowed} allowed: over the limit and 5 %");
     assert!(

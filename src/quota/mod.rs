@@ -221,13 +221,19 @@ struct Shared {
 /// How many `Shared::answered` there are.
 const ANSWERED: usize = 64;
 
+/// The `answered` of the caller with `key`.
+fn answered_for(answered: &[Notify], key: u64) -> &Notify {
+    &answered[key as usize % ANSWERED]
+}
+
 impl Shared {
     fn answered(&self, key: u64) -> &Notify {
-        &self.answered[key as usize % ANSWERED]
+        answered_for(&self.answered, key)
     }
 
     /// Requests a caller may be allowed on credit per sub-bucket under `limit` (see
-    /// `shared`): none until this replica knows how many share the store.
+    /// `shared`): none until this replica knows how many share the store. A limit too small
+    /// for any credit does not ask (nor start this replica's beats).
     fn credit(&self, limit: u64) -> u32 {
         if limit < CREDIT_FROM {
             return 0;
@@ -488,7 +494,7 @@ impl Quotas {
         // Those waiting for an ask on credit take again once it is over.
         let wake = move || {
             if asked == Asked::Credit {
-                answered[key as usize % ANSWERED].notify_waiters();
+                answered_for(&answered, key).notify_waiters();
             }
         };
         if !store.usable() {
