@@ -509,16 +509,12 @@ async fn beat(
         let answered = health.now_ms();
         let last = replicas.sent_ms.load(Ordering::Relaxed);
         match count {
-            // A beat late or slow breaks the run: the others may have dropped this id.
-            Ok(n) if answered < sent + beat_ms && sent < last + 2 * beat_ms => {
-                if replicas.since_ms.load(Ordering::Relaxed) == u64::MAX {
+            Ok(n) => {
+                // A beat slow or late breaks the run: the others may have dropped this id.
+                let unbroken = answered < sent + beat_ms && sent < last + 2 * beat_ms;
+                if !unbroken || replicas.since_ms.load(Ordering::Relaxed) == u64::MAX {
                     replicas.since_ms.store(answered, Ordering::Relaxed);
                 }
-                replicas.count.store(n.max(1), Ordering::Relaxed);
-                replicas.sent_ms.store(sent, Ordering::Relaxed);
-            }
-            Ok(n) => {
-                replicas.since_ms.store(answered, Ordering::Relaxed);
                 replicas.count.store(n.max(1), Ordering::Relaxed);
                 replicas.sent_ms.store(sent, Ordering::Relaxed);
             }
@@ -771,5 +767,36 @@ async fn run(job: Job, mut con: redis::aio::ConnectionManager, health: Arc<Healt
                 Err(e) => health.down(&e.to_string()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_is_spent_after_3_s_of_unbroken_beats_and_stops_2_s_after_the_last_answered() {
+        let r = Replicas {
+            wanted: AtomicBool::new(true),
+            start: Notify::new(),
+            count: AtomicU64::new(2),
+            since_ms: AtomicU64::new(u64::MAX),
+            sent_ms: AtomicU64::new(0),
+            on_count: Box::new(|_| {}),
+        };
+        // Never answered: no count.
+        assert_eq!(r.count_at(10_000), None);
+        // Beats answered since 10,000, the last sent at 12,900: every other replica has
+        // counted this one from 13,000 on.
+        r.since_ms.store(10_000, Ordering::Relaxed);
+        r.sent_ms.store(12_900, Ordering::Relaxed);
+        assert_eq!(r.count_at(12_999), None);
+        assert_eq!(r.count_at(13_000), Some(2));
+        // No beat answered for 2 s: its id may leave the others' count soon, so it stops.
+        assert_eq!(r.count_at(14_899), Some(2));
+        assert_eq!(r.count_at(14_900), None);
+        // A failed beat breaks the run.
+        r.since_ms.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(r.count_at(13_500), None);
     }
 }
