@@ -254,8 +254,10 @@ impl Lease {
     /// Allow a request on credit, if this sub-bucket (of `width_ms`, on this replica's clock)
     /// has some left.
     fn on_credit(&mut self, credit: u32, width_ms: u64, now_ms: u64) -> bool {
+        // A request that started earlier may come after one of a later sub-bucket: it counts
+        // in the later one (a sub-bucket's credit is never given twice).
         let bucket = now_ms / width_ms.max(1);
-        if bucket != self.credit_bucket {
+        if bucket > self.credit_bucket {
             // What the last one spent and no ask reported stays unreported (see the bound).
             self.credit_bucket = bucket;
             self.credit_used = 0;
@@ -854,6 +856,10 @@ mod tests {
             allowed(l.take(1_000, W, 7_001, 3)).1.map(|r| r.report),
             Some(2)
         );
+        // A request that started in the sub-bucket before (and came late) spends this one's
+        // credit, not a fresh one of its own.
+        assert_eq!(allowed(l.take(1_000, W, 6_999, 3)), (CREDIT, None));
+        assert_eq!(l.take(1_000, W, 6_998, 3), Step::Join);
     }
 
     #[test]
