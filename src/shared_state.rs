@@ -83,6 +83,32 @@ pub struct LeaseAsk {
 /// store's thread.
 pub type Then = Box<dyn FnOnce(Option<Grant>) + Send>;
 
+/// A background ask on its way: answered once, and `None` if it is dropped unanswered (its
+/// task gone), so the lease that asked is never left waiting for it.
+struct Pending {
+    then: Option<Then>,
+    health: Arc<Health>,
+}
+
+impl Pending {
+    fn answer(mut self, grant: Option<Grant>) {
+        self.give(grant);
+    }
+
+    fn give(&mut self, grant: Option<Grant>) {
+        if let Some(then) = self.then.take() {
+            self.health.background.fetch_sub(1, Ordering::Relaxed);
+            then(grant);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.give(None);
+    }
+}
+
 enum Job {
     QuotaTake {
         key: String,
@@ -93,7 +119,7 @@ enum Job {
     QuotaTakeThen {
         key: String,
         ask: LeaseAsk,
-        then: Then,
+        then: Pending,
     },
     QuotaGiveBack {
         key: String,
@@ -363,7 +389,7 @@ impl SharedStore {
     /// Take a lease in the background: `then` gets the answer on the store's thread, and no
     /// task, timer or wake-up of the caller's is involved. A failure is counted as a failed
     /// `quota` operation and answered `None`; so is, without being counted, an ask past
-    /// `MAX_BACKGROUND` on their way.
+    /// `MAX_BACKGROUND` on their way, and one whose job is dropped unanswered.
     pub fn quota_take_then(&self, key: String, ask: LeaseAsk, then: Then) {
         let background = &self.health.background;
         if background.fetch_add(1, Ordering::Relaxed) >= MAX_BACKGROUND {
@@ -371,12 +397,17 @@ impl SharedStore {
             then(None);
             return;
         }
-        if let Err(e) = self.jobs.try_send(Job::QuotaTakeThen { key, ask, then }) {
-            background.fetch_sub(1, Ordering::Relaxed);
+        let then = Pending {
+            then: Some(then),
+            health: self.health.clone(),
+        };
+        if self
+            .jobs
+            .try_send(Job::QuotaTakeThen { key, ask, then })
+            .is_err()
+        {
+            // The job dropped here answers `None`.
             self.health.failed("quota", "too many operations queued");
-            if let Job::QuotaTakeThen { then, .. } = e.into_inner() {
-                then(None);
-            }
         }
     }
 
@@ -717,19 +748,16 @@ fn answer(job: Job, result: redis::RedisResult<redis::Value>, health: &Health) {
         Job::QuotaTake { reply, .. } => {
             let _ = reply.send(grant(result));
         }
-        Job::QuotaTakeThen { then, .. } => {
-            health.background.fetch_sub(1, Ordering::Relaxed);
-            match grant(result) {
-                Ok(grant) => {
-                    health.reached();
-                    then(Some(grant));
-                }
-                Err(e) => {
-                    health.failed("quota", &e.to_string());
-                    then(None);
-                }
+        Job::QuotaTakeThen { then, .. } => match grant(result) {
+            Ok(grant) => {
+                health.reached();
+                then.answer(Some(grant));
             }
-        }
+            Err(e) => {
+                health.failed("quota", &e.to_string());
+                then.answer(None);
+            }
+        },
         // A hand-back answers how many it took back; only a failure matters.
         Job::QuotaGiveBack { .. } => {
             if let Err(e) = result {
@@ -773,6 +801,26 @@ async fn run(job: Job, mut con: redis::aio::ConnectionManager, health: Arc<Healt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_background_ask_dropped_unanswered_answers_none_once() {
+        let health = Arc::new(Health {
+            up: AtomicBool::new(true),
+            background: AtomicUsize::new(1),
+            probe_at_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            on_error: Box::new(|_| {}),
+        });
+        let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = answers.clone();
+        let pending = Pending {
+            then: Some(Box::new(move |g| seen.lock().unwrap().push(g))),
+            health: health.clone(),
+        };
+        drop(pending);
+        assert_eq!(*answers.lock().unwrap(), vec![None]);
+        assert_eq!(health.background.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn credit_is_spent_after_3_s_of_unbroken_beats_and_stops_2_s_after_the_last_answered() {
