@@ -247,7 +247,8 @@ impl Shared {
     async fn join(
         &self,
         key: u64,
-        (limit, width, credit): (u64, u64, u32),
+        (limit, width): (u64, u64),
+        credit: impl Fn() -> u32 + Sync,
         now_ms: u64,
     ) -> Option<(Step, u64)> {
         let waited = Instant::now();
@@ -258,7 +259,10 @@ impl Shared {
             tokio::pin!(answered);
             answered.as_mut().enable();
             let now = now_ms + waited.elapsed().as_millis() as u64;
-            match self.leases.with(key, |l| l.take(limit, width, now, credit)) {
+            match self
+                .leases
+                .with(key, |l| l.take(limit, width, now, &credit))
+            {
                 Step::Join => {}
                 step => return Some((step, now)),
             }
@@ -405,13 +409,14 @@ impl Quotas {
     ) -> Result<(Counted, u64, u64), u64> {
         let key = shared.leases.key(quota.id, caller);
         let (limit, width) = (quota.limit, quota.width_ms());
-        let credit = shared.credit(limit);
+        // Asked only for a request no lease serves.
+        let credit = || shared.credit(limit);
         let mut step = shared
             .leases
             .with(key, |l| l.take(limit, width, now_ms, credit));
         let mut now_ms = now_ms;
         if step == Step::Join {
-            match shared.join(key, (limit, width, credit), now_ms).await {
+            match shared.join(key, (limit, width), credit, now_ms).await {
                 Some((then, at)) => (step, now_ms) = (then, at),
                 // The ask it waited for came too late: counted as it falls back.
                 None => {

@@ -196,8 +196,15 @@ fn headroom(n: u64, limit: u64) -> u32 {
 
 impl Lease {
     /// A request at `now_ms`, under a quota of `limit` per window of sub-buckets `width_ms`,
-    /// with `credit` requests a sub-bucket this replica may allow before the store counts them.
-    pub fn take(&mut self, limit: u64, width_ms: u64, now_ms: u64, credit: u32) -> Step {
+    /// with `credit()` requests a sub-bucket this replica may allow before the store counts
+    /// them (asked only when no lease serves the request).
+    pub fn take(
+        &mut self,
+        limit: u64,
+        width_ms: u64,
+        now_ms: u64,
+        credit: impl FnOnce() -> u32,
+    ) -> Step {
         if now_ms < self.denied_until_ms {
             return Step::Refused {
                 retry_ms: self.free_at_ms.saturating_sub(now_ms).max(1),
@@ -226,6 +233,7 @@ impl Lease {
         // for a lease, in the background, once more than half of it is spent (a caller that
         // needs more then has its lease before the credit runs out; one that needs no more
         // costs no store call). Then one request asks the store, the others wait for it.
+        let credit = credit();
         if self.on_credit(credit, width_ms, now_ms) {
             let ask = (!self.asking && 2 * self.credit_used > credit).then(|| {
                 self.asking = true;
@@ -546,7 +554,7 @@ mod tests {
         let mut l = Lease::default();
         // A caller new here asks for a first lease of 4.
         assert_eq!(
-            l.take(100, W, 1_000, 0),
+            l.take(100, W, 1_000, || 0),
             Step::Ask {
                 want: 4,
                 give_back: None,
@@ -568,12 +576,12 @@ mod tests {
             give_back: None,
             report: 0,
         };
-        assert_eq!(allowed(l.take(100, W, 1_020, 0)), (10, Some(top_up)));
-        assert_eq!(allowed(l.take(100, W, 1_021, 0)), (10, None));
-        assert_eq!(allowed(l.take(100, W, 1_022, 0)), (10, None));
+        assert_eq!(allowed(l.take(100, W, 1_020, || 0)), (10, Some(top_up)));
+        assert_eq!(allowed(l.take(100, W, 1_021, || 0)), (10, None));
+        assert_eq!(allowed(l.take(100, W, 1_022, || 0)), (10, None));
         // Spent within its bucket: ask for twice as many, nothing to hand back.
         assert_eq!(
-            l.take(100, W, 1_040, 0),
+            l.take(100, W, 1_040, || 0),
             Step::Ask {
                 want: 8,
                 give_back: None,
@@ -581,13 +589,13 @@ mod tests {
             }
         );
         // Meanwhile another request of the caller waits for that answer instead of asking.
-        assert_eq!(l.take(100, W, 1_040, 0), Step::Join);
+        assert_eq!(l.take(100, W, 1_040, || 0), Step::Join);
         // The request that asked gave up waiting (its ask is over); the grant comes as a
         // top-up would. The bucket ends at 1_089 (asked at 1_040 + 50 left, less a ms): never
         // used past it. In its last quarter, the next bucket's lease is asked for ahead.
         l.ask_over(Asked::Waiting);
         l.install(grant(8, 10, 50, 12), 100, W, (1_040, 1_041), Asked::TopUp);
-        let (_, refill) = allowed(l.take(100, W, 1_088, 0));
+        let (_, refill) = allowed(l.take(100, W, 1_088, || 0));
         assert!(
             matches!(
                 refill,
@@ -602,14 +610,14 @@ mod tests {
         // so a whole bucket would take more than twice 5: twice 5 with half again, capped at
         // a tenth of the limit, 9), and the unused 7 go back with that same ask, once.
         assert_eq!(
-            l.take(100, W, 1_089, 0),
+            l.take(100, W, 1_089, || 0),
             Step::Ask {
                 want: 9,
                 give_back: Some((10, 7)),
                 report: 0
             }
         );
-        assert_eq!(l.take(100, W, 1_089, 0), Step::Join);
+        assert_eq!(l.take(100, W, 1_089, || 0), Step::Join);
         let (_, back) = l.install(
             grant(8, 11, 100, 13),
             100,
@@ -619,11 +627,11 @@ mod tests {
         );
         assert_eq!(back, [None, None]);
         // Answered: the request that waited for it is served from the new lease.
-        assert_eq!(allowed(l.take(100, W, 1_090, 0)).0, 11);
+        assert_eq!(allowed(l.take(100, W, 1_090, || 0)).0, 11);
         // A late top-up of the old bucket goes back whole; the new lease stays.
         let (_, back) = l.install(grant(3, 10, 0, 17), 100, W, (1_040, 1_095), Asked::TopUp);
         assert_eq!(back, [Some((10, 3)), None]);
-        assert_eq!(allowed(l.take(100, W, 1_095, 0)).0, 11);
+        assert_eq!(allowed(l.take(100, W, 1_095, || 0)).0, 11);
     }
 
     #[test]
@@ -634,7 +642,7 @@ mod tests {
         l.install(grant(15, 5, 1_000, 15), 1_000, W, (0, 0), Asked::Waiting);
         for t in 1..8 {
             assert_eq!(
-                allowed(l.take(1_000, W, t * 100, 0)),
+                allowed(l.take(1_000, W, t * 100, || 0)),
                 (5, None),
                 "at {}",
                 t * 100
@@ -647,16 +655,16 @@ mod tests {
             give_back: None,
             report: 0,
         };
-        assert_eq!(allowed(l.take(1_000, W, 800, 0)), (5, Some(ahead)));
-        assert_eq!(allowed(l.take(1_000, W, 900, 0)), (5, None));
+        assert_eq!(allowed(l.take(1_000, W, 800, || 0)), (5, Some(ahead)));
+        assert_eq!(allowed(l.take(1_000, W, 900, || 0)), (5, None));
     }
 
     #[test]
     fn a_lease_taken_ahead_serves_from_its_bucket_on_without_a_wait() {
         let mut l = Lease::default();
         l.install(grant(5, 10, 1_000, 5), 100, W, (0, 0), Asked::Waiting);
-        assert_eq!(allowed(l.take(100, W, 400, 0)), (10, None));
-        let (_, refill) = allowed(l.take(100, W, 800, 0));
+        assert_eq!(allowed(l.take(100, W, 400, || 0)), (10, None));
+        let (_, refill) = allowed(l.take(100, W, 800, || 0));
         assert_eq!(
             refill,
             Some(Refill {
@@ -670,12 +678,12 @@ mod tests {
         // after 1_949; bucket 10's lease still serves until 999.
         let (_, back) = l.install(grant(5, 11, 150, 8), 100, W, (800, 810), Asked::Next);
         assert_eq!(back, [None, None]);
-        assert_eq!(allowed(l.take(100, W, 950, 0)), (10, None));
+        assert_eq!(allowed(l.take(100, W, 950, || 0)), (10, None));
         // Bucket 10's lease is over: bucket 11's takes its place, no ask.
-        assert_eq!(allowed(l.take(100, W, 999, 0)), (11, None));
-        assert_eq!(allowed(l.take(100, W, 1_400, 0)), (11, None));
+        assert_eq!(allowed(l.take(100, W, 999, || 0)), (11, None));
+        assert_eq!(allowed(l.take(100, W, 1_400, || 0)), (11, None));
         // What bucket 10's lease left (one) goes back with the next ask ahead.
-        let (_, refill) = allowed(l.take(100, W, 1_800, 0));
+        let (_, refill) = allowed(l.take(100, W, 1_800, || 0));
         assert!(
             matches!(
                 refill,
@@ -693,7 +701,7 @@ mod tests {
     fn a_lease_taken_ahead_for_a_bucket_the_caller_sat_out_goes_back_whole() {
         let mut l = Lease::default();
         l.install(grant(5, 10, 1_000, 5), 100, W, (0, 0), Asked::Waiting);
-        let (_, refill) = allowed(l.take(100, W, 800, 0));
+        let (_, refill) = allowed(l.take(100, W, 800, || 0));
         assert!(matches!(
             refill,
             Some(Refill {
@@ -705,7 +713,7 @@ mod tests {
         // Back at 2_500: bucket 11 is over too. Bucket 10's rest goes back with the ask,
         // bucket 11's whole lease with the next.
         assert_eq!(
-            l.take(100, W, 2_500, 0),
+            l.take(100, W, 2_500, || 0),
             Step::Ask {
                 want: 4,
                 give_back: Some((10, 3)),
@@ -713,7 +721,7 @@ mod tests {
             }
         );
         l.install(grant(4, 12, 500, 4), 100, W, (2_500, 2_501), Asked::Waiting);
-        let (_, refill) = allowed(l.take(100, W, 2_900, 0));
+        let (_, refill) = allowed(l.take(100, W, 2_900, || 0));
         assert!(
             matches!(
                 refill,
@@ -734,7 +742,7 @@ mod tests {
         l.install(grant(4, 11, 200, 9), 100, W, (700, 900), Asked::Next);
         // At 1_000 bucket 10's lease is over and bucket 11's not yet sure to have begun: ask.
         assert_eq!(
-            l.take(100, W, 1_000, 0),
+            l.take(100, W, 1_000, || 0),
             Step::Ask {
                 want: 2,
                 give_back: Some((10, 4)),
@@ -752,9 +760,9 @@ mod tests {
         assert_eq!(back, [None, None]);
         assert_eq!(allowed(step.unwrap()).0, 11);
         for t in 1..6 {
-            assert_eq!(allowed(l.take(100, W, 1_000 + t, 0)).0, 11);
+            assert_eq!(allowed(l.take(100, W, 1_000 + t, || 0)).0, 11);
         }
-        assert!(matches!(l.take(100, W, 1_010, 0), Step::Ask { .. }));
+        assert!(matches!(l.take(100, W, 1_010, || 0), Step::Ask { .. }));
     }
 
     #[test]
@@ -763,10 +771,10 @@ mod tests {
         // 3 requests, 200 ms apart, from a lease of 4 in a bucket of 1_000 ms: 2 in 400 ms
         // is 5 a bucket, within twice the 3 used; with half again, 8.
         l.install(grant(4, 10, 1_000, 4), 1_000, W, (0, 0), Asked::Waiting);
-        allowed(l.take(1_000, W, 200, 0));
-        allowed(l.take(1_000, W, 400, 0));
+        allowed(l.take(1_000, W, 200, || 0));
+        allowed(l.take(1_000, W, 400, || 0));
         assert_eq!(
-            l.take(1_000, W, 5_000, 0),
+            l.take(1_000, W, 5_000, || 0),
             Step::Ask {
                 want: 8,
                 give_back: Some((10, 1)),
@@ -786,15 +794,15 @@ mod tests {
         let mut l = Lease::default();
         // A new caller with a credit of 3 a sub-bucket: allowed at once, and no store call
         // while at most half of the credit is spent.
-        assert_eq!(allowed(l.take(1_000, W, 1_000, 3)), (CREDIT, None));
+        assert_eq!(allowed(l.take(1_000, W, 1_000, || 3)), (CREDIT, None));
         // Past half: its first lease is asked for in the background, reporting both.
         assert_eq!(
-            allowed(l.take(1_000, W, 1_001, 3)),
+            allowed(l.take(1_000, W, 1_001, || 3)),
             (CREDIT, Some(credit_ask(2)))
         );
         // While it is on its way: the last of the credit, then the next request waits.
-        assert_eq!(allowed(l.take(1_000, W, 1_002, 3)), (CREDIT, None));
-        assert_eq!(l.take(1_000, W, 1_003, 3), Step::Join);
+        assert_eq!(allowed(l.take(1_000, W, 1_002, || 3)), (CREDIT, None));
+        assert_eq!(l.take(1_000, W, 1_003, || 3), Step::Join);
         // The lease comes (no request waited on it as its own): served from it; the third
         // request on credit is reported with the next ask, the top-up.
         let (step, back) = l.install(
@@ -805,8 +813,8 @@ mod tests {
             Asked::Credit,
         );
         assert_eq!((step, back), (None, [None, None]));
-        assert_eq!(allowed(l.take(1_000, W, 1_004, 3)), (10, None));
-        let (bucket, refill) = allowed(l.take(1_000, W, 1_005, 3));
+        assert_eq!(allowed(l.take(1_000, W, 1_004, || 3)), (10, None));
+        let (bucket, refill) = allowed(l.take(1_000, W, 1_005, || 3));
         assert_eq!(bucket, 10);
         assert!(
             matches!(
@@ -819,25 +827,25 @@ mod tests {
             ),
             "{refill:?}"
         );
-        allowed(l.take(1_000, W, 1_006, 3));
-        allowed(l.take(1_000, W, 1_007, 3));
+        allowed(l.take(1_000, W, 1_006, || 3));
+        allowed(l.take(1_000, W, 1_007, || 3));
         // Spent, with this sub-bucket's credit spent too: it asks, and waits.
         assert!(matches!(
-            l.take(1_000, W, 1_008, 3),
+            l.take(1_000, W, 1_008, || 3),
             Step::Ask { report: 0, .. }
         ));
 
         // Another quota refused a request allowed on credit: taken back, it is not reported.
         let mut l = Lease::default();
-        let (bucket, _) = allowed(l.take(1_000, W, 5_000, 3));
+        let (bucket, _) = allowed(l.take(1_000, W, 5_000, || 3));
         l.undo(bucket);
-        assert_eq!(allowed(l.take(1_000, W, 5_001, 3)), (CREDIT, None));
+        assert_eq!(allowed(l.take(1_000, W, 5_001, || 3)), (CREDIT, None));
         assert_eq!(
-            allowed(l.take(1_000, W, 5_002, 3)),
+            allowed(l.take(1_000, W, 5_002, || 3)),
             (CREDIT, Some(credit_ask(2)))
         );
-        assert_eq!(allowed(l.take(1_000, W, 5_003, 3)), (CREDIT, None));
-        assert_eq!(l.take(1_000, W, 5_004, 3), Step::Join);
+        assert_eq!(allowed(l.take(1_000, W, 5_003, || 3)), (CREDIT, None));
+        assert_eq!(l.take(1_000, W, 5_004, || 3), Step::Join);
         // The store grants nothing (other replicas used the quota up): refused here until the
         // bucket ends, credit or not; in the next sub-bucket there is credit again.
         l.install(
@@ -847,19 +855,25 @@ mod tests {
             (5_002, 5_003),
             Asked::Credit,
         );
-        assert!(matches!(l.take(1_000, W, 5_100, 3), Step::Refused { .. }));
-        assert!(matches!(l.take(1_000, W, 5_300, 3), Step::Refused { .. }));
-        assert_eq!(allowed(l.take(1_000, W, 6_000, 3)), (CREDIT, None));
+        assert!(matches!(
+            l.take(1_000, W, 5_100, || 3),
+            Step::Refused { .. }
+        ));
+        assert!(matches!(
+            l.take(1_000, W, 5_300, || 3),
+            Step::Refused { .. }
+        ));
+        assert_eq!(allowed(l.take(1_000, W, 6_000, || 3)), (CREDIT, None));
         // What a sub-bucket spent on credit and no ask reported is not carried to the next.
-        assert_eq!(allowed(l.take(1_000, W, 7_000, 3)), (CREDIT, None));
+        assert_eq!(allowed(l.take(1_000, W, 7_000, || 3)), (CREDIT, None));
         assert_eq!(
-            allowed(l.take(1_000, W, 7_001, 3)).1.map(|r| r.report),
+            allowed(l.take(1_000, W, 7_001, || 3)).1.map(|r| r.report),
             Some(2)
         );
         // A request that started in the sub-bucket before (and came late) spends this one's
         // credit, not a fresh one of its own.
-        assert_eq!(allowed(l.take(1_000, W, 6_999, 3)), (CREDIT, None));
-        assert_eq!(l.take(1_000, W, 6_998, 3), Step::Join);
+        assert_eq!(allowed(l.take(1_000, W, 6_999, || 3)), (CREDIT, None));
+        assert_eq!(l.take(1_000, W, 6_998, || 3), Step::Join);
     }
 
     #[test]
@@ -878,9 +892,9 @@ mod tests {
         let mut l = Lease::default();
         let (step, _) = l.install(grant(0, 10, 30, 10), 10, W, (1_000, 1_000), Asked::Waiting);
         assert_eq!(step, Some(Step::Refused { retry_ms: 900 }));
-        assert_eq!(l.take(10, W, 1_028, 0), Step::Refused { retry_ms: 872 });
+        assert_eq!(l.take(10, W, 1_028, || 0), Step::Refused { retry_ms: 872 });
         assert_eq!(
-            l.take(10, W, 1_029, 0),
+            l.take(10, W, 1_029, || 0),
             Step::Ask {
                 want: 1,
                 give_back: None,
