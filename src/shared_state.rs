@@ -391,22 +391,20 @@ impl SharedStore {
     /// `quota` operation and answered `None`; so is, without being counted, an ask past
     /// `MAX_BACKGROUND` on their way, and one whose job is dropped unanswered.
     pub fn quota_take_then(&self, key: String, ask: LeaseAsk, then: Then) {
-        let background = &self.health.background;
-        if background.fetch_add(1, Ordering::Relaxed) >= MAX_BACKGROUND {
-            background.fetch_sub(1, Ordering::Relaxed);
-            then(None);
-            return;
-        }
+        // Counted on its way from here; a `Pending` dropped unsent answers `None`.
+        let on_their_way = self.health.background.fetch_add(1, Ordering::Relaxed);
         let then = Pending {
             then: Some(then),
             health: self.health.clone(),
         };
+        if on_their_way >= MAX_BACKGROUND {
+            return;
+        }
         if self
             .jobs
             .try_send(Job::QuotaTakeThen { key, ask, then })
             .is_err()
         {
-            // The job dropped here answers `None`.
             self.health.failed("quota", "too many operations queued");
         }
     }
