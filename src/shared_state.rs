@@ -821,6 +821,48 @@ mod tests {
     }
 
     #[test]
+    fn a_background_ask_past_the_cap_is_not_made_and_counts_no_failure() {
+        let failures = Arc::new(AtomicUsize::new(0));
+        let counted = failures.clone();
+        let settings = SharedStateSettings {
+            url: "redis://127.0.0.1:1/0".into(),
+            secret_env: None,
+            secret: None,
+            timeout: Duration::from_millis(50),
+        };
+        let on_error = Box::new(move |_: &'static str| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        let store = SharedStore::start(&settings, on_error, Box::new(|_| {})).unwrap();
+        store
+            .health
+            .background
+            .store(MAX_BACKGROUND, Ordering::Relaxed);
+        let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = answers.clone();
+        let ask = LeaseAsk {
+            limit: 1_000,
+            width_ms: 6_000,
+            want: 4,
+            give_back: None,
+            next: false,
+            report: 1,
+        };
+        store.quota_take_then(
+            "scopegate:q:{t}:".into(),
+            ask,
+            Box::new(move |g| seen.lock().unwrap().push(g)),
+        );
+        // Answered at once, before any job could reach the store's thread.
+        assert_eq!(*answers.lock().unwrap(), vec![None]);
+        assert_eq!(
+            store.health.background.load(Ordering::Relaxed),
+            MAX_BACKGROUND
+        );
+        assert_eq!(failures.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn credit_is_spent_after_3_s_of_unbroken_beats_and_stops_2_s_after_the_last_answered() {
         let r = Replicas {
             wanted: AtomicBool::new(true),
