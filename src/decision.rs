@@ -652,7 +652,9 @@ pub fn authenticate(
             let principal = snapshot.verifier.verify(token, now);
             (scheme, Some(token), principal)
         }
-        Caller::Verified(verified) => (Scheme::Bearer, None, verified.clone()),
+        Caller::Verified(verified) | Caller::Pasted(verified) => {
+            (Scheme::Bearer, None, verified.clone())
+        }
     };
     let refused = |rejection| AuthError::Rejected(rejection, Some(scheme));
     let principal = principal.map_err(refused)?;
@@ -672,6 +674,9 @@ pub fn authenticate(
     // one given to explain, as presented in a `Bearer` header (so a bound one is refused).
     if token.is_none() && principal.binding.is_bound() {
         return Err(refused(Rejection::UnboundUse));
+    }
+    if matches!(caller, Caller::Pasted(_)) {
+        sender::require_binding(snapshot, accepted, &principal).map_err(refused)?;
     }
     let proof = match token {
         Some(token) => {
@@ -844,6 +849,10 @@ pub enum Caller<'r> {
     /// What verifying a token would have given: for tokens described rather than signed
     /// (`scopegate test`, `explain --scopes`), so no key is needed.
     Verified(&'r Result<Arc<Principal>, Rejection>),
+    /// A real token verified by the caller (the console's explain, which caches none), taken
+    /// as sent in a `Bearer` header with no proof: bound, or unbound on an API that requires
+    /// binding, it is refused as the proxy refuses it.
+    Pasted(&'r Result<Arc<Principal>, Rejection>),
 }
 
 /// Decide a request at `now` (Unix seconds).
@@ -858,10 +867,16 @@ pub fn decide_as<'r>(
     caller: Caller<'_>,
     now: u64,
 ) -> Verdict<'r> {
+    // Answered before any route: a `dpop_nonce` API of the host still puts a nonce on it.
+    let early = |decision, normalized| {
+        let mut verdict = Verdict::answered(decision, None, normalized);
+        let set = snapshot.route_set(req.host().ok().flatten());
+        verdict.sender.nonce = wants_nonce(snapshot, set.apis.first().copied());
+        verdict
+    };
     let bad = |description, normalized| {
-        Verdict::answered(
+        early(
             Decision::Refuse(Refusal::BadRequest { description }),
-            None,
             normalized,
         )
     };
@@ -870,7 +885,7 @@ pub fn decide_as<'r>(
         return bad(flaw.description(), None);
     }
     if *req.method == Method::CONNECT {
-        return Verdict::answered(connect_refused(snapshot, &req), None, None);
+        return early(connect_refused(snapshot, &req), None);
     }
     let path = match normalize(req.path) {
         Ok(p) => p,
@@ -1074,16 +1089,19 @@ fn resource_metadata(
 
 /// The 401 (`dpop_replay`) of a request whose DPoP proof was used before, or the 503
 /// (`replay_store_unavailable`) when that could not be known: the edge's replay check.
-pub fn replay_refusal(
-    snapshot: &Snapshot,
+pub fn replay_refusal<'s>(
+    snapshot: &'s Snapshot,
+    req: &Request<'_>,
     api: Option<usize>,
     route: Option<usize>,
     rejection: Rejection,
-) -> Refusal<'_> {
+) -> Refusal<'s> {
+    // The 401 challenges the DPoP way, with the API's metadata URL as every other 401 of it.
+    let host = req.host().ok().flatten();
     Refusal::Unauthenticated {
         rejection,
         route,
-        resource_metadata: None,
+        resource_metadata: resource_metadata(snapshot, req, host, api.as_slice()),
         challenge: Challenge::Dpop(sender::dpop_policy(snapshot, api)),
     }
 }

@@ -70,17 +70,27 @@ pub fn check_binding(
             Some(check_proof(snapshot, policy, presented, &expect)?)
         }
     };
+    require_binding(snapshot, api, principal)?;
+    Ok(proof)
+}
+
+/// An API whose `proof_of_possession` is `required` takes only tokens bound its way.
+pub fn require_binding(
+    snapshot: &Snapshot,
+    api: Option<usize>,
+    principal: &Principal,
+) -> Result<(), Rejection> {
     let pop = api.and_then(|a| snapshot.apis[a].pop.as_ref());
     if let Some(pop) = pop.filter(|p| p.required) {
         let bound = match pop.mechanism {
-            Mechanism::Dpop => binding.jkt.is_some(),
-            Mechanism::Mtls => binding.x5t.is_some(),
+            Mechanism::Dpop => principal.binding.jkt.is_some(),
+            Mechanism::Mtls => principal.binding.x5t.is_some(),
         };
         if !bound {
             return Err(Rejection::UnboundToken);
         }
     }
-    Ok(proof)
+    Ok(())
 }
 
 /// Exactly one `DPoP` header, and a proof in it that passes.
@@ -160,13 +170,20 @@ pub fn dpop_challenge(
 }
 
 /// A `Bearer realm="..."` 403 challenge as the DPoP scheme says it (RFC 9449 §7.1: the scheme
-/// the request used): the realm replaced by `algs`.
+/// the request used): `DPoP error="insufficient_scope", ...` (as SPEC writes it, and RFC 9449's
+/// own example puts the error first), the realm left out and `algs` last.
 pub fn as_dpop(challenge: &HeaderValue, realm: &str, policy: &DpopPolicy) -> HeaderValue {
     let bearer = format!("Bearer realm={}", quoted(realm));
     let text = challenge.to_str().unwrap_or_default();
     let rest = text.strip_prefix(&bearer).unwrap_or(text);
-    HeaderValue::from_str(&format!("DPoP algs={}{rest}", quoted(&policy.algs_text)))
-        .unwrap_or_else(|_| challenge.clone())
+    let rest = rest.strip_prefix(", ").unwrap_or(rest);
+    let algs = format!("algs={}", quoted(&policy.algs_text));
+    let dpop = if rest.is_empty() {
+        format!("DPoP {algs}")
+    } else {
+        format!("DPoP {rest}, {algs}")
+    };
+    HeaderValue::from_str(&dpop).unwrap_or_else(|_| challenge.clone())
 }
 
 #[cfg(test)]
@@ -181,7 +198,7 @@ mod tests {
         );
         assert_eq!(
             as_dpop(&bearer, "api", &policy),
-            "DPoP algs=\"ES256 EdDSA PS256 RS256\", error=\"insufficient_scope\", scope=\"a b\""
+            "DPoP error=\"insufficient_scope\", scope=\"a b\", algs=\"ES256 EdDSA PS256 RS256\""
         );
     }
 

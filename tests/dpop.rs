@@ -350,7 +350,7 @@ fn no_downgrade_and_unbound_tokens_where_bound_ones_are_required() {
         &[&key.proof("DELETE", "http://pay.test/contacts/7", &bound)],
     );
     assert_eq!(r.status, 403);
-    assert_eq!(r.header("WWW-Authenticate"), Some("DPoP algs=\"ES256 EdDSA PS256 RS256\", error=\"insufficient_scope\", scope=\"delete:contacts\""));
+    assert_eq!(r.header("WWW-Authenticate"), Some("DPoP error=\"insufficient_scope\", scope=\"delete:contacts\", algs=\"ES256 EdDSA PS256 RS256\""));
 
     let m = || String::from_utf8(http_get(admin_addr(admin), "/metrics").body).unwrap();
     assert!(

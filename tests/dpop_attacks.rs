@@ -19,6 +19,18 @@ fn body(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
+/// `POST /api/explain` on the admin listener.
+fn explain(admin: u16, ask: &Value) -> Response {
+    let body = ask.to_string();
+    Client::connect(admin_addr(admin)).send(
+        format!(
+            "POST /api/explain HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
 /// SPEC: "Every answer of a `dpop_nonce` API carries a fresh `DPoP-Nonce`." An answer for an
 /// upstream that cannot be reached (502) is one of them.
 #[test]
@@ -115,18 +127,10 @@ fn explain_does_not_call_a_bound_token_without_its_proof_allowed() {
     // On the wire: a 401.
     let wire = p.get("/contacts", Some(&bound));
     assert_eq!(wire.status, 401);
-    let post = |body: &Value| {
-        let body = body.to_string();
-        Client::connect(admin_addr(admin)).send(
-            format!(
-                "POST /api/explain HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
-    };
-    let r =
-        post(&json!({"method": "GET", "host": "api.test", "path": "/contacts", "token": bound}));
+    let r = explain(
+        admin,
+        &json!({"method": "GET", "host": "api.test", "path": "/contacts", "token": bound}),
+    );
     assert_eq!(r.status, 200, "{}", body(&r));
     assert_eq!(
         r.json()["status"],
@@ -368,4 +372,151 @@ fn a_reload_widening_the_window_does_not_make_used_proofs_good_again() {
         now() - used_at,
         r.status == 200
     );
+}
+
+/// SPEC "Console and traces": explain decides "by the same code as the proxy", and "A bearer
+/// (unbound) token on a `required` API: 401 `invalid_token`, reason `unbound_token`". A pasted
+/// unbound token on a DPoP-required API is what the proxy refuses; the console called it
+/// allowed (its binding requirement was checked only for tokens sent with a scheme).
+#[test]
+fn explain_refuses_an_unbound_token_where_binding_is_required_as_the_proxy_does() {
+    let (admin, port) = (free_port(), free_port());
+    let text = config_full(
+        port,
+        Some(admin),
+        &[start_echo("a")],
+        &file_issuer(),
+        &dpop_api("pay", ""),
+    );
+    let p = Proxy::start(&text, port);
+    let plain = token_with("read:contacts", json!({ "aud": "https://pay.test" }));
+    let wire = call(
+        &p,
+        "GET",
+        "pay.test",
+        "/contacts",
+        Some(("Bearer", &plain)),
+        &[],
+        "",
+    );
+    assert_eq!(wire.status, 401, "{}", body(&wire));
+    let ask = json!({"method": "GET", "host": "pay.test", "path": "/contacts", "token": plain});
+    let r = explain(admin, &ask);
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let v = r.json();
+    assert_eq!(
+        (v["status"].as_u64(), v["reason"].as_str()),
+        (Some(401), Some("unbound_token")),
+        "explain of an unbound token on a DPoP-required API: {v}"
+    );
+    // Scopes stand for a token described, taken as presented with whatever binds it.
+    let described = json!({"method": "GET", "host": "pay.test", "path": "/contacts", "scopes": ["read:contacts"]});
+    let r = explain(admin, &described);
+    assert_eq!(r.json()["status"], 200, "{}", body(&r));
+}
+
+/// SPEC: DPoP challenges "with `resource_metadata`, they carry `resource_metadata=` as the
+/// Bearer ones do". The 401 of a replayed proof (reason `dpop_replay`) is one of them.
+#[test]
+fn the_401_of_a_replayed_proof_names_the_resource_metadata() {
+    let port = free_port();
+    let api = dpop_api("pay", "").replacen(
+        "upstream = \"contacts\"\n",
+        "upstream = \"contacts\"\nresource_metadata = true\n",
+        1,
+    );
+    let text = config_full(port, None, &[start_echo("a")], &file_issuer(), &api);
+    let p = Proxy::start(&text, port);
+    let key = DpopKey::new();
+    let token = key.token("read:contacts", "https://pay.test");
+    let proof = key.proof("GET", "http://pay.test/contacts", &token);
+    let send = || {
+        call(
+            &p,
+            "GET",
+            "pay.test",
+            "/contacts",
+            Some(("DPoP", &token)),
+            &[&proof],
+            "",
+        )
+    };
+    assert_eq!(send().status, 200);
+    let replayed = send();
+    assert_eq!(replayed.status, 401, "{}", body(&replayed));
+    let challenge = replayed.header("WWW-Authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("DPoP ")
+            && challenge.contains("error=\"invalid_dpop_proof\"")
+            && challenge.contains(
+                "resource_metadata=\"http://pay.test/.well-known/oauth-protected-resource\""
+            ),
+        "{challenge}"
+    );
+}
+
+/// SPEC: "Every answer of a `dpop_nonce` API carries a fresh `DPoP-Nonce`." Those decided before
+/// any route is looked up (a target refused 400, a CONNECT refused 405) are answers of the API
+/// the host selects too.
+#[test]
+fn answers_given_before_any_route_of_a_dpop_nonce_api_carry_a_nonce() {
+    let port = free_port();
+    let text = config_full(
+        port,
+        None,
+        &[start_echo("a")],
+        &file_issuer(),
+        &dpop_api("nonce", "dpop_nonce = true"),
+    );
+    let p = Proxy::start(&text, port);
+    for (method, path, status) in [("GET", "/contacts/%2f", 400), ("CONNECT", "/contacts", 405)] {
+        let r = call(&p, method, "nonce.test", path, None, &[], "");
+        assert_eq!(r.status, status, "{method} {path}: {}", body(&r));
+        assert!(
+            r.header("DPoP-Nonce").is_some_and(|n| !n.is_empty()),
+            "{method} {path}: {status} without DPoP-Nonce: {:?}",
+            r.headers
+        );
+    }
+    // Another host's answers carry none.
+    let r = call(&p, "GET", "api.test", "/contacts/%2f", None, &[], "");
+    assert_eq!(r.status, 400);
+    assert!(r.header("DPoP-Nonce").is_none(), "{:?}", r.headers);
+}
+
+/// SPEC: a `jti` is a replay when it "was seen before within the window", and `iat` must be
+/// within the window. A proof issued before the process started (a client whose clock runs
+/// behind, or one minted a while ago) but never used is not a replay: it was refused as one for
+/// `dpop_max_age_seconds` after every start of an in-process record.
+#[test]
+fn a_proof_issued_before_the_process_started_is_taken_once() {
+    let port = free_port();
+    let text = config_full(
+        port,
+        None,
+        &[start_echo("a")],
+        &file_issuer(),
+        &dpop_api("pay", ""),
+    );
+    let p = Proxy::start(&text, port);
+    let key = DpopKey::new();
+    let token = key.token("read:contacts", "https://pay.test");
+    let mut c = key.claims("GET", "http://pay.test/contacts", &token);
+    c["iat"] = json!(c["iat"].as_u64().unwrap() - 200);
+    let proof = key.sign(&key.header(), &c);
+    let send = || {
+        call(
+            &p,
+            "GET",
+            "pay.test",
+            "/contacts",
+            Some(("DPoP", &token)),
+            &[&proof],
+            "",
+        )
+    };
+    let first = send();
+    assert_eq!(first.status, 200, "{}", body(&first));
+    let again = send();
+    assert_eq!(again.status, 401, "{}", body(&again));
 }

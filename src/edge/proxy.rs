@@ -543,14 +543,20 @@ impl Gate {
 
     /// The replay check of a request's DPoP proof: the 401 (`dpop_replay`) when it was used
     /// before, the 503 when that cannot be known; `None` when the request goes on.
-    async fn replay_step(&self, live: &Live, ctx: &mut RequestCtx) -> Option<Answer> {
+    async fn replay_step(
+        &self,
+        session: &Session,
+        live: &Live,
+        ctx: &mut RequestCtx,
+    ) -> Option<Answer> {
         let (proof, api) = ctx.proof.take()?;
         let rejection = match self.replays.check(&proof, unix_at(ctx.started)).await {
             super::replay::Seen::Fresh => return None,
             super::replay::Seen::Replayed => Rejection::DpopReplay,
             super::replay::Seen::Unavailable => Rejection::ReplayStoreUnavailable,
         };
-        let refusal = replay_refusal(&live.snapshot, api, ctx.route, rejection);
+        let request = request_of(session, &live.snapshot, None, None);
+        let refusal = replay_refusal(&live.snapshot, &request, api, ctx.route, rejection);
         ctx.forward = None;
         ctx.report = None;
         ctx.decision = refusal.label();
@@ -686,7 +692,7 @@ impl ProxyHttp for ScopeGate {
             .decide_request(session, &live, wire.target_flaw, ctx)
             .await;
         // A DPoP proof is good once: recorded now, refused when it was recorded before.
-        if let Some(answer) = self.replay_step(&live, ctx).await {
+        if let Some(answer) = self.replay_step(session, &live, ctx).await {
             outcome = Outcome::Reply(answer);
         }
         ctx.live = Some(live);

@@ -4,10 +4,12 @@
 //! other), else in this process. A check that cannot be made refuses the request (503): a
 //! skipped replay check is no check.
 //!
-//! What the record cannot have seen is refused as a possible replay: in-process, a proof
-//! issued before this process started (it may have been used on the one before); and after a
-//! reload widened `dpop_max_age_seconds`, a proof issued before the reload that is older than
-//! the old window (its record may have expired under the old one).
+//! What the record cannot have seen is refused as a possible replay: after a reload widened
+//! `dpop_max_age_seconds`, a proof issued before the reload that is older than the old window
+//! (its record may have expired under the old one). An in-process record starts empty: like a
+//! replay to another replica, one across a restart is caught only with the shared store (SPEC:
+//! a `jti` is a replay when it "was seen before within the window", and a client whose clock
+//! runs a little behind must not be refused for minutes after every restart).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,20 +96,17 @@ pub struct Replays {
     local: Vec<Mutex<Generations>>,
     store: Option<Arc<SharedStore>>,
     full_logged: AtomicBool,
-    /// Unix seconds at start: older proofs are not in an in-process record.
-    started: u64,
     windows: Mutex<Windows>,
     /// Picks a proof's shard with a key of this process, so no caller can aim its proofs at one.
     shard_of: ahash::RandomState,
 }
 
 impl Replays {
-    pub fn new(store: Option<Arc<SharedStore>>, started: u64) -> Replays {
+    pub fn new(store: Option<Arc<SharedStore>>) -> Replays {
         Replays {
             local: (0..SHARDS).map(|_| Mutex::default()).collect(),
             store,
             full_logged: AtomicBool::new(false),
-            started,
             windows: Mutex::default(),
             shard_of: ahash::RandomState::new(),
         }
@@ -120,7 +119,7 @@ impl Replays {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .outgrown(proof, now);
-        if outgrown || (self.store.is_none() && proof.iat < self.started) {
+        if outgrown {
             return Seen::Replayed;
         }
         if let Some(store) = &self.store {
@@ -183,26 +182,23 @@ mod tests {
         assert!(w.outgrown(&at(1_900, 300), 2_000));
         assert!(!w.outgrown(&at(1_950, 300), 2_000));
         assert!(!w.outgrown(&at(2_100, 300), 2_200));
-        // In-process, what was issued before the process started is refused.
-        let r = Replays::new(None, 5_000);
+        // In-process, a proof issued before the process started and never seen is not a
+        // replay (it is one the second time).
+        let r = Replays::new(None);
         let old = Proof {
-            iat: 4_999,
+            iat: 4_800,
             ..proof(2, 301)
-        };
-        let now = Proof {
-            iat: 5_000,
-            ..proof(3, 301)
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        assert_eq!(rt.block_on(r.check(&old, 5_001)), Seen::Replayed);
-        assert_eq!(rt.block_on(r.check(&now, 5_001)), Seen::Fresh);
+        assert_eq!(rt.block_on(r.check(&old, 5_001)), Seen::Fresh);
+        assert_eq!(rt.block_on(r.check(&old, 5_002)), Seen::Replayed);
     }
 
     #[test]
     fn a_proof_is_refused_again_for_at_least_its_ttl_and_forgotten_after_two() {
-        let r = Replays::new(None, 0);
+        let r = Replays::new(None);
         let p = proof(1, 100);
         assert_eq!(r.check_local(&p, 1_000), Seen::Fresh);
         for t in [1_000, 1_050, 1_099, 1_100, 1_150, 1_199] {
@@ -216,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_longer_ttl_after_a_reload_is_honoured() {
-        let r = Replays::new(None, 0);
+        let r = Replays::new(None);
         assert_eq!(r.check_local(&proof(1, 10), 0), Seen::Fresh);
         assert_eq!(r.check_local(&proof(3, 1_000), 5), Seen::Fresh);
         assert_eq!(r.check_local(&proof(3, 1_000), 900), Seen::Replayed);

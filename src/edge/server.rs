@@ -205,7 +205,7 @@ fn proxy_service(
         fetcher: fetcher.clone(),
         access_log: AccessLog::start(process.access_log, metrics.access_log_dropped.clone()),
         quotas: crate::quota::Quotas::new(store.clone()),
-        replays: super::replay::Replays::new(store, crate::snapshot::unix_now()),
+        replays: super::replay::Replays::new(store),
         refusals: refusals.clone(),
         traces,
     });

@@ -92,6 +92,11 @@ pub fn routes(snapshot: &Snapshot, counts: &[(String, String, u64)]) -> Value {
             json!({
                 "name": api.name,
                 "display_name": api.display_name(),
+                // `audience` as configured (`null` for the issuers' own `audiences`).
+                "audience": match &api.accepts {
+                    Accepts::Audience { audience, .. } => Some(audience.as_str()),
+                    Accepts::PerIssuer(_) => None,
+                },
                 "audiences": audiences,
                 "issuers": trusted,
                 "hosts": api.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -222,7 +227,13 @@ pub fn explain(snapshot: &Snapshot, body: &[u8], now: u64) -> Result<Value, Expl
         (None, None) => Err(Rejection::Missing),
     };
     let request = Request::new(&method, path, &headers);
-    let verdict = decide_as(snapshot, request, Caller::Verified(&verified), now);
+    // A pasted token is decided as sent in a `Bearer` header; scopes, as a token described.
+    let caller = if req.token.is_some() {
+        Caller::Pasted(&verified)
+    } else {
+        Caller::Verified(&verified)
+    };
+    let verdict = decide_as(snapshot, request, caller, now);
     let o = outcome(snapshot, &verdict.decision);
     Ok(json!({
         "status": o.status,
@@ -324,5 +335,22 @@ public = true
         assert_eq!(v["apis"][0]["routes"][1]["public"], true);
         assert_eq!(v["apis"][0]["issuers"], json!(["https://a.test/"]));
         assert_eq!(v["unrouted"]["not_found"], 2);
+        // The top-level routes take the issuers' audiences; an API has its one `audience`.
+        assert_eq!(v["apis"][0]["audience"], Value::Null);
+        assert_eq!(v["apis"][0]["audiences"], json!(["https://top.test"]));
+        let with_api = format!(
+            "{CONFIG}\n[apis.pay]\naudience = \"https://pay.test\"\nhosts = [\"pay.test\"]\nupstream = \"one\"\n\
+             [[apis.pay.routes]]\nmethods = [\"GET\"]\npath = \"/p\"\nscopes = [\"pay\"]\n"
+        );
+        let snap = build(&parse_for_test(&with_api), 1).unwrap();
+        let v = routes(&snap, &[]);
+        let pay = v["apis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "pay")
+            .unwrap();
+        assert_eq!(pay["audience"], "https://pay.test");
+        assert_eq!(pay["audiences"], json!(["https://pay.test"]));
     }
 }
