@@ -14,7 +14,7 @@ use std::fmt;
 use http::Method;
 
 use crate::routing::{ClaimCondition, Expected, HostPattern, Lookup};
-use crate::snapshot::{Accepts, Api, Route, Snapshot};
+use crate::snapshot::{Accepts, Api, Mechanism, Route, Snapshot};
 
 /// What kind of change a line reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -346,6 +346,9 @@ fn compare(old: &Snapshot, was: &Route, new: &Snapshot, now: &Route) -> Vec<(Cha
         _ => {}
     }
     out.extend(quotas(old, was, new, now));
+    if !was.public && !now.public {
+        out.extend(possession(old, was, new, now));
+    }
     match (was.websocket, now.websocket) {
         (false, true) => out.push((Widened, "websocket upgrades now allowed".into())),
         (true, false) => out.push((Narrowed, "websocket upgrades no longer allowed".into())),
@@ -362,6 +365,67 @@ fn compare(old: &Snapshot, was: &Route, new: &Snapshot, now: &Route) -> Vec<(Cha
     let (p_was, p_now) = (prefix(was_api), prefix(now_api));
     if p_was != p_now {
         out.push((Changed, format!("strip_prefix {p_was} -> {p_now}")));
+    }
+    out
+}
+
+/// Proof of possession (`[proof_of_possession]` of the route's API): a binding now or no longer
+/// required, and what a DPoP proof must be (algorithms, age, a nonce).
+fn possession(
+    old: &Snapshot,
+    was: &Route,
+    new: &Snapshot,
+    now: &Route,
+) -> Vec<(ChangeKind, String)> {
+    use std::cmp::Ordering::{Greater, Less};
+    use ChangeKind::{Narrowed, Widened};
+    let mut out = Vec::new();
+    let required = |s: &Snapshot, r: &Route| {
+        s.apis[r.api]
+            .pop
+            .as_ref()
+            .filter(|p| p.required)
+            .map(|p| match p.mechanism {
+                Mechanism::Dpop => "DPoP",
+                Mechanism::Mtls => "mTLS certificate",
+            })
+    };
+    let (o, n) = (required(old, was), required(new, now));
+    if o != n {
+        if let Some(m) = o {
+            out.push((Widened, format!("{m} binding no longer required")));
+        }
+        if let Some(m) = n {
+            out.push((Narrowed, format!("{m} binding now required")));
+        }
+    }
+    let (op, np) = (
+        crate::sender::dpop_policy(old, Some(was.api)),
+        crate::sender::dpop_policy(new, Some(now.api)),
+    );
+    let algs = |p: &crate::auth::dpop::DpopPolicy| -> Vec<String> {
+        p.algorithms.iter().map(|a| format!("{a:?}")).collect()
+    };
+    let (oa, na) = (algs(op), algs(np));
+    for a in na.iter().filter(|a| !oa.contains(a)) {
+        out.push((Widened, format!("DPoP proof algorithm {a} added")));
+    }
+    for a in oa.iter().filter(|a| !na.contains(a)) {
+        out.push((Narrowed, format!("DPoP proof algorithm {a} removed")));
+    }
+    let age = format!(
+        "DPoP proofs taken up to {} s old (was {})",
+        np.max_age, op.max_age
+    );
+    match op.max_age.cmp(&np.max_age) {
+        Less => out.push((Widened, age)),
+        Greater => out.push((Narrowed, age)),
+        _ => {}
+    }
+    match (op.nonce, np.nonce) {
+        (false, true) => out.push((Narrowed, "DPoP nonce now required".into())),
+        (true, false) => out.push((Widened, "DPoP nonce no longer required".into())),
+        _ => {}
     }
     out
 }
@@ -674,6 +738,48 @@ any_scopes = ["admin", "owner"]
                 vec![
                     format!("widened {GET}: quota per_user removed"),
                     format!("widened {DELETE}: quota per_user removed"),
+                ],
+            ),
+            (
+                "proof of possession required on the API, for every route",
+                "upstream = \"one\"\n\n[apis.contacts.cors]",
+                "upstream = \"one\"\n\n[apis.contacts.proof_of_possession]\nmechanism = \"dpop\"\n\n[apis.contacts.cors]",
+                vec![
+                    format!("narrowed {GET}: DPoP binding now required"),
+                    format!("narrowed {DELETE}: DPoP binding now required"),
+                ],
+                vec![
+                    format!("widened {GET}: DPoP binding no longer required"),
+                    format!("widened {DELETE}: DPoP binding no longer required"),
+                ],
+            ),
+            (
+                "DPoP proofs held to more",
+                "upstream = \"one\"\n\n[apis.contacts.cors]",
+                "upstream = \"one\"\n\n[apis.contacts.proof_of_possession]\nmechanism = \"dpop\"\nrequired = false\ndpop_nonce = true\ndpop_max_age_seconds = 60\ndpop_algorithms = [\"ES256\"]\n\n[apis.contacts.cors]",
+                vec![
+                    format!("narrowed {GET}: DPoP proof algorithm EdDSA removed"),
+                    format!("narrowed {GET}: DPoP proof algorithm PS256 removed"),
+                    format!("narrowed {GET}: DPoP proof algorithm RS256 removed"),
+                    format!("narrowed {GET}: DPoP proofs taken up to 60 s old (was 300)"),
+                    format!("narrowed {GET}: DPoP nonce now required"),
+                    format!("narrowed {DELETE}: DPoP proof algorithm EdDSA removed"),
+                    format!("narrowed {DELETE}: DPoP proof algorithm PS256 removed"),
+                    format!("narrowed {DELETE}: DPoP proof algorithm RS256 removed"),
+                    format!("narrowed {DELETE}: DPoP proofs taken up to 60 s old (was 300)"),
+                    format!("narrowed {DELETE}: DPoP nonce now required"),
+                ],
+                vec![
+                    format!("widened {GET}: DPoP proof algorithm EdDSA added"),
+                    format!("widened {GET}: DPoP proof algorithm PS256 added"),
+                    format!("widened {GET}: DPoP proof algorithm RS256 added"),
+                    format!("widened {GET}: DPoP proofs taken up to 300 s old (was 60)"),
+                    format!("widened {GET}: DPoP nonce no longer required"),
+                    format!("widened {DELETE}: DPoP proof algorithm EdDSA added"),
+                    format!("widened {DELETE}: DPoP proof algorithm PS256 added"),
+                    format!("widened {DELETE}: DPoP proof algorithm RS256 added"),
+                    format!("widened {DELETE}: DPoP proofs taken up to 300 s old (was 60)"),
+                    format!("widened {DELETE}: DPoP nonce no longer required"),
                 ],
             ),
             (
