@@ -984,7 +984,17 @@ fn connect_refused<'r>(snapshot: &Snapshot, req: &Request<'_>) -> Decision<'r> {
     let allow = normalize(req.path)
         .ok()
         .and_then(|p| set.router.allowed(&p))
-        .map(|(methods, _)| methods.join(", "))
+        .map(|(mut methods, any)| {
+            // A route for any method takes every method but CONNECT: the standard ones named.
+            if any {
+                methods.extend([
+                    "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
+                ]);
+                methods.sort_unstable();
+                methods.dedup();
+            }
+            methods.join(", ")
+        })
         .unwrap_or_default();
     Decision::Refuse(Refusal::MethodNotAllowed {
         allow: Cow::Owned(allow),

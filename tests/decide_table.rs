@@ -431,3 +431,43 @@ fn a_refused_signature_is_remembered_only_while_the_key_set_lasts() {
         Rejection::BadSignature
     );
 }
+
+/// SPEC: "`CONNECT` gets `Allow` with the methods of the path's routes". A route for any method
+/// takes every method but CONNECT: its `Allow` names the standard ones, not an empty value
+/// (which says the path has no route).
+#[test]
+fn connect_on_a_route_for_any_method_allows_the_standard_methods() {
+    let (snap, _dir) = snapshot_of(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:1"
+[[issuers]]
+issuer = "{ISS}"
+audiences = ["{AUD}"]
+jwks_file = "jwks.json"
+[upstreams.api]
+servers = ["127.0.0.1:2"]
+[[routes]]
+path = "/any"
+scopes = ["x"]
+[[routes]]
+methods = ["GET", "POST"]
+path = "/some"
+scopes = ["x"]
+"#
+    ));
+    let headers = HeaderMap::new();
+    let allow =
+        |path: &str| match decide(&snap, Request::new(&Method::CONNECT, path, &headers), now())
+            .decision
+        {
+            Decision::Refuse(Refusal::MethodNotAllowed { allow }) => allow.into_owned(),
+            other => panic!("CONNECT {path}: {:?}", other.label()),
+        };
+    assert_eq!(
+        allow("/any"),
+        "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT, TRACE"
+    );
+    assert_eq!(allow("/some"), "GET, HEAD, POST");
+    assert_eq!(allow("/none"), "");
+}
