@@ -281,7 +281,11 @@ fn switching_upstream(accept: &'static str) -> std::net::SocketAddr {
                     let _ = s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes());
                     let _ = s.write_all(b"tunnel-bytes");
                 } else {
-                    let body = format!("{{\"saw_upgrade\": {}}}", req.contains("\r\nupgrade:"));
+                    let body = format!(
+                        "{{\"saw_upgrade\": {}, \"saw_connection\": {}}}",
+                        req.contains("\r\nupgrade:"),
+                        req.contains("\r\nconnection:")
+                    );
                     let _ = s.write_all(
                         format!(
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
@@ -328,10 +332,12 @@ fn websocket_upgrades_only_on_websocket_routes_and_only_with_the_right_accept() 
         "{}",
         String::from_utf8_lossy(&got)
     );
-    // Other routes: the Upgrade never reaches the upstream.
+    // Other routes: the Upgrade never reaches the upstream, nor a `Connection: Upgrade` (SPEC:
+    // `Connection` is never forwarded; Pingora writes one for a websocket handshake).
     let r = p.send(&format!("GET /plain {WS_REQUEST}"));
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["saw_upgrade"], false);
+    assert_eq!(r.json()["saw_connection"], false, "{}", r.json());
 
     let bad = switching_upstream("bm90IHRoZSByaWdodCBhY2NlcHQ=");
     let port = free_port();

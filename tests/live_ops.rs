@@ -621,3 +621,28 @@ fn the_access_log_is_json_text_or_off() {
         assert!(!p.log().contains(&reader));
     }
 }
+
+/// SPEC "Admin endpoints and metrics": "At least these families", `scopegate_jwks_refreshes_total`
+/// among them. With keys from a `jwks_file` nothing is ever fetched; the family is there anyway,
+/// each issuer's series at 0.
+#[test]
+fn the_jwks_refresh_family_is_exposed_when_keys_come_from_a_file() {
+    let (port, admin) = (free_port(), free_port());
+    let _p = Proxy::start(
+        &variant(port, admin, start_echo("a"), "read:contacts"),
+        port,
+    );
+    let text = metrics_text(admin);
+    for result in ["ok", "error"] {
+        let series =
+            format!("scopegate_jwks_refreshes_total{{issuer=\"{ISS}\",result=\"{result}\"}} 0");
+        assert!(
+            text.lines().any(|l| l == series),
+            "no {series} in /metrics:\n{}",
+            text.lines()
+                .filter(|l| l.contains("jwks"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}

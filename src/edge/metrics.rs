@@ -282,6 +282,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Every issuer's `scopegate_jwks_refreshes_total` series, at 0 until a fetch: the family is
+    /// on `/metrics` from the start, also when keys come from `jwks_file` only.
+    pub fn jwks_issuers<'i>(&self, issuers: impl Iterator<Item = &'i str>) {
+        for issuer in issuers {
+            for result in ["ok", "error"] {
+                self.jwks_refreshes.with_label_values(&[issuer, result]);
+            }
+        }
+    }
+
     pub fn jwks_refresh(&self, issuer: &str, ok: bool) {
         self.jwks_refreshes
             .with_label_values(&[issuer, if ok { "ok" } else { "error" }])

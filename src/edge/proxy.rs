@@ -259,7 +259,8 @@ fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
 /// (nginx drops them by default, for the same reason). Pingora's upstream request policy
 /// strips hop-by-hop headers and those `Connection` names before this runs; the list holds
 /// them too, so what is never forwarded is written down in one place. `Connection` and
-/// `Upgrade` are Pingora's: it keeps them for a websocket handshake only.
+/// `Upgrade` are Pingora's: it keeps them for a websocket handshake only, and they are removed
+/// again for a route without `websocket = true`.
 pub(super) fn not_forwarded(name: &str, snapshot: &Snapshot, trusted_peer: bool) -> bool {
     // From a trusted load balancer, its `X-Forwarded-*` and `Client-Cert` (RFC 9440) are
     // passed on; from anyone else they are a client's claims about itself.
@@ -767,9 +768,11 @@ impl ProxyHttp for ScopeGate {
             }
         }
         set_forwarding_headers(session, upstream, trusted)?;
-        // A tunnel is never checked again: only routes that say so may switch protocols.
+        // A tunnel is never checked again: only routes that say so may switch protocols. The
+        // `Connection: Upgrade` Pingora writes for a websocket handshake goes with it.
         if !forward.websocket {
             upstream.remove_header(&http::header::UPGRADE);
+            upstream.remove_header(&http::header::CONNECTION);
         }
         if let (Some(traces), Some(trace)) = (&self.traces, ctx.trace.as_mut()) {
             let server = snapshot.upstreams[forward.upstream].servers[ctx.server].addr;

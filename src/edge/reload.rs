@@ -138,6 +138,9 @@ impl Reloader {
                 self.reloaded.notify_one();
                 self.metrics.config_reload(true);
                 self.metrics.set_generation(generation);
+                let issuers = next.snapshot.verifier.issuers.iter();
+                self.metrics
+                    .jwks_issuers(issuers.map(|i| i.issuer.as_str()));
                 tracing::info!(
                     generation,
                     routes,

@@ -83,6 +83,7 @@ pub fn run_with(
     release_freed_memory();
     let metrics = Arc::new(Metrics::new());
     metrics.set_generation(1);
+    metrics.jwks_issuers(first.verifier.issuers.iter().map(|i| i.issuer.as_str()));
     let process = first.process.clone();
     tracing::info!(
         config = %config_path.display(),
