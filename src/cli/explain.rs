@@ -87,6 +87,17 @@ fn describe_route(out: &mut String, snapshot: &Snapshot, method: &Method, lookup
                 let _ = writeln!(out, "requires: nothing (public)");
             } else {
                 let _ = writeln!(out, "requires: a valid token: {}", r.required);
+                for c in &r.conditions {
+                    let _ = writeln!(out, "claim:    {}", c.describe());
+                }
+                let pop = snapshot.apis[r.api].pop.as_ref().filter(|p| p.required);
+                if let Some(pop) = pop {
+                    let how = match pop.mechanism {
+                        crate::snapshot::Mechanism::Dpop => "DPoP (RFC 9449)",
+                        crate::snapshot::Mechanism::Mtls => "its client certificate (RFC 8705)",
+                    };
+                    let _ = writeln!(out, "binding:  the token bound to {how}");
+                }
             }
             let _ = writeln!(out, "upstream: {}", snapshot.upstreams[r.upstream].name);
             for &q in &r.quotas {
@@ -169,4 +180,55 @@ pub fn explain(
     };
     let _ = writeln!(out, "decision: {}", describe(snapshot, &decision));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{build, parse_for_test};
+
+    /// SPEC: explain says "what they require": the scopes, each claim condition, and a
+    /// binding the route's API requires.
+    #[test]
+    fn the_route_part_names_every_requirement() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:1"
+[[issuers]]
+issuer = "https://a.test/"
+audiences = ["https://top.test"]
+jwks_url = "https://a.test/jwks"
+[upstreams.one]
+servers = ["127.0.0.1:1"]
+[[routes]]
+methods = ["GET"]
+path = "/contacts/{id}"
+scopes = ["read:contacts"]
+claims = { sub = "{id}" }
+[apis.pay]
+audience = "https://pay.test"
+hosts = ["pay.test"]
+upstream = "one"
+[apis.pay.proof_of_possession]
+mechanism = "dpop"
+[[apis.pay.routes]]
+methods = ["GET"]
+path = "/p"
+scopes = ["pay"]
+"#;
+        let snap = build(&parse_for_test(text), 1).unwrap();
+        let out = explain(&snap, "GET", "/contacts/7", None, Credentials::None);
+        let claim = snap
+            .routes
+            .iter()
+            .find(|r| r.path == "/contacts/{id}")
+            .unwrap();
+        assert!(
+            out.contains(&format!("claim:    {}", claim.conditions[0].describe())),
+            "{out}"
+        );
+        assert!(!out.contains("binding:"), "{out}");
+        let out = explain(&snap, "GET", "/p", Some("pay.test"), Credentials::None);
+        assert!(out.contains("binding:  the token bound to DPoP"), "{out}");
+    }
 }
