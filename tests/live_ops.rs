@@ -646,3 +646,38 @@ fn the_jwks_refresh_family_is_exposed_when_keys_come_from_a_file() {
         );
     }
 }
+
+/// SPEC: the access log has "one line per request", and `/api/refusals` holds "every 4xx
+/// scopegate decided". A first header over 64 KiB is answered 431 before anything of it is
+/// parsed; it is counted, logged and listed all the same (no method, host, path or route).
+#[test]
+fn a_431_for_a_header_never_parsed_is_counted_logged_and_listed() {
+    let (port, admin) = (free_port(), free_port());
+    let p = Proxy::start(
+        &variant(port, admin, start_echo("a"), "read:contacts"),
+        port,
+    );
+    let big = "x".repeat(70 * 1024);
+    let r = p.send(&format!(
+        "GET /contacts HTTP/1.1\r\nHost: api.test\r\nX-Big: {big}\r\n\r\n"
+    ));
+    assert_eq!(r.status, 431);
+    let refused = || {
+        let api = http_get(admin_addr(admin), "/api/refusals").json();
+        api["refusals"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|row| row["status"] == 431))
+    };
+    assert!(eventually(10, refused), "no 431 among the refusals");
+    let series = "scopegate_requests_total{decision=\"bad_request\",route=\"none\"}";
+    assert!(
+        eventually(10, || metric(&metrics_text(admin), series) >= 1.0),
+        "{}",
+        metrics_text(admin)
+    );
+    assert!(
+        eventually(10, || p.log().lines().any(|l| l.contains(" status=431 "))),
+        "no access-log line for the 431:\n{}",
+        p.log()
+    );
+}

@@ -59,6 +59,9 @@ pub struct Limited<A> {
     pub limits: ConnLimits,
     /// HTTPS listeners: the TLS handshake, done here under the connection limit.
     pub tls: Option<Arc<pingora_core::listeners::tls::Acceptor>>,
+    /// Where a request answered here (a 431 before any parse) is counted, logged and listed
+    /// among the console's refusals, as every request the proxy answers is.
+    pub gate: Option<Arc<super::proxy::Gate>>,
 }
 
 struct Open;
@@ -271,6 +274,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                 let _ = stream.write_all(TOO_LARGE).await;
                 let _ = stream.flush().await;
                 let _ = stream.shutdown().await;
+                if let Some(gate) = &self.gate {
+                    // Nothing of it was parsed: no method, host or path to name.
+                    let peer = stream
+                        .get_socket_digest()
+                        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())));
+                    gate.answered_unparsed(431, peer);
+                }
                 None
             }
         }

@@ -951,6 +951,22 @@ impl ProxyHttp for ScopeGate {
 }
 
 impl Gate {
+    /// A request answered before anything of it was parsed (a header over 64 KiB): counted,
+    /// logged and listed as a refusal with no method, host, path or route.
+    pub(super) fn answered_unparsed(&self, status: u16, client: Option<std::net::IpAddr>) {
+        let mut ctx = RequestCtx::new();
+        ctx.decision = DecisionLabel::BadRequest;
+        ctx.client = client;
+        let done = Done {
+            method: "",
+            host: "",
+            path: "",
+            status,
+            failed: false,
+        };
+        self.record(&mut ctx, &done);
+    }
+
     /// Metrics and the access-log line of a request that is over.
     pub(super) fn record(&self, ctx: &mut RequestCtx, done: &Done<'_>) {
         let end = Instant::now();

@@ -210,6 +210,7 @@ fn proxy_service(
         refusals: refusals.clone(),
         traces,
     });
+    let gate_for_limits = gate.clone();
     let mut http = pingora_proxy::http_proxy(&server.configuration, ScopeGate(gate));
     let keepalive = Duration::from_secs(process.keepalive_timeout_seconds);
     let mut options = pingora_core::apps::HttpServerOptions::default();
@@ -240,6 +241,7 @@ fn proxy_service(
         inner: Arc::new(http),
         limits,
         tls,
+        gate: Some(gate_for_limits),
     };
     let mut proxy = Service::new("scopegate".to_string(), limited);
     // TLS is accepted by `Limited`, after the connection is counted and within the header
