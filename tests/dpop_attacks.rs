@@ -19,6 +19,14 @@ fn body(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
+/// The proxy in front of an echo upstream with the top-level routes and `apis` (e.g. a
+/// `dpop_api`), and no admin listener.
+fn proxy_with(apis: &str) -> Proxy {
+    let port = free_port();
+    let text = config_full(port, None, &[start_echo("a")], &file_issuer(), apis);
+    Proxy::start(&text, port)
+}
+
 /// `POST /api/explain` on the admin listener.
 fn explain(admin: u16, ask: &Value) -> Response {
     let body = ask.to_string();
@@ -143,15 +151,7 @@ fn explain_does_not_call_a_bound_token_without_its_proof_allowed() {
 /// Pins (these hold): what an outsider controls does not change the URI a proof must name.
 #[test]
 fn htu_is_the_request_as_received_whatever_an_untrusted_client_claims() {
-    let port = free_port();
-    let text = config_full(
-        port,
-        None,
-        &[start_echo("a")],
-        &file_issuer(),
-        &dpop_api("pay", ""),
-    );
-    let p = Proxy::start(&text, port);
+    let p = proxy_with(&dpop_api("pay", ""));
     let key = DpopKey::new();
     let token = key.token("read:contacts", "https://pay.test");
     let dpop = Some(("DPoP", token.as_str()));
@@ -239,15 +239,7 @@ fn htu_is_the_request_as_received_whatever_an_untrusted_client_claims() {
 /// quickly, and the proxy keeps serving.
 #[test]
 fn odd_proofs_are_refused_and_the_proxy_keeps_serving() {
-    let port = free_port();
-    let text = config_full(
-        port,
-        None,
-        &[start_echo("a")],
-        &file_issuer(),
-        &dpop_api("pay", ""),
-    );
-    let p = Proxy::start(&text, port);
+    let p = proxy_with(&dpop_api("pay", ""));
     let key = DpopKey::new();
     let token = key.token("read:contacts", "https://pay.test");
     let dpop = Some(("DPoP", token.as_str()));
@@ -419,14 +411,12 @@ fn explain_refuses_an_unbound_token_where_binding_is_required_as_the_proxy_does(
 /// Bearer ones do". The 401 of a replayed proof (reason `dpop_replay`) is one of them.
 #[test]
 fn the_401_of_a_replayed_proof_names_the_resource_metadata() {
-    let port = free_port();
     let api = dpop_api("pay", "").replacen(
         "upstream = \"contacts\"\n",
         "upstream = \"contacts\"\nresource_metadata = true\n",
         1,
     );
-    let text = config_full(port, None, &[start_echo("a")], &file_issuer(), &api);
-    let p = Proxy::start(&text, port);
+    let p = proxy_with(&api);
     let key = DpopKey::new();
     let token = key.token("read:contacts", "https://pay.test");
     let proof = key.proof("GET", "http://pay.test/contacts", &token);
@@ -460,15 +450,7 @@ fn the_401_of_a_replayed_proof_names_the_resource_metadata() {
 /// the host selects too.
 #[test]
 fn answers_given_before_any_route_of_a_dpop_nonce_api_carry_a_nonce() {
-    let port = free_port();
-    let text = config_full(
-        port,
-        None,
-        &[start_echo("a")],
-        &file_issuer(),
-        &dpop_api("nonce", "dpop_nonce = true"),
-    );
-    let p = Proxy::start(&text, port);
+    let p = proxy_with(&dpop_api("nonce", "dpop_nonce = true"));
     for (method, path, status) in [("GET", "/contacts/%2f", 400), ("CONNECT", "/contacts", 405)] {
         let r = call(&p, method, "nonce.test", path, None, &[], "");
         assert_eq!(r.status, status, "{method} {path}: {}", body(&r));
@@ -490,15 +472,7 @@ fn answers_given_before_any_route_of_a_dpop_nonce_api_carry_a_nonce() {
 /// `dpop_max_age_seconds` after every start of an in-process record.
 #[test]
 fn a_proof_issued_before_the_process_started_is_taken_once() {
-    let port = free_port();
-    let text = config_full(
-        port,
-        None,
-        &[start_echo("a")],
-        &file_issuer(),
-        &dpop_api("pay", ""),
-    );
-    let p = Proxy::start(&text, port);
+    let p = proxy_with(&dpop_api("pay", ""));
     let key = DpopKey::new();
     let token = key.token("read:contacts", "https://pay.test");
     let mut c = key.claims("GET", "http://pay.test/contacts", &token);
