@@ -867,13 +867,7 @@ pub fn decide_as<'r>(
     caller: Caller<'_>,
     now: u64,
 ) -> Verdict<'r> {
-    // Answered before any route: a `dpop_nonce` API of the host still puts a nonce on it.
-    let early = |decision, normalized| {
-        let mut verdict = Verdict::answered(decision, None, normalized);
-        let set = snapshot.route_set(req.host().ok().flatten());
-        verdict.sender.nonce = wants_nonce(snapshot, set.apis.first().copied());
-        verdict
-    };
+    let early = |decision, normalized| answered_early(snapshot, &req, decision, normalized);
     let bad = |description, normalized| {
         early(
             Decision::Refuse(Refusal::BadRequest { description }),
@@ -974,6 +968,19 @@ impl<'r> Verdict<'r> {
             sender: SenderOutcome::default(),
         }
     }
+}
+
+/// A decision made before any route: a `dpop_nonce` API of the host still puts a nonce on it.
+fn answered_early<'r>(
+    snapshot: &Snapshot,
+    req: &Request<'_>,
+    decision: Decision<'r>,
+    normalized: Option<String>,
+) -> Verdict<'r> {
+    let mut verdict = Verdict::answered(decision, None, normalized);
+    let set = snapshot.route_set(req.host().ok().flatten());
+    verdict.sender.nonce = wants_nonce(snapshot, set.apis.first().copied());
+    verdict
 }
 
 /// scopegate never tunnels: CONNECT is refused before any route (an `ANY` one included) can

@@ -19,7 +19,7 @@ use crate::auth::Rejection;
 use crate::decision::{decide_as, Caller, Request};
 use crate::policy::cases::outcome;
 use crate::policy::token::{self, TokenDescription};
-use crate::snapshot::{Accepts, Snapshot};
+use crate::snapshot::{Accepts, Api, Snapshot};
 
 pub const INDEX_HTML: &str = include_str!("assets/index.html");
 pub const CONSOLE_CSS: &str = include_str!("assets/console.css");
@@ -92,11 +92,7 @@ pub fn routes(snapshot: &Snapshot, counts: &[(String, String, u64)]) -> Value {
             json!({
                 "name": api.name,
                 "display_name": api.display_name(),
-                // `audience` as configured (`null` for the issuers' own `audiences`).
-                "audience": match &api.accepts {
-                    Accepts::Audience { audience, .. } => Some(audience.as_str()),
-                    Accepts::PerIssuer(_) => None,
-                },
+                "audience": configured_audience(api),
                 "audiences": audiences,
                 "issuers": trusted,
                 "hosts": api.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -184,6 +180,14 @@ pub enum ExplainError {
     TokenAndScopes,
     #[error("the host is not a header value")]
     Host,
+}
+
+/// An API's `audience` as configured (`None` for the issuers' own `audiences`).
+fn configured_audience(api: &Api) -> Option<&str> {
+    match &api.accepts {
+        Accepts::Audience { audience, .. } => Some(audience.as_str()),
+        Accepts::PerIssuer(_) => None,
+    }
 }
 
 /// Decide the request as the proxy would, at `now`: `{"status", "decision", "reason", "route"}`
