@@ -769,9 +769,9 @@ impl ProxyHttp for ScopeGate {
         }
         set_forwarding_headers(session, upstream, trusted)?;
         // A tunnel is never checked again: only routes that say so may switch protocols. The
-        // `Connection: Upgrade` Pingora writes for a websocket handshake goes with it.
-        if !forward.websocket {
-            upstream.remove_header(&http::header::UPGRADE);
+        // `Connection: Upgrade` Pingora writes for a websocket handshake (and only then: it
+        // strips every client `Connection`) goes with it.
+        if !forward.websocket && upstream.remove_header(&http::header::UPGRADE).is_some() {
             upstream.remove_header(&http::header::CONNECTION);
         }
         if let (Some(traces), Some(trace)) = (&self.traces, ctx.trace.as_mut()) {
