@@ -27,6 +27,19 @@ fn proxy_with(apis: &str) -> Proxy {
     Proxy::start(&text, port)
 }
 
+/// `GET /contacts` on `host` with a DPoP-bound token and its proof.
+fn dpop_get(p: &Proxy, host: &str, token: &str, proof: &str) -> Response {
+    call(
+        p,
+        "GET",
+        host,
+        "/contacts",
+        Some(("DPoP", token)),
+        &[proof],
+        "",
+    )
+}
+
 /// `POST /api/explain` on the admin listener.
 fn explain(admin: u16, ask: &Value) -> Response {
     let body = ask.to_string();
@@ -420,17 +433,7 @@ fn the_401_of_a_replayed_proof_names_the_resource_metadata() {
     let key = DpopKey::new();
     let token = key.token("read:contacts", "https://pay.test");
     let proof = key.proof("GET", "http://pay.test/contacts", &token);
-    let send = || {
-        call(
-            &p,
-            "GET",
-            "pay.test",
-            "/contacts",
-            Some(("DPoP", &token)),
-            &[&proof],
-            "",
-        )
-    };
+    let send = || dpop_get(&p, "pay.test", &token, &proof);
     assert_eq!(send().status, 200);
     let replayed = send();
     assert_eq!(replayed.status, 401, "{}", body(&replayed));
@@ -478,17 +481,7 @@ fn a_proof_issued_before_the_process_started_is_taken_once() {
     let mut c = key.claims("GET", "http://pay.test/contacts", &token);
     c["iat"] = json!(c["iat"].as_u64().unwrap() - 200);
     let proof = key.sign(&key.header(), &c);
-    let send = || {
-        call(
-            &p,
-            "GET",
-            "pay.test",
-            "/contacts",
-            Some(("DPoP", &token)),
-            &[&proof],
-            "",
-        )
-    };
+    let send = || dpop_get(&p, "pay.test", &token, &proof);
     let first = send();
     assert_eq!(first.status, 200, "{}", body(&first));
     let again = send();
