@@ -24,6 +24,11 @@ use crate::snapshot::{Cors, RouteSet, Snapshot};
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// The same names as written on a forwarded response: Pingora's `insert_header` keeps a
+/// `&'static str` as it is, where a non-standard `HeaderName` is copied into a new buffer on
+/// every call.
+pub const RATELIMIT_POLICY_FIELD: &str = "RateLimit-Policy";
+pub const RATELIMIT_FIELD: &str = "RateLimit";
 
 /// The request as far as the decision reads it.
 #[derive(Debug, Clone, Copy)]

@@ -15,6 +15,8 @@ use crate::snapshot::{quoted, Mechanism, Snapshot};
 pub const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
 /// `DPoP-Nonce` (RFC 9449 §8).
 pub const DPOP_NONCE: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
+/// `DPoP-Nonce` as written on a forwarded response (see `decision::RATELIMIT_FIELD`).
+pub const DPOP_NONCE_FIELD: &str = "DPoP-Nonce";
 
 /// The request as far as binding checks read it.
 #[derive(Debug, Clone, Copy)]

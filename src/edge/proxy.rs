@@ -813,11 +813,12 @@ impl ProxyHttp for ScopeGate {
             .into_up());
         }
         if let Some(nonce) = self.dpop_nonce(ctx) {
-            upstream_response.insert_header(crate::sender::DPOP_NONCE, nonce)?;
+            upstream_response.insert_header(crate::sender::DPOP_NONCE_FIELD, nonce)?;
         }
         if let Some((policy, limit)) = &ctx.rate_limit {
-            upstream_response.insert_header(crate::decision::RATELIMIT_POLICY, policy.clone())?;
-            upstream_response.insert_header(crate::decision::RATELIMIT, limit.clone())?;
+            use crate::decision::{RATELIMIT_FIELD, RATELIMIT_POLICY_FIELD};
+            upstream_response.insert_header(RATELIMIT_POLICY_FIELD, policy.clone())?;
+            upstream_response.insert_header(RATELIMIT_FIELD, limit.clone())?;
         }
         // Hop-by-hop fields of the upstream's connection are not the client's (RFC 9110
         // §7.6.1); Pingora writes `Connection` itself.
