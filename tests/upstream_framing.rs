@@ -7,8 +7,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use common::*;
 
@@ -77,6 +77,17 @@ fn script(method: &str, path: &str) -> (Vec<&'static [u8]>, bool) {
     }
 }
 
+/// `/public/hold`: the upstream has its request (`HELD`) and answers once `HOLD` is released.
+static HELD: AtomicBool = AtomicBool::new(false);
+/// `/public/body`: the upstream has the request's head (`HEAD_IN`) and reads its chunked body.
+static HEAD_IN: AtomicBool = AtomicBool::new(false);
+static HOLD: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+fn release_hold() {
+    *HOLD.0.lock().unwrap() = true;
+    HOLD.1.notify_all();
+}
+
 fn serve_raw(mut stream: TcpStream) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -94,6 +105,26 @@ fn serve_raw(mut stream: TcpStream) {
         buf.drain(..end);
         let mut first = head.split(' ');
         let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+        if path == "/public/body" {
+            HEAD_IN.store(true, Ordering::SeqCst);
+            let end = loop {
+                if let Some(i) = buf.windows(5).position(|w| w == b"0\r\n\r\n") {
+                    break i + 5;
+                }
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            buf.drain(..end);
+        }
+        if path == "/public/hold" {
+            HELD.store(true, Ordering::SeqCst);
+            let mut released = HOLD.0.lock().unwrap();
+            while !*released {
+                released = HOLD.1.wait(released).unwrap();
+            }
+        }
         let (parts, close) = script(method, path);
         for part in parts {
             if stream.write_all(part).is_err() {
@@ -216,6 +247,61 @@ fn pipelined_requests_are_answered_in_order() {
     let third = c.read_response(true);
     assert_eq!(third.header("content-length"), Some("5"));
     // And the connection still serves.
+    assert_eq!(c.send(&get("/public/plain")).body, b"plain");
+}
+
+/// A request sent on its own, then the next one sent while the first is still at the upstream:
+/// the second one's bytes come after a session given exactly one header (which then skips
+/// looking for bytes Pingora kept), or are read by the session while it answers (and then
+/// must reach the next request's parser); either way both are answered, in order.
+#[test]
+fn a_request_sent_while_the_one_before_is_at_the_upstream_is_answered_next() {
+    let raw = start_raw();
+    let p = proxy_for(&raw);
+    let mut s = TcpStream::connect(p.addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(&get("/public/hold")).unwrap();
+    assert!(
+        eventually(30, || HELD.load(Ordering::SeqCst)),
+        "the upstream got no request"
+    );
+    s.write_all(&get("/public/chunked")).unwrap();
+    release_hold();
+    let mut c = Client::from_stream(s);
+    assert_eq!(c.read_response(false).body, b"plain");
+    assert_eq!(c.read_response(false).body, b"hello world");
+    // And the connection still serves.
+    assert_eq!(c.send(&get("/public/plain")).body, b"plain");
+}
+
+/// A request whose body comes after its head has gone upstream, sent together with the next
+/// request: Pingora's session reads the body and the next request's bytes with it, and keeps
+/// those for the next session, which must be given them.
+#[test]
+fn a_request_sent_with_the_body_of_the_one_before_is_answered_next() {
+    let raw = start_raw();
+    let p = proxy_for(&raw);
+    let mut s = TcpStream::connect(p.addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(
+        b"POST /public/body HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .unwrap();
+    assert!(
+        eventually(30, || HEAD_IN.load(Ordering::SeqCst)),
+        "the head never reached the upstream"
+    );
+    s.write_all(
+        &[
+            b"5\r\nhello\r\n0\r\n\r\n".as_slice(),
+            &get("/public/chunked"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let mut c = Client::from_stream(s);
+    assert_eq!(c.read_response(false).body, b"plain");
+    assert_eq!(c.read_response(false).body, b"hello world");
     assert_eq!(c.send(&get("/public/plain")).body, b"plain");
 }
 

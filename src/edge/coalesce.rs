@@ -18,6 +18,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub struct Coalesced {
     pending: Vec<u8>,
     /// How much of `pending` the connection has taken.
     sent: usize,
+    /// Bytes the connection has handed to its reader, ever (`read_so_far`). Atomic only to be
+    /// readable through `&dyn Any`; the owner adds to it through `&mut` with no atomic step.
+    delivered: AtomicU64,
 }
 
 impl Coalesced {
@@ -56,7 +60,14 @@ impl Coalesced {
             inner,
             pending: Vec::new(),
             sent: 0,
+            delivered: AtomicU64::new(0),
         }
+    }
+
+    /// The bytes read from `stream` so far, when it is a `Coalesced` connection.
+    pub fn read_so_far(stream: &Stream) -> Option<u64> {
+        let this = stream.as_any().downcast_ref::<Coalesced>()?;
+        Some(this.delivered.load(Ordering::Relaxed))
     }
 
     /// Send what is gathered; `Ready(Ok)` once all of it is with the connection.
@@ -129,7 +140,10 @@ impl AsyncRead for Coalesced {
                 }
             }
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        *this.delivered.get_mut() += (buf.filled().len() - before) as u64;
+        read
     }
 }
 
@@ -337,5 +351,21 @@ mod tests {
         Shutdown::shutdown(&mut c).await;
         assert_eq!(writes.lock().unwrap().last().unwrap(), HEAD);
         assert!(*shut.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_bytes_read_are_counted_through_the_boxed_stream() {
+        let (c, _, _) = wire(b"GET / HTTP/1.1\r\n\r\nGET /next");
+        let mut stream: Stream = Box::new(c);
+        assert_eq!(Coalesced::read_so_far(&stream), Some(0));
+        let mut buf = [0u8; 18];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(Coalesced::read_so_far(&stream), Some(18));
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(Coalesced::read_so_far(&stream), Some(27));
+        // Any other stream is not counted (the caller then checks another way).
+        let plain: Stream = Box::new(Wire::default());
+        assert_eq!(Coalesced::read_so_far(&plain), None);
     }
 }

@@ -86,7 +86,7 @@ async fn preread_header(
     first_by: Instant,
     header: Duration,
     stopping: &mut ShutdownWatch,
-) -> Result<BytesMut, NoRequest> {
+) -> Result<(BytesMut, usize), NoRequest> {
     let mut buf = BytesMut::new();
     // Once the server is shutting down, an idle connection waits a moment for a request
     // already on its way, then closes.
@@ -143,7 +143,7 @@ async fn preread_header(
             return if end > MAX_HEADER {
                 Err(NoRequest::TooLarge)
             } else {
-                Ok(buf)
+                Ok((buf, end))
             };
         }
         if buf.len() > MAX_HEADER {
@@ -189,11 +189,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
         let mut stream: Stream = Box::new(Coalesced::new(stream));
         let mut persistent: Option<pingora_core::apps::HttpPersistentSettings> = None;
         let mut stopping = shutdown.clone();
+        // Whether the last session was given exactly one request header and read nothing more:
+        // then Pingora holds no byte of a next request (what `holds_pipelined_bytes` would
+        // find out from the settings' text, at a cost on every request).
+        let mut nothing_more = false;
         loop {
             let mut session;
             let mut parsed = None;
+            let mut whole_header = false;
             match persistent.take() {
-                Some(mut settings) if holds_pipelined_bytes(&settings) => {
+                Some(mut settings) if !nothing_more && holds_pipelined_bytes(&settings) => {
                     let flag = Arc::new(HeaderParsed::default());
                     settings.set_user_context(Box::new(flag.clone()));
                     parsed = Some(flag);
@@ -205,12 +210,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                         Some(_) => self.limits.keepalive,
                         None => self.limits.header,
                     };
-                    let Some(read) = self
+                    let Some((read, whole)) = self
                         .next_header(&mut stream, Instant::now() + wait, &mut stopping)
                         .await
                     else {
                         return;
                     };
+                    whole_header = whole;
                     session = ServerSession::new_http1(stream);
                     if let Some(settings) = settings {
                         settings.apply_to_session(&mut session);
@@ -218,6 +224,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                     session.set_pipelined_prefix(read);
                 }
             }
+            let read_before = session.stream().and_then(Coalesced::read_so_far);
             session.set_pipelining_enabled(true);
             // Set on every session: Pingora's own carries no idle timeout over to the next.
             if *shutdown.borrow() {
@@ -249,22 +256,29 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
             };
             let (next, settings) = reused.consume();
             stream = next;
+            nothing_more = whole_header
+                && read_before.is_some()
+                && Coalesced::read_so_far(&stream) == read_before;
             // A session that cannot be reused hands back no settings: the next request then
             // starts as a first one would.
             persistent = settings;
         }
     }
 
-    /// The next request's header, read whole (`preread_header`); `None` when the connection is
-    /// done with: closed by the client, late (closed here), or over 64 KiB (a 431, then closed).
+    /// The next request's header, read whole (`preread_header`), and whether it is all that
+    /// was read (no byte past its empty line); `None` when the connection is done with: closed
+    /// by the client, late (closed here), or over 64 KiB (a 431, then closed).
     async fn next_header(
         &self,
         stream: &mut Stream,
         first_by: Instant,
         stopping: &mut ShutdownWatch,
-    ) -> Option<BytesMut> {
+    ) -> Option<(BytesMut, bool)> {
         match preread_header(stream, first_by, self.limits.header, stopping).await {
-            Ok(read) => Some(read),
+            Ok((read, end)) => {
+                let whole = end == read.len();
+                Some((read, whole))
+            }
             Err(NoRequest::Closed) => None,
             Err(NoRequest::Late) => {
                 tracing::debug!("no complete request header in time: connection closed");
