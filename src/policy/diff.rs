@@ -318,10 +318,15 @@ fn compare(old: &Snapshot, was: &Route, new: &Snapshot, now: &Route) -> Vec<(Cha
     let mut out = Vec::new();
     match (was.public, now.public) {
         (false, true) => out.push((Widened, "now public".to_string())),
-        (true, false) => out.push((
-            Narrowed,
-            format!("no longer public (requires {})", now.required),
-        )),
+        (true, false) => {
+            let binding = required_binding(new, now)
+                .map(|m| format!(" + a {m} binding"))
+                .unwrap_or_default();
+            out.push((
+                Narrowed,
+                format!("no longer public (requires {}{binding})", now.required),
+            ))
+        }
         (true, true) => {}
         (false, false) => out.extend(requirements(old, was, new, now)),
     }
@@ -380,17 +385,7 @@ fn possession(
     use std::cmp::Ordering::{Greater, Less};
     use ChangeKind::{Narrowed, Widened};
     let mut out = Vec::new();
-    let required = |s: &Snapshot, r: &Route| {
-        s.apis[r.api]
-            .pop
-            .as_ref()
-            .filter(|p| p.required)
-            .map(|p| match p.mechanism {
-                Mechanism::Dpop => "DPoP",
-                Mechanism::Mtls => "mTLS certificate",
-            })
-    };
-    let (o, n) = (required(old, was), required(new, now));
+    let (o, n) = (required_binding(old, was), required_binding(new, now));
     if o != n {
         if let Some(m) = o {
             out.push((Widened, format!("{m} binding no longer required")));
@@ -428,6 +423,18 @@ fn possession(
         _ => {}
     }
     out
+}
+
+/// The binding the API of `route` requires of its tokens, if any.
+fn required_binding(s: &Snapshot, route: &Route) -> Option<&'static str> {
+    s.apis[route.api]
+        .pop
+        .as_ref()
+        .filter(|p| p.required)
+        .map(|p| match p.mechanism {
+            Mechanism::Dpop => "DPoP",
+            Mechanism::Mtls => "mTLS certificate",
+        })
 }
 
 /// The quotas a route is under, compared by name: one removed or raised (more requests per
@@ -689,6 +696,27 @@ any_scopes = ["admin", "owner"]
         Vec<String>,
         Vec<String>,
     );
+
+    /// A route of an API that requires a binding going from public to protected needs the
+    /// binding too: the line says so (the binding lines of `possession` compare two protected
+    /// routes only).
+    #[test]
+    fn a_route_no_longer_public_names_the_binding_its_api_requires() {
+        let pop = "upstream = \"one\"\n\n[apis.contacts.proof_of_possession]\nmechanism = \"dpop\"\n\n[apis.contacts.cors]";
+        let with_pop = edit("upstream = \"one\"\n\n[apis.contacts.cors]", pop);
+        let rule = "scopes = [\"delete:contacts\"]\nany_scopes = [\"admin\", \"owner\"]";
+        let public = with_pop.replacen(rule, "public = true", 1);
+        assert_eq!(
+            lines(&public, &with_pop),
+            vec![format!(
+                "narrowed {DELETE}: no longer public (requires delete:contacts + one of (admin | owner) + a DPoP binding)"
+            )]
+        );
+        assert_eq!(
+            lines(&with_pop, &public),
+            vec![format!("widened {DELETE}: now public")]
+        );
+    }
 
     #[test]
     fn every_kind_of_change_both_ways() {
