@@ -647,6 +647,37 @@ fn the_jwks_refresh_family_is_exposed_when_keys_come_from_a_file() {
     }
 }
 
+/// An issuer a reload removes takes its `scopegate_jwks_refreshes_total` series along; the
+/// issuers kept keep theirs.
+#[test]
+fn a_reload_that_removes_an_issuer_removes_its_jwks_series() {
+    let (port, admin) = (free_port(), free_port());
+    let upstream = start_echo("a");
+    let second = "https://second-idp.test/";
+    let two = format!("{}[[issuers]]\nissuer = \"{second}\"\naudiences = [\"{AUD}\"]\njwks_file = \"jwks.json\"\n", file_issuer());
+    let p = Proxy::start(&config_full(port, Some(admin), &[upstream], &two, ""), port);
+    let series = |issuer: &str| {
+        format!("scopegate_jwks_refreshes_total{{issuer=\"{issuer}\",result=\"ok\"}} 0")
+    };
+    let has = |text: &str, issuer: &str| text.lines().any(|l| l == series(issuer));
+    let text = metrics_text(admin);
+    assert!(has(&text, ISS) && has(&text, second), "{text}");
+    write_atomic(
+        &p.config_path(),
+        &config_full(port, Some(admin), &[upstream], &file_issuer(), ""),
+    );
+    assert!(eventually(10, || generation(admin) == 2.0), "{}", p.log());
+    let text = metrics_text(admin);
+    assert!(
+        has(&text, ISS),
+        "the kept issuer's series went too:\n{text}"
+    );
+    assert!(
+        !text.contains(second),
+        "the removed issuer's series stayed:\n{text}"
+    );
+}
+
 /// SPEC: the access log has "one line per request", and `/api/refusals` holds "every 4xx
 /// scopegate decided". A first header over 64 KiB is answered 431 before anything of it is
 /// parsed; it is counted, logged and listed all the same (no method, host, path or route).

@@ -283,8 +283,28 @@ impl Metrics {
     }
 
     /// Every issuer's `scopegate_jwks_refreshes_total` series, at 0 until a fetch: the family is
-    /// on `/metrics` from the start, also when keys come from `jwks_file` only.
+    /// on `/metrics` from the start, also when keys come from `jwks_file` only. The series of an
+    /// issuer the config no longer has are removed (a reload dropped it).
     pub fn jwks_issuers<'i>(&self, issuers: impl Iterator<Item = &'i str>) {
+        let issuers: Vec<&str> = issuers.collect();
+        for family in prometheus::core::Collector::collect(&self.jwks_refreshes) {
+            for series in family.get_metric() {
+                let label = |name: &str| {
+                    series
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                };
+                if let (Some(issuer), Some(result)) = (label("issuer"), label("result")) {
+                    if !issuers.contains(&issuer.as_str()) {
+                        let _ = self
+                            .jwks_refreshes
+                            .remove_label_values(&[issuer.as_str(), result.as_str()]);
+                    }
+                }
+            }
+        }
         for issuer in issuers {
             for result in ["ok", "error"] {
                 self.jwks_refreshes.with_label_values(&[issuer, result]);
