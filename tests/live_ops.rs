@@ -711,4 +711,11 @@ fn a_431_for_a_header_never_parsed_is_counted_logged_and_listed() {
         "no access-log line for the 431:\n{}",
         p.log()
     );
+    // Timed from the decision to the answer sent, as every request is (it was made after).
+    let log = p.log();
+    let line = log.lines().find(|l| l.contains(" status=431 ")).unwrap();
+    assert!(
+        !line.contains(" latency_us=0 ") && line.contains(" latency_us="),
+        "{line}"
+    );
 }

@@ -285,6 +285,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                 None
             }
             Err(NoRequest::TooLarge) => {
+                // Its latency, like every request's, runs from its decision to the answer sent.
+                let answering = std::time::Instant::now();
                 let _ = stream.write_all(TOO_LARGE).await;
                 let _ = stream.flush().await;
                 let _ = stream.shutdown().await;
@@ -293,7 +295,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Limited<A> {
                     let peer = stream
                         .get_socket_digest()
                         .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().map(|a| a.ip())));
-                    gate.answered_unparsed(431, peer);
+                    gate.answered_unparsed(431, peer, answering);
                 }
                 None
             }

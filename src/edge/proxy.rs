@@ -954,8 +954,14 @@ impl ProxyHttp for ScopeGate {
 impl Gate {
     /// A request answered before anything of it was parsed (a header over 64 KiB): counted,
     /// logged and listed as a refusal with no method, host, path or route.
-    pub(super) fn answered_unparsed(&self, status: u16, client: Option<std::net::IpAddr>) {
+    pub(super) fn answered_unparsed(
+        &self,
+        status: u16,
+        client: Option<std::net::IpAddr>,
+        started: Instant,
+    ) {
         let mut ctx = RequestCtx::new();
+        ctx.started = started;
         ctx.decision = DecisionLabel::BadRequest;
         ctx.client = client;
         let done = Done {
