@@ -13,8 +13,9 @@ use scopegate::decision::{decide, Decision, DecisionLabel, Refusal, Request};
 use scopegate::snapshot::Snapshot;
 use serde_json::json;
 
-fn snapshot() -> (Snapshot, tempfile::TempDir) {
-    let text = format!(
+/// The server, the test issuer (no leeway) and upstream `api`; the routes follow.
+fn preamble() -> String {
+    format!(
         r#"
 [server]
 listen = "127.0.0.1:1"
@@ -25,6 +26,13 @@ jwks_file = "jwks.json"
 leeway_seconds = 0
 [upstreams.api]
 servers = ["127.0.0.1:2"]
+"#
+    )
+}
+
+fn snapshot() -> (Snapshot, tempfile::TempDir) {
+    let text = format!(
+        r#"{}
 [[routes]]
 methods = ["GET"]
 path = "/health"
@@ -42,7 +50,8 @@ methods = ["DELETE"]
 path = "/contacts/{{id}}"
 scopes = ["delete:contacts"]
 any_scopes = ["admin", "owner"]
-"#
+"#,
+        preamble()
     );
     snapshot_of(&text)
 }
@@ -438,15 +447,7 @@ fn a_refused_signature_is_remembered_only_while_the_key_set_lasts() {
 #[test]
 fn connect_on_a_route_for_any_method_allows_the_standard_methods() {
     let (snap, _dir) = snapshot_of(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:1"
-[[issuers]]
-issuer = "{ISS}"
-audiences = ["{AUD}"]
-jwks_file = "jwks.json"
-[upstreams.api]
-servers = ["127.0.0.1:2"]
+        r#"{}
 [[routes]]
 path = "/any"
 scopes = ["x"]
@@ -454,7 +455,8 @@ scopes = ["x"]
 methods = ["GET", "POST"]
 path = "/some"
 scopes = ["x"]
-"#
+"#,
+        preamble()
     ));
     let headers = HeaderMap::new();
     let allow =

@@ -185,21 +185,13 @@ pub fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{build, parse_for_test};
+    use crate::compile::{build, parse_for_test, TEST_PREAMBLE};
 
     /// SPEC: explain says "what they require": the scopes, each claim condition, and a
     /// binding the route's API requires.
     #[test]
     fn the_route_part_names_every_requirement() {
-        let text = r#"
-[server]
-listen = "127.0.0.1:1"
-[[issuers]]
-issuer = "https://a.test/"
-audiences = ["https://top.test"]
-jwks_url = "https://a.test/jwks"
-[upstreams.one]
-servers = ["127.0.0.1:1"]
+        let routes = r#"
 [[routes]]
 methods = ["GET"]
 path = "/contacts/{id}"
@@ -216,7 +208,8 @@ methods = ["GET"]
 path = "/p"
 scopes = ["pay"]
 "#;
-        let snap = build(&parse_for_test(text), 1).unwrap();
+        let text = format!("{TEST_PREAMBLE}{routes}");
+        let snap = build(&parse_for_test(&text), 1).unwrap();
         let out = explain(&snap, "GET", "/contacts/7", None, Credentials::None);
         let claim = snap
             .routes

@@ -105,6 +105,22 @@ pub fn load(path: &std::path::Path, generation: u64) -> Result<Snapshot, ConfigE
     build(&crate::config::load(path)?, generation)
 }
 
+/// The start of the unit tests' configs: a server, issuer `https://a.test/` (audience
+/// `https://top.test`) and upstream `one`; the routes follow.
+#[cfg(test)]
+pub(crate) const TEST_PREAMBLE: &str = r#"
+[server]
+listen = "127.0.0.1:1"
+
+[[issuers]]
+issuer = "https://a.test/"
+audiences = ["https://top.test"]
+jwks_url = "https://a.test/jwks"
+
+[upstreams.one]
+servers = ["127.0.0.1:1"]
+"#;
+
 #[cfg(test)]
 pub(crate) fn parse_for_test(text: &str) -> LoadedConfig {
     crate::config::parse(

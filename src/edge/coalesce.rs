@@ -365,7 +365,7 @@ mod tests {
         stream.read_to_end(&mut rest).await.unwrap();
         assert_eq!(Coalesced::read_so_far(&stream), Some(27));
         // Any other stream is not counted (the caller then checks another way).
-        let plain: Stream = Box::new(Wire::default());
+        let plain: Stream = Box::<Wire>::default();
         assert_eq!(Coalesced::read_so_far(&plain), None);
     }
 }

@@ -617,24 +617,14 @@ fn acceptance(old: &Snapshot, was: &Api, new: &Snapshot, now: &Api) -> Vec<(Chan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{build, parse_for_test};
+    use crate::compile::{build, parse_for_test, TEST_PREAMBLE};
 
-    const BASE: &str = r#"
-[server]
-listen = "127.0.0.1:1"
-
-[[issuers]]
-issuer = "https://a.test/"
-audiences = ["https://top.test"]
-jwks_url = "https://a.test/jwks"
-
+    /// What `TEST_PREAMBLE` is followed by in `base()`.
+    const REST: &str = r#"
 [[issuers]]
 issuer = "https://b.test/"
 audiences = ["https://top.test"]
 jwks_url = "https://b.test/jwks"
-
-[upstreams.one]
-servers = ["127.0.0.1:1"]
 
 [upstreams.two]
 servers = ["127.0.0.1:2"]
@@ -678,16 +668,22 @@ any_scopes = ["admin", "owner"]
             .collect()
     }
 
-    /// `BASE` with `from` replaced by `to` (which must be there).
+    /// The config every test starts from.
+    fn base() -> String {
+        format!("{TEST_PREAMBLE}{REST}")
+    }
+
+    /// `base()` with `from` replaced by `to` (which must be there).
     fn edit(from: &str, to: &str) -> String {
-        assert!(BASE.contains(from), "{from:?} is not in BASE");
-        BASE.replacen(from, to, 1)
+        let base = base();
+        assert!(base.contains(from), "{from:?} is not in the base config");
+        base.replacen(from, to, 1)
     }
 
     const GET: &str = "contacts GET /contacts/{id}";
     const DELETE: &str = "contacts DELETE /contacts/{id}";
 
-    /// What changes, the text replaced and its replacement, the lines from `BASE` to the
+    /// What changes, the text replaced and its replacement, the lines from `base()` to the
     /// edited config, and the lines back.
     type Row = (
         &'static str,
@@ -990,8 +986,8 @@ any_scopes = ["admin", "owner"]
         ];
         for (what, from, to, forward, backward) in rows {
             let edited = edit(from, to);
-            assert_eq!(lines(BASE, &edited), forward, "{what}");
-            assert_eq!(lines(&edited, BASE), backward, "{what}, reversed");
+            assert_eq!(lines(&base(), &edited), forward, "{what}");
+            assert_eq!(lines(&edited, &base()), backward, "{what}, reversed");
         }
     }
 
@@ -1066,9 +1062,9 @@ path = "/health"
 public = true
 upstream = "one"
 "#;
-        assert_eq!(lines(BASE, reordered), Vec::<String>::new());
-        assert_eq!(lines(reordered, BASE), Vec::<String>::new());
-        assert_eq!(lines(BASE, BASE), Vec::<String>::new());
+        assert_eq!(lines(&base(), reordered), Vec::<String>::new());
+        assert_eq!(lines(reordered, &base()), Vec::<String>::new());
+        assert_eq!(lines(&base(), &base()), Vec::<String>::new());
     }
 
     #[test]
@@ -1078,7 +1074,7 @@ upstream = "one"
             "[[apis.contacts.routes]]\nmethods = [\"GET\"]\npath = \"/contacts/me\"\npublic = true\n\n[[apis.contacts.routes]]\nmethods = [\"DELETE\"]",
         );
         assert_eq!(
-            lines(BASE, &carved),
+            lines(&base(), &carved),
             vec![format!(
                 "widened contacts GET /contacts/me (before: {GET}): now public"
             )]

@@ -250,20 +250,9 @@ pub fn explain(snapshot: &Snapshot, body: &[u8], now: u64) -> Result<Value, Expl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{build, parse_for_test};
+    use crate::compile::{build, parse_for_test, TEST_PREAMBLE};
 
-    const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:1"
-
-[[issuers]]
-issuer = "https://a.test/"
-audiences = ["https://top.test"]
-jwks_url = "https://a.test/jwks"
-
-[upstreams.one]
-servers = ["127.0.0.1:1"]
-
+    const ROUTES: &str = r#"
 [[routes]]
 methods = ["GET"]
 path = "/contacts/{id}"
@@ -274,8 +263,13 @@ path = "/open"
 public = true
 "#;
 
+    /// `TEST_PREAMBLE` and `ROUTES`.
+    fn config() -> String {
+        format!("{TEST_PREAMBLE}{ROUTES}")
+    }
+
     fn ask(body: Value) -> Value {
-        let snap = build(&parse_for_test(CONFIG), 1).unwrap();
+        let snap = build(&parse_for_test(&config()), 1).unwrap();
         explain(&snap, body.to_string().as_bytes(), 1_000).unwrap()
     }
 
@@ -310,7 +304,7 @@ public = true
 
     #[test]
     fn explain_refuses_what_it_cannot_decide() {
-        let snap = build(&parse_for_test(CONFIG), 1).unwrap();
+        let snap = build(&parse_for_test(&config()), 1).unwrap();
         for body in [
             json!({"method": "GET"}),
             json!({"method": "G E T", "path": "/"}),
@@ -326,7 +320,7 @@ public = true
 
     #[test]
     fn routes_lists_each_api_with_its_routes_and_counts() {
-        let snap = build(&parse_for_test(CONFIG), 1).unwrap();
+        let snap = build(&parse_for_test(&config()), 1).unwrap();
         let counts = vec![
             ("GET /contacts/{id}".to_string(), "forbidden".to_string(), 3),
             ("none".to_string(), "not_found".to_string(), 2),
@@ -344,8 +338,9 @@ public = true
         assert_eq!(top.get("audience"), Some(&Value::Null), "{top:?}");
         assert_eq!(v["apis"][0]["audiences"], json!(["https://top.test"]));
         let with_api = format!(
-            "{CONFIG}\n[apis.pay]\naudience = \"https://pay.test\"\nhosts = [\"pay.test\"]\nupstream = \"one\"\n\
-             [[apis.pay.routes]]\nmethods = [\"GET\"]\npath = \"/p\"\nscopes = [\"pay\"]\n"
+            "{}\n[apis.pay]\naudience = \"https://pay.test\"\nhosts = [\"pay.test\"]\nupstream = \"one\"\n\
+             [[apis.pay.routes]]\nmethods = [\"GET\"]\npath = \"/p\"\nscopes = [\"pay\"]\n",
+            config()
         );
         let snap = build(&parse_for_test(&with_api), 1).unwrap();
         let v = routes(&snap, &[]);
