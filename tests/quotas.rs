@@ -229,6 +229,52 @@ public = true
 }
 
 #[test]
+fn a_quota_counts_by_its_own_claim_when_routes_keep_other_claims_too() {
+    // The route's condition keeps `org` before the quota's `sub`: two users of one org are
+    // two callers, counted by `sub` (a quota looking at the wrong kept claim, or at none,
+    // would count them as one).
+    let (port, admin) = (free_port(), free_port());
+    let upstream = start_echo("a");
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+threads = 1
+{issuer}
+[upstreams.contacts]
+servers = ["{upstream}"]
+
+[apis.contacts]
+audience = "{AUD}"
+
+[apis.contacts.quotas.per_user]
+key = "sub"
+limit = 1
+window_seconds = 60
+
+[[apis.contacts.routes]]
+methods = ["GET"]
+path = "/contacts"
+claims = {{ org = "acme" }}
+"#,
+        issuer = file_issuer()
+    );
+    let p = Proxy::start(&config, port);
+    let of_acme = |sub: &str| token_with("read:contacts", json!({ "sub": sub, "org": "acme" }));
+    let (ann, ben) = (of_acme("ann"), of_acme("ben"));
+    assert_eq!(p.get("/contacts", Some(&ann)).status, 200);
+    assert_eq!(p.get("/contacts", Some(&ann)).status, 429);
+    assert_eq!(p.get("/contacts", Some(&ben)).status, 200);
+    assert_eq!(p.get("/contacts", Some(&ben)).status, 429);
+    // A token of the org whose `sub` names nobody (null) is counted by its address, apart
+    // from both.
+    let nameless = token_with("read:contacts", json!({ "sub": null, "org": "acme" }));
+    assert_eq!(p.get("/contacts", Some(&nameless)).status, 200);
+    assert_eq!(p.get("/contacts", Some(&nameless)).status, 429);
+}
+
+#[test]
 fn the_window_recovers() {
     let (port, admin) = (free_port(), free_port());
     let extra = "[quotas.burst]\nkey = \"sub\"\nlimit = 2\nwindow_seconds = 2\n";

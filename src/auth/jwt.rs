@@ -42,6 +42,10 @@ pub struct Principal {
     pub audiences: Vec<Box<str>>,
     /// The claims some route's conditions name (collected at load), and only those.
     pub claims: Vec<(Box<str>, Value)>,
+    /// The caller each claim the verifier keeps names to a quota (`crate::quota::claim_caller`),
+    /// by the claim's place in the verifier's list: hashed once at verification, not on each
+    /// request. Empty for a principal no quota counts (a policy test's).
+    pub callers: Box<[Option<u64>]>,
     /// The claim headers of `[forward] claims`, rendered once at verification (a header value
     /// that would be invalid, e.g. with CR or LF, is left out, never sent raw).
     pub forward_headers: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -97,6 +101,7 @@ impl Principal {
             + self.sub.as_ref().map_or(0, String::len)
             + self.scopes.iter().map(|s| s.len() + 16).sum::<usize>()
             + self.audiences.iter().map(|a| a.len() + 16).sum::<usize>()
+            + self.callers.len() * 16
             + claims
             + headers
             + self.binding.jkt.as_ref().map_or(0, |j| j.len())
@@ -389,6 +394,10 @@ pub fn verify_detailed(
         claims: kept_claims
             .iter()
             .filter_map(|name| Some((Box::from(name.as_str()), claims.get(name)?.clone())))
+            .collect(),
+        callers: kept_claims
+            .iter()
+            .map(|name| claims.get(name).and_then(crate::quota::claim_caller))
             .collect(),
         forward_headers: forward_claims
             .iter()

@@ -47,10 +47,15 @@ pub fn build_with(
     let upstreams = upstreams::pools(loaded)?;
     let (issuers, audiences) = issuers::issuers(loaded, previous_keys)?;
     let mut compiled = apis::apis(loaded, &upstreams, &issuers, audiences, &challenges)?;
-    let quotas = quotas::quotas(loaded, &mut compiled.routes)?;
+    let mut quotas = quotas::quotas(loaded, &mut compiled.routes)?;
     let shared_state = shared_state::shared_state(loaded)?;
     let forward_claims = forward::claim_headers(loaded)?;
     let kept = kept_claims(&compiled.routes, &quotas);
+    for quota in &mut quotas {
+        if let crate::quota::QuotaKey::Claim(claim) = &quota.key {
+            quota.claim_slot = kept.iter().position(|k| k == claim);
+        }
+    }
     let nonces = pop::nonce_key(shared_state.as_ref());
     Ok(Snapshot {
         generation,

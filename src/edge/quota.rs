@@ -11,7 +11,7 @@ use pingora_proxy::Session;
 use super::metrics::Metrics;
 use super::proxy::{Gate, RequestCtx};
 use crate::decision::{Answer, Refusal};
-use crate::quota::{monotonic_ms, Verdict};
+use crate::quota::{monotonic_ms, Requester, Verdict};
 use crate::shared_state::SharedStore;
 use crate::snapshot::Snapshot;
 
@@ -61,14 +61,17 @@ impl Gate {
         let snapshot = &live.snapshot;
         let under = &snapshot.routes[route].quotas;
         let principal = ctx.principal.clone();
-        let claims = principal.as_ref().map(|p| p.claims.as_slice());
-        // The address scopegate believes (behind `trusted_proxies`, from X-Forwarded-For).
-        let ip = super::proxy::believed_client(session, snapshot);
+        let who = Requester {
+            claims: principal.as_ref().map_or(&[], |p| p.claims.as_slice()),
+            callers: principal.as_ref().map_or(&[], |p| &p.callers),
+            // The address scopegate believes (behind `trusted_proxies`, from X-Forwarded-For).
+            ip: super::proxy::believed_client(session, snapshot),
+        };
         let method = &session.req_header().method;
         let now = monotonic_ms(ctx.started);
         let verdict = self
             .quotas
-            .check(&snapshot.quotas, under, method, claims, ip, now)
+            .check(&snapshot.quotas, under, method, &who, now)
             .await;
         match verdict {
             Verdict::Allowed(standing) => {

@@ -109,6 +109,7 @@ pub fn verified(
         exp: 0,
         audiences: audiences.into_iter().map(Box::from).collect(),
         claims,
+        callers: Box::default(),
         forward_headers: Vec::new(),
         binding: Default::default(),
     }))

@@ -46,6 +46,8 @@ pub struct Quota {
     pub id: u64,
     /// The key prefix of its counters in the shared store.
     pub store_id: String,
+    /// A claim key's place in the verifier's kept claims (`Principal::callers`), set at load.
+    pub claim_slot: Option<usize>,
 }
 
 /// What names the caller.
@@ -91,6 +93,7 @@ impl Quota {
             rate_limit_prefix,
             id: h.finish(),
             store_id,
+            claim_slot: None,
         })
     }
 
@@ -149,6 +152,55 @@ fn sf_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// The caller a claim value names, as a seeded hash of its text (`"42"` and `42` are one
+/// caller); `None` for a value that names none (the request is counted by address). Made at
+/// verification (`Principal::callers`), once per token.
+pub fn claim_caller(value: &Value) -> Option<u64> {
+    static SEED: OnceLock<ahash::RandomState> = OnceLock::new();
+    let seed = SEED.get_or_init(ahash::RandomState::new);
+    match value {
+        Value::String(s) => Some(seed.hash_one(s.as_str())),
+        Value::Number(n) => Some(seed.hash_one(n.to_string().as_str())),
+        _ => None,
+    }
+}
+
+/// Who is calling, as the quotas of a request see it.
+#[derive(Clone, Copy, Default)]
+pub struct Requester<'a> {
+    /// The verified token's kept claims (none for a public route).
+    pub claims: &'a [(Box<str>, Value)],
+    /// Its `Principal::callers`.
+    pub callers: &'a [Option<u64>],
+    /// The address scopegate believes.
+    pub ip: Option<IpAddr>,
+}
+
+/// A request's caller under one quota, as its counts are keyed in this process.
+#[derive(Hash)]
+enum CallerId {
+    Claim(u64),
+    Ip(Option<IpAddr>),
+}
+
+impl Requester<'_> {
+    fn id(&self, quota: &Quota) -> CallerId {
+        match quota
+            .claim_slot
+            .and_then(|i| self.callers.get(i).copied().flatten())
+        {
+            Some(hash) => CallerId::Claim(hash),
+            None => CallerId::Ip(self.ip),
+        }
+    }
+
+    /// The caller by its text (the key of its counts in the shared store, the same on every
+    /// replica).
+    fn caller(&self, quota: &Quota) -> Caller<'_> {
+        Caller::of(&quota.key, Some(self.claims), self.ip)
+    }
 }
 
 /// Who a quota counts a request against. A claim is compared as text (`"42"` and `42` are one
@@ -328,8 +380,7 @@ impl Quotas {
         quotas: &[Quota],
         route_quotas: &[usize],
         method: &Method,
-        claims: Option<&[(Box<str>, Value)]>,
-        ip: Option<IpAddr>,
+        who: &Requester<'_>,
         now_ms: u64,
     ) -> Verdict {
         // Only a route under several quotas may have to take a request back (no allocation
@@ -342,10 +393,10 @@ impl Quotas {
             if !quota.counts(method) {
                 continue;
             }
-            let caller = Caller::of(&quota.key, claims, ip);
+            let id = who.id(quota);
             let outcome = match &self.shared {
-                Some(shared) => self.shared_take(shared, quota, &caller, now_ms).await,
-                None => self.local_take(quota, &caller, now_ms),
+                Some(shared) => self.shared_take(shared, quota, &id, who, now_ms).await,
+                None => self.local_take(quota, &id, now_ms),
             };
             match outcome {
                 Ok((c, remaining, reset_ms)) => {
@@ -383,10 +434,10 @@ impl Quotas {
     fn local_take(
         &self,
         quota: &Quota,
-        caller: &Caller<'_>,
+        id: &CallerId,
         now_ms: u64,
     ) -> Result<(Counted, u64, u64), u64> {
-        let key = self.local.key(quota.id, caller);
+        let key = self.local.key(quota.id, id);
         match self
             .local
             .with(key, |w| w.take(quota.limit, quota.width_ms(), now_ms))
@@ -404,10 +455,11 @@ impl Quotas {
         &self,
         shared: &Shared,
         quota: &Quota,
-        caller: &Caller<'_>,
+        id: &CallerId,
+        who: &Requester<'_>,
         now_ms: u64,
     ) -> Result<(Counted, u64, u64), u64> {
-        let key = shared.leases.key(quota.id, caller);
+        let key = shared.leases.key(quota.id, id);
         let (limit, width) = (quota.limit, quota.width_ms());
         // Asked only for a request no lease serves.
         let credit = || shared.credit(limit);
@@ -421,7 +473,7 @@ impl Quotas {
                 // The ask it waited for came too late: counted as it falls back.
                 None => {
                     shared.store.skipped("quota");
-                    return self.local_take(quota, caller, now_ms);
+                    return self.local_take(quota, id, now_ms);
                 }
             }
         }
@@ -438,9 +490,9 @@ impl Quotas {
                 };
                 if !shared.store.usable() {
                     shared.store.skipped("quota");
-                    return self.local_take(quota, caller, now_ms);
+                    return self.local_take(quota, id, now_ms);
                 }
-                let prefix = store_key(quota, caller);
+                let prefix = store_key(quota, &who.caller(quota));
                 let ask = LeaseAsk {
                     limit,
                     width_ms: width,
@@ -450,7 +502,7 @@ impl Quotas {
                     report,
                 };
                 let Some(grant) = shared.store.quota_take(prefix.clone(), ask).await else {
-                    return self.local_take(quota, caller, now_ms);
+                    return self.local_take(quota, id, now_ms);
                 };
                 let times = (now_ms, monotonic_ms(Instant::now()));
                 let (step, back) = shared.leases.with(key, |l| {
@@ -470,7 +522,7 @@ impl Quotas {
                 refill,
             } => {
                 if let Some(refill) = refill {
-                    self.refill(shared, quota, caller, key, refill, now_ms);
+                    self.refill(shared, quota, &who.caller(quota), key, refill, now_ms);
                 }
                 Ok((Counted::Leased(key, bucket), remaining, reset_ms))
             }
@@ -580,12 +632,30 @@ fn store_key(quota: &Quota, caller: &Caller<'_>) -> String {
 mod tests {
     use super::*;
 
+    /// A quota of a config whose only kept claim is `sub`.
     fn quota(name: &str, key: QuotaKey, limit: u64, methods: Vec<Method>) -> Quota {
-        Quota::new(name, format!("api {name}"), key, limit, 1, methods).unwrap()
+        let mut q = Quota::new(name, format!("api {name}"), key, limit, 1, methods).unwrap();
+        q.claim_slot = matches!(q.key, QuotaKey::Claim(_)).then_some(0);
+        q
     }
 
-    fn claims(sub: Value) -> Vec<(Box<str>, Value)> {
-        vec![(Box::from("sub"), sub)]
+    /// A verified token's kept claims (`sub`, or none) and their callers, as the verifier
+    /// makes them.
+    struct Token(Vec<(Box<str>, Value)>, Vec<Option<u64>>);
+
+    impl Token {
+        fn who(&self, ip: Option<IpAddr>) -> Requester<'_> {
+            Requester {
+                claims: &self.0,
+                callers: &self.1,
+                ip,
+            }
+        }
+    }
+
+    fn claims(sub: Value) -> Token {
+        let caller = claim_caller(&sub);
+        Token(vec![(Box::from("sub"), sub)], vec![caller])
     }
 
     fn block<F: std::future::Future>(f: F) -> F::Output {
@@ -601,8 +671,7 @@ mod tests {
         let q = Quotas::new(None);
         let get = Method::GET;
         let (a, a_num, b) = (claims("42".into()), claims(42.into()), claims("7".into()));
-        let check =
-            |c: &[(Box<str>, Value)], t| block(q.check(&quotas, &[0], &get, Some(c), None, t));
+        let check = |c: &Token, t| block(q.check(&quotas, &[0], &get, &c.who(None), t));
         assert!(matches!(
             check(&a, 0),
             Verdict::Allowed(Some(Standing { remaining: 1, .. }))
@@ -621,8 +690,8 @@ mod tests {
         assert!(matches!(check(&b, 10), Verdict::Allowed(_)));
         // A token without the claim is counted by address.
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let none: Vec<(Box<str>, Value)> = Vec::new();
-        let by_ip = |t| block(q.check(&quotas, &[0], &get, Some(&none), Some(ip), t));
+        let none = Token(Vec::new(), vec![None]);
+        let by_ip = |t| block(q.check(&quotas, &[0], &get, &none.who(Some(ip)), t));
         assert!(matches!(by_ip(0), Verdict::Allowed(_)));
         assert!(matches!(by_ip(0), Verdict::Allowed(_)));
         assert!(matches!(by_ip(0), Verdict::Exceeded { .. }));
@@ -645,7 +714,7 @@ mod tests {
         ];
         let q = Quotas::new(None);
         let c = claims("u".into());
-        let check = |m: &Method| block(q.check(&quotas, &[0, 1], m, Some(&c), None, 0));
+        let check = |m: &Method| block(q.check(&quotas, &[0, 1], m, &c.who(None), 0));
         match check(&Method::POST) {
             Verdict::Allowed(Some(s)) => {
                 assert_eq!(s.quota, 1, "0 of 1 left is the smallest fraction")
@@ -667,17 +736,17 @@ mod tests {
             }
         );
         // `writes` counted only the allowed POST: 9 left.
-        let only_writes = block(q.check(&quotas, &[0], &Method::POST, Some(&c), None, 0));
+        let only_writes = block(q.check(&quotas, &[0], &Method::POST, &c.who(None), 0));
         assert!(matches!(
             only_writes,
             Verdict::Allowed(Some(Standing { remaining: 8, .. }))
         ));
         // GET does not count under `writes`; HEAD counts as GET under `reads`.
         assert_eq!(
-            block(q.check(&quotas, &[0], &Method::GET, Some(&c), None, 0)),
+            block(q.check(&quotas, &[0], &Method::GET, &c.who(None), 0)),
             Verdict::Allowed(None)
         );
-        let head = block(q.check(&quotas, &[2], &Method::HEAD, None, None, 0));
+        let head = block(q.check(&quotas, &[2], &Method::HEAD, &Requester::default(), 0));
         assert!(matches!(
             head,
             Verdict::Allowed(Some(Standing { remaining: 4, .. }))
