@@ -2,40 +2,125 @@
 //! `MAX_CALLERS` entries, and worker threads rarely meet on one lock (a request locks one of
 //! `SHARDS` shards for a few counter updates, never across an await).
 //!
-//! Each shard is two generations of one flat table each, entries stored inline (a caller's key
-//! and counts share a 64-byte line): a request that finds its caller in the young generation
-//! touches the table's control bytes and that line, nothing else (no list of recency to keep).
-//! A caller found in the old generation moves to the young one. When the young generation is
-//! full, the old one is forgotten and the young one becomes old: a caller is forgotten only
-//! when it was not seen during a whole generation, while `GENERATION` others of its shard were.
+//! Each shard is two generations of one flat table each: open addressing with linear probing,
+//! the caller's key stored in its entry, beside its counts, on cache lines of their own. A
+//! request that finds its caller reads one line (the next one or two when the first holds
+//! another caller), nothing else: no separate control bytes, no list of recency to keep. With
+//! many callers, each line touched is a likely cache and TLB miss, which is most of what a
+//! quota costs a request. A caller found in the old generation moves to the young one. When
+//! the young generation is full, the old one is forgotten and the young one becomes old: a
+//! caller is forgotten only when it was not seen during a whole generation, while
+//! `GENERATION` others of its shard were.
 
 use std::hash::Hash;
 use std::sync::Mutex;
 
-use hashbrown::HashTable;
-
 /// Shards: with a handful of worker threads, two rarely want the same one at once.
 const SHARDS: usize = 64;
-/// Callers of a generation of one shard: 7/8 of 4,096, so a full generation's table has 4,096
-/// slots (the table grows by doubling and keeps at most 7/8 of its slots in use).
-pub const GENERATION: usize = 3_584;
+/// The most entries a generation's table has (it starts small and doubles, at most half full,
+/// until it has this many).
+const MAX_SLOTS: usize = 4_096;
+/// Callers of a generation of one shard: three quarters of a full table (a probe then reads
+/// about 2.5 entries for a caller it finds; fewer callers, a half-full table or less: 1.5).
+pub const GENERATION: usize = MAX_SLOTS / 4 * 3;
 /// Callers (each under each of its quotas) kept per process, in each map: in-process counts,
-/// and shared leases. An in-process count is one 64-byte line and a control byte in a table
-/// of at most 4,096 slots a generation, so the map stays under 34 MiB however many callers
-/// there are (leases: 192 bytes a slot, under 100 MiB).
+/// and shared leases. An in-process count is a 64-byte entry, so the map stays under
+/// `SHARDS * 2 * MAX_SLOTS * 64` bytes = 32 MiB however many callers there are (a lease's
+/// entry is 192 bytes: 96 MiB).
 pub const MAX_CALLERS: usize = SHARDS * 2 * GENERATION;
 
-/// One shard: callers seen in this generation, and those seen in the one before.
-struct Shard<V> {
-    young: HashTable<Entry<V>>,
-    old: HashTable<Entry<V>>,
-}
+/// A free entry's key; `GONE`, one whose caller moved to the young generation (a probe goes
+/// on past it). A caller's key that is one of them is moved past them (two keys of 2^64 then
+/// share a count, like any hash collision).
+const FREE: u64 = 0;
+const GONE: u64 = 1;
 
 /// A caller's key and state, on cache lines of their own.
 #[repr(align(64))]
+#[derive(Default)]
 struct Entry<V> {
     key: u64,
     value: V,
+}
+
+/// One generation: a table of `2^k` entries.
+struct Table<V> {
+    entries: Box<[Entry<V>]>,
+    /// Entries in use (moved-out ones included).
+    used: usize,
+}
+
+impl<V: Default> Table<V> {
+    fn new() -> Table<V> {
+        Table {
+            entries: Box::default(),
+            used: 0,
+        }
+    }
+
+    fn with_slots(n: usize) -> Table<V> {
+        Table {
+            entries: (0..n).map(|_| Entry::default()).collect(),
+            used: 0,
+        }
+    }
+
+    /// Where `key` is, or the free entry that ends its probe.
+    fn probe(&self, key: u64) -> Result<usize, usize> {
+        let mask = self.entries.len() - 1;
+        // The top bits: the shard is chosen by the middle ones.
+        let mut i = (key >> 44) as usize & mask;
+        loop {
+            match self.entries[i].key {
+                k if k == key => return Ok(i),
+                FREE => return Err(i),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn find(&mut self, key: u64) -> Option<&mut V> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let i = self.probe(key).ok()?;
+        Some(&mut self.entries[i].value)
+    }
+
+    /// Take the value of `key` out, if it is here.
+    fn take(&mut self, key: u64) -> Option<V> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let entry = &mut self.entries[self.probe(key).ok()?];
+        entry.key = GONE;
+        Some(std::mem::take(&mut entry.value))
+    }
+
+    /// Add `key` (not here) with `value`, doubling the table first when half of it is used.
+    fn insert(&mut self, key: u64, value: V) -> &mut V {
+        let slots = self.entries.len();
+        if slots == 0 || (self.used >= slots / 2 && slots < MAX_SLOTS) {
+            let mut bigger = Table::with_slots((slots * 2).max(16));
+            for e in self.entries.iter_mut().filter(|e| e.key > GONE) {
+                bigger.insert(e.key, std::mem::take(&mut e.value));
+            }
+            *self = bigger;
+        }
+        let Err(i) = self.probe(key) else {
+            unreachable!("inserted twice")
+        };
+        self.used += 1;
+        self.entries[i].key = key;
+        self.entries[i].value = value;
+        &mut self.entries[i].value
+    }
+}
+
+/// One shard: callers seen in this generation, and those seen in the one before.
+struct Shard<V> {
+    young: Table<V>,
+    old: Table<V>,
 }
 
 /// A bounded map from a caller's hash to `V`, callers not seen for a generation out first.
@@ -44,20 +129,15 @@ pub struct Counters<V> {
     hasher: ahash::RandomState,
 }
 
-/// The table's hash of an entry: its key, a seeded hash already.
-fn hash_of<V>(entry: &Entry<V>) -> u64 {
-    entry.key
-}
-
 impl<V: Default> Counters<V> {
     pub fn new() -> Counters<V> {
         Counters {
-            // No table is allocated up front: each grows to its generation's size.
+            // No table is allocated up front: each grows with its generation.
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        young: HashTable::new(),
-                        old: HashTable::new(),
+                        young: Table::new(),
+                        old: Table::new(),
                     })
                 })
                 .collect(),
@@ -68,10 +148,10 @@ impl<V: Default> Counters<V> {
     /// The key of `caller` under quota `quota_id`: a 64-bit hash with a per-process random
     /// seed (a collision, about one in 2^64 per pair, would share a count).
     pub fn key(&self, quota_id: u64, caller: &impl Hash) -> u64 {
-        self.hasher.hash_one((quota_id, caller))
+        self.hasher.hash_one((quota_id, caller)).max(GONE + 1)
     }
 
-    /// The shard of `key`: middle bits (the table inside uses the lowest and the top 7).
+    /// The shard of `key`: middle bits (the table inside uses the top ones).
     fn shard(&self, key: u64) -> &Mutex<Shard<V>> {
         &self.shards[(key >> 32) as usize % SHARDS]
     }
@@ -80,24 +160,15 @@ impl<V: Default> Counters<V> {
     pub fn with<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> R {
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
-        let eq = |e: &Entry<V>| e.key == key;
-        if let Some(entry) = shard.young.find_mut(key, eq) {
-            return f(&mut entry.value);
+        if let Some(value) = shard.young.find(key) {
+            return f(value);
         }
-        let value = match shard.old.find_entry(key, eq) {
-            Ok(seen) => seen.remove().0.value,
-            Err(_) => V::default(),
-        };
-        if shard.young.len() >= GENERATION {
-            // The old generation's callers, not seen during this one, are forgotten; its
-            // table (cleared, its memory kept) takes the next generation.
-            shard.old.clear();
-            std::mem::swap(&mut shard.young, &mut shard.old);
+        let value = shard.old.take(key).unwrap_or_default();
+        if shard.young.used >= GENERATION {
+            // The old generation's callers, not seen during this one, are forgotten.
+            shard.old = std::mem::replace(&mut shard.young, Table::new());
         }
-        let entry = shard
-            .young
-            .insert_unique(key, Entry { key, value }, hash_of);
-        f(&mut entry.into_mut().value)
+        f(shard.young.insert(key, value))
     }
 
     /// Run `f` on the entry of `key` if there is one (its generation unchanged: taking a count
@@ -105,21 +176,21 @@ impl<V: Default> Counters<V> {
     pub fn with_existing<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
-        let eq = |e: &Entry<V>| e.key == key;
-        let entry = match shard.young.find_mut(key, eq) {
-            Some(entry) => Some(entry),
-            None => shard.old.find_mut(key, eq),
+        let value = match shard.young.find(key) {
+            Some(value) => Some(value),
+            None => shard.old.find(key),
         };
-        entry.map(|e| f(&mut e.value))
+        value.map(f)
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
+        let live = |t: &Table<V>| t.entries.iter().filter(|e| e.key > GONE).count();
         self.shards
             .iter()
             .map(|s| {
                 let s = s.lock().unwrap_or_else(|e| e.into_inner());
-                s.young.len() + s.old.len()
+                live(&s.young) + live(&s.old)
             })
             .sum()
     }
@@ -164,7 +235,7 @@ mod tests {
     fn a_caller_is_forgotten_only_once_a_generation_of_others_came_after_it() {
         let c: Counters<u32> = Counters::new();
         // Keys of shard 0 (bits 32..38 zero), spread over the table's own bits.
-        let k = |i: u64| (i << 38) | (i.wrapping_mul(0x9E37_79B9) & 0xFFFF_FFFF);
+        let k = |i: u64| (i + 2).wrapping_mul(0x9E37_79B9_7F4A_7C15) & !(0x3F << 32);
         let gen = GENERATION as u64;
         let newcomers = |from: u64, n: u64| {
             for i in 0..n {
