@@ -34,6 +34,18 @@ fn reader(sub: &str) -> String {
     token_with("read:contacts", json!({ "sub": sub }))
 }
 
+/// A proxy in front of one API, `contacts` (its quotas and routes: `api`), and its admin port.
+fn contacts_api(api: &str) -> (Proxy, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let upstream = start_echo("a");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nthreads = 1\n{issuer}\n\
+         [upstreams.contacts]\nservers = [\"{upstream}\"]\n\n[apis.contacts]\naudience = \"{AUD}\"\n{api}",
+        issuer = file_issuer()
+    );
+    (Proxy::start(&config, port), admin)
+}
+
 /// Two replicas sharing a `sub` quota of `limit` per 60 s through `redis`, and their admin
 /// ports.
 fn two_replicas(redis: &Redis, limit: u32) -> (Proxy, u16, Proxy, u16) {
@@ -149,21 +161,8 @@ fn a_refused_request_spends_no_quota() {
 
 #[test]
 fn an_apis_quotas_apply_to_its_routes_by_method_with_opt_outs_and_public_routes_by_address() {
-    let (port, admin) = (free_port(), free_port());
-    let upstream = start_echo("a");
-    let config = format!(
+    let (p, admin) = contacts_api(
         r#"
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-threads = 1
-{issuer}
-[upstreams.contacts]
-servers = ["{upstream}"]
-
-[apis.contacts]
-audience = "{AUD}"
-
 [apis.contacts.quotas.writes]
 key = "sub"
 limit = 1
@@ -189,9 +188,7 @@ methods = ["GET"]
 path = "/open"
 public = true
 "#,
-        issuer = file_issuer()
     );
-    let p = Proxy::start(&config, port);
     let t = reader("gina");
     assert_eq!(
         p.request("POST", "/a", Some(&t), "Content-Length: 0\r\n")
@@ -233,21 +230,8 @@ fn a_quota_counts_by_its_own_claim_when_routes_keep_other_claims_too() {
     // The route's condition keeps `org` before the quota's `sub`: two users of one org are
     // two callers, counted by `sub` (a quota looking at the wrong kept claim, or at none,
     // would count them as one).
-    let (port, admin) = (free_port(), free_port());
-    let upstream = start_echo("a");
-    let config = format!(
+    let (p, admin) = contacts_api(
         r#"
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-threads = 1
-{issuer}
-[upstreams.contacts]
-servers = ["{upstream}"]
-
-[apis.contacts]
-audience = "{AUD}"
-
 [apis.contacts.quotas.per_user]
 key = "sub"
 limit = 1
@@ -256,11 +240,9 @@ window_seconds = 60
 [[apis.contacts.routes]]
 methods = ["GET"]
 path = "/contacts"
-claims = {{ org = "acme" }}
+claims = { org = "acme" }
 "#,
-        issuer = file_issuer()
     );
-    let p = Proxy::start(&config, port);
     let of_acme = |sub: &str| token_with("read:contacts", json!({ "sub": sub, "org": "acme" }));
     let (ann, ben) = (of_acme("ann"), of_acme("ben"));
     assert_eq!(p.get("/contacts", Some(&ann)).status, 200);
@@ -272,6 +254,11 @@ claims = {{ org = "acme" }}
     let nameless = token_with("read:contacts", json!({ "sub": null, "org": "acme" }));
     assert_eq!(p.get("/contacts", Some(&nameless)).status, 200);
     assert_eq!(p.get("/contacts", Some(&nameless)).status, 429);
+    metric_reaches(
+        admin,
+        "scopegate_quota_rejections_total{quota=\"contacts per_user\"}",
+        3.0,
+    );
 }
 
 #[test]
