@@ -53,17 +53,16 @@ impl Gate {
     ) -> Option<Answer> {
         let route = ctx.route?;
         // Decided at load: a route without quotas pays only this look.
-        let no_quota = ctx.live.as_ref()?.snapshot.routes[route].quotas.is_empty();
-        if no_quota || ctx.report.is_some() || ctx.forward.is_none() {
-            return None;
-        }
-        let live = ctx.live.clone()?;
+        let live = ctx.live.as_ref()?;
         let snapshot = &live.snapshot;
         let under = &snapshot.routes[route].quotas;
-        let principal = ctx.principal.clone();
+        if under.is_empty() || ctx.report.is_some() || ctx.forward.is_none() {
+            return None;
+        }
+        let principal = ctx.principal.as_deref();
         let who = Requester {
-            claims: principal.as_ref().map_or(&[], |p| p.claims.as_slice()),
-            callers: principal.as_ref().map_or(&[], |p| &p.callers),
+            claims: principal.map_or(&[], |p| p.claims.as_slice()),
+            callers: principal.map_or(&[], |p| &p.callers),
             // The address scopegate believes (behind `trusted_proxies`, from X-Forwarded-For).
             ip: super::proxy::believed_client(session, snapshot),
         };
