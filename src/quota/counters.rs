@@ -24,9 +24,10 @@ const MAX_SLOTS: usize = 4_096;
 /// about 2.5 entries for a caller it finds; fewer callers, a half-full table or less: 1.5).
 pub const GENERATION: usize = MAX_SLOTS / 4 * 3;
 /// Callers (each under each of its quotas) kept per process, in each map: in-process counts,
-/// and shared leases. An in-process count is a 64-byte entry, so the map stays under
+/// and shared leases. An in-process count is a 64-byte entry, so the map holds at most
 /// `SHARDS * 2 * MAX_SLOTS * 64` bytes = 32 MiB however many callers there are (a lease's
-/// entry is 192 bytes: 96 MiB).
+/// entry is 192 bytes: 96 MiB), and a shard whose young table is doubling holds the smaller
+/// one too for that moment.
 pub const MAX_CALLERS: usize = SHARDS * 2 * GENERATION;
 
 /// A free entry's key; `GONE`, one whose caller moved to the young generation (a probe goes
@@ -156,8 +157,9 @@ impl<V: Default> Counters<V> {
         &self.shards[(key >> 32) as usize % SHARDS]
     }
 
-    /// Run `f` on the entry of `key`, made when missing.
+    /// Run `f` on the entry of `key` (as `Counters::key` makes it), made when missing.
     pub fn with<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> R {
+        debug_assert!(key > GONE, "a key not made by `key`");
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
         if let Some(value) = shard.young.find(key) {
@@ -174,6 +176,7 @@ impl<V: Default> Counters<V> {
     /// Run `f` on the entry of `key` if there is one (its generation unchanged: taking a count
     /// back is not seeing the caller).
     pub fn with_existing<R>(&self, key: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        debug_assert!(key > GONE, "a key not made by `key`");
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         let shard = &mut *shard;
         let value = match shard.young.find(key) {
