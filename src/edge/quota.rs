@@ -52,9 +52,9 @@ impl Gate {
         ctx: &mut RequestCtx,
     ) -> Option<Answer> {
         let route = ctx.route?;
-        // Decided at load: a route without quotas pays only this look.
         let live = ctx.live.as_ref()?;
         let snapshot = &live.snapshot;
+        // Decided at load: a route without quotas pays only this look.
         let under = &snapshot.routes[route].quotas;
         if under.is_empty() || ctx.report.is_some() || ctx.forward.is_none() {
             return None;

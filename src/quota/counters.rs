@@ -44,7 +44,8 @@ struct Entry<V> {
     value: V,
 }
 
-/// One generation: a table of `2^k` entries.
+/// One generation: a table of `2^k` entries (none until its first caller).
+#[derive(Default)]
 struct Table<V> {
     entries: Box<[Entry<V>]>,
     /// Entries in use (moved-out ones included).
@@ -52,13 +53,6 @@ struct Table<V> {
 }
 
 impl<V: Default> Table<V> {
-    fn new() -> Table<V> {
-        Table {
-            entries: Box::default(),
-            used: 0,
-        }
-    }
-
     fn with_slots(n: usize) -> Table<V> {
         Table {
             entries: (0..n).map(|_| Entry::default()).collect(),
@@ -80,20 +74,22 @@ impl<V: Default> Table<V> {
         }
     }
 
-    fn find(&mut self, key: u64) -> Option<&mut V> {
+    /// Where `key` is, if it is here (an empty table has no entry to probe).
+    fn position(&self, key: u64) -> Option<usize> {
         if self.entries.is_empty() {
             return None;
         }
-        let i = self.probe(key).ok()?;
+        self.probe(key).ok()
+    }
+
+    fn find(&mut self, key: u64) -> Option<&mut V> {
+        let i = self.position(key)?;
         Some(&mut self.entries[i].value)
     }
 
     /// Take the value of `key` out, if it is here.
     fn take(&mut self, key: u64) -> Option<V> {
-        if self.entries.is_empty() {
-            return None;
-        }
-        let entry = &mut self.entries[self.probe(key).ok()?];
+        let entry = &mut self.entries[self.position(key)?];
         entry.key = GONE;
         Some(std::mem::take(&mut entry.value))
     }
@@ -137,8 +133,8 @@ impl<V: Default> Counters<V> {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        young: Table::new(),
-                        old: Table::new(),
+                        young: Table::default(),
+                        old: Table::default(),
                     })
                 })
                 .collect(),
@@ -168,7 +164,7 @@ impl<V: Default> Counters<V> {
         let value = shard.old.take(key).unwrap_or_default();
         if shard.young.used >= GENERATION {
             // The old generation's callers, not seen during this one, are forgotten.
-            shard.old = std::mem::replace(&mut shard.young, Table::new());
+            shard.old = std::mem::replace(&mut shard.young, Table::default());
         }
         f(shard.young.insert(key, value))
     }

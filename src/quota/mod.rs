@@ -154,17 +154,24 @@ fn sf_string(s: &str) -> String {
     out
 }
 
-/// The caller a claim value names, as a seeded hash of its text (`"42"` and `42` are one
-/// caller); `None` for a value that names none (the request is counted by address). Made at
-/// verification (`Principal::callers`), once per token.
+/// The caller a claim value names, as text: a string as it is, a number as JSON writes it
+/// (`"42"` and `42` are one caller); `None` for a value that names none (the request is then
+/// counted by address). The one rule for both keys of a caller's counts: `claim_caller` here,
+/// the store's in `Requester::text`.
+fn claim_text(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        _ => None,
+    }
+}
+
+/// The caller a claim value names (`claim_text`), as a seeded hash. Made at verification
+/// (`Principal::callers`), once per token.
 pub fn claim_caller(value: &Value) -> Option<u64> {
     static SEED: OnceLock<ahash::RandomState> = OnceLock::new();
     let seed = SEED.get_or_init(ahash::RandomState::new);
-    match value {
-        Value::String(s) => Some(seed.hash_one(s.as_str())),
-        Value::Number(n) => Some(seed.hash_one(n.to_string().as_str())),
-        _ => None,
-    }
+    claim_text(value).map(|text| seed.hash_one(text.as_ref()))
 }
 
 /// Who is calling, as the quotas of a request see it.
@@ -196,45 +203,21 @@ impl Requester<'_> {
         }
     }
 
-    /// The caller by its text (the key of its counts in the shared store, the same on every
-    /// replica).
-    fn caller(&self, quota: &Quota) -> Caller<'_> {
-        Caller::of(&quota.key, Some(self.claims), self.ip)
-    }
-}
-
-/// Who a quota counts a request against. A claim is compared as text (`"42"` and `42` are one
-/// caller); a token without it is counted by its address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Caller<'a> {
-    Claim(Cow<'a, str>),
-    Ip(Option<IpAddr>),
-}
-
-impl<'a> Caller<'a> {
-    pub fn of(
-        key: &QuotaKey,
-        claims: Option<&'a [(Box<str>, Value)]>,
-        ip: Option<IpAddr>,
-    ) -> Caller<'a> {
-        let QuotaKey::Claim(name) = key else {
-            return Caller::Ip(ip);
+    /// The caller by its text, the same on every replica (what the store's key is made of):
+    /// `c:` and the claim, or `ip:` and the address.
+    fn text(&self, quota: &Quota) -> String {
+        let claim = match &quota.key {
+            QuotaKey::Claim(name) => self
+                .claims
+                .iter()
+                .find(|(n, _)| **n == **name)
+                .and_then(|(_, v)| claim_text(v)),
+            QuotaKey::ClientIp => None,
         };
-        let value = claims
-            .and_then(|c| c.iter().find(|(n, _)| **n == **name))
-            .map(|(_, v)| v);
-        match value {
-            Some(Value::String(s)) => Caller::Claim(Cow::Borrowed(s)),
-            Some(Value::Number(n)) => Caller::Claim(Cow::Owned(n.to_string())),
-            _ => Caller::Ip(ip),
-        }
-    }
-
-    fn text(&self) -> String {
-        match self {
-            Caller::Claim(c) => format!("c:{c}"),
-            Caller::Ip(Some(ip)) => format!("ip:{ip}"),
-            Caller::Ip(None) => "ip:".to_string(),
+        match (claim, self.ip) {
+            (Some(c), _) => format!("c:{c}"),
+            (None, Some(ip)) => format!("ip:{ip}"),
+            (None, None) => "ip:".to_string(),
         }
     }
 }
@@ -492,7 +475,7 @@ impl Quotas {
                     shared.store.skipped("quota");
                     return self.local_take(quota, id, now_ms);
                 }
-                let prefix = store_key(quota, &who.caller(quota));
+                let prefix = store_key(quota, who);
                 let ask = LeaseAsk {
                     limit,
                     width_ms: width,
@@ -522,7 +505,7 @@ impl Quotas {
                 refill,
             } => {
                 if let Some(refill) = refill {
-                    self.refill(shared, quota, &who.caller(quota), key, refill, now_ms);
+                    self.refill(shared, quota, who, key, refill, now_ms);
                 }
                 Ok((Counted::Leased(key, bucket), remaining, reset_ms))
             }
@@ -537,7 +520,7 @@ impl Quotas {
         &self,
         shared: &Shared,
         quota: &Quota,
-        caller: &Caller<'_>,
+        who: &Requester<'_>,
         key: u64,
         refill: Refill,
         now_ms: u64,
@@ -559,7 +542,7 @@ impl Quotas {
             wake();
             return;
         }
-        let (prefix, limit, width) = (store_key(quota, caller), quota.limit, quota.width_ms());
+        let (prefix, limit, width) = (store_key(quota, who), quota.limit, quota.width_ms());
         let ask = LeaseAsk {
             limit,
             width_ms: width,
@@ -619,8 +602,9 @@ pub fn monotonic_ms(at: Instant) -> u64 {
 
 /// `scopegate:q:{ID}:` : the caller's counters in the store (one per sub-bucket follows), a
 /// hash of the quota and the caller (no claim value in the store), in one hash slot.
-fn store_key(quota: &Quota, caller: &Caller<'_>) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, caller.text().as_bytes());
+fn store_key(quota: &Quota, who: &Requester<'_>) -> String {
+    let text = who.text(quota);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
     let caller: String = digest.as_ref()[..12]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -631,6 +615,7 @@ fn store_key(quota: &Quota, caller: &Caller<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// A quota of a config whose only kept claim is `sub`.
     fn quota(name: &str, key: QuotaKey, limit: u64, methods: Vec<Method>) -> Quota {
@@ -751,6 +736,46 @@ mod tests {
             head,
             Verdict::Allowed(Some(Standing { remaining: 4, .. }))
         ));
+    }
+
+    /// Both keys of a caller's counts, the in-process hash and the store's text, come from one
+    /// reading of the claim: two values are one caller in both or in neither. The text is what
+    /// every replica (of every release) makes the store's key of.
+    #[test]
+    fn a_claim_names_one_caller_in_process_and_in_the_store() {
+        let q = quota("per_user", QuotaKey::Claim("sub".into()), 5, vec![]);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let values = [
+            json!("42"),
+            json!(42),
+            json!(42.0),
+            json!(""),
+            json!(true),
+            json!("true"),
+            json!(null),
+            json!(["42"]),
+            json!({ "a": 1 }),
+        ];
+        let tokens: Vec<Token> = values.iter().map(|v| claims(v.clone())).collect();
+        let counters: Counters<Window> = Counters::new();
+        for a in &tokens {
+            for b in &tokens {
+                let (a, b) = (a.who(Some(ip)), b.who(Some(ip)));
+                let same_here = counters.key(q.id, &a.id(&q)) == counters.key(q.id, &b.id(&q));
+                assert_eq!(
+                    same_here,
+                    a.text(&q) == b.text(&q),
+                    "{:?} {:?}",
+                    a.claims,
+                    b.claims
+                );
+            }
+        }
+        assert_eq!(tokens[0].who(Some(ip)).text(&q), "c:42");
+        assert_eq!(tokens[1].who(Some(ip)).text(&q), "c:42");
+        assert_eq!(tokens[2].who(Some(ip)).text(&q), "c:42.0");
+        assert_eq!(tokens[4].who(Some(ip)).text(&q), "ip:10.0.0.1");
+        assert_eq!(Requester::default().text(&q), "ip:");
     }
 
     #[test]
