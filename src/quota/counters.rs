@@ -164,7 +164,7 @@ impl<V: Default> Counters<V> {
         let value = shard.old.take(key).unwrap_or_default();
         if shard.young.used >= GENERATION {
             // The old generation's callers, not seen during this one, are forgotten.
-            shard.old = std::mem::replace(&mut shard.young, Table::default());
+            shard.old = std::mem::take(&mut shard.young);
         }
         f(shard.young.insert(key, value))
     }
