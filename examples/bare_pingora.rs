@@ -7,7 +7,10 @@
 //! pooled upstream session and copies the response back, in sequence; what a lean loop over
 //! Pingora's own sessions could save against `ProxyHttp`.
 //!
-//!   bare_pingora [--no-proxy-loop] LISTEN UPSTREAM [THREADS [CERT KEY]]
+//! With `--answer-here`, Pingora's sessions answer every request themselves (the upstream's
+//! 200 and its 11-byte JSON body, no upstream at all): what Pingora's server side alone costs.
+//!
+//!   bare_pingora [--no-proxy-loop | --answer-here] LISTEN UPSTREAM [THREADS [CERT KEY]]
 //!   (with CERT and KEY: TLS, HTTP/2 by ALPN)
 
 use std::sync::Arc;
@@ -51,9 +54,27 @@ impl ProxyHttp for PassThrough {
 struct Sessions {
     peer: HttpPeer,
     connector: Connector,
+    /// Answer here instead of forwarding (`--answer-here`).
+    answer_here: bool,
 }
 
 impl Sessions {
+    async fn answer(&self, session: &mut ServerSession) -> Option<()> {
+        if !session.is_http2() {
+            while session.read_request_body().await.ok()?.is_some() {}
+        }
+        let mut resp = pingora_http::ResponseHeader::build(200, Some(2)).ok()?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")
+            .ok()?;
+        resp.insert_header(http::header::CONTENT_LENGTH, "11")
+            .ok()?;
+        session.write_response_header(Box::new(resp)).await.ok()?;
+        let body = bytes::Bytes::from_static(br#"{"ok":true}"#);
+        session.write_response_body(body, true).await.ok()?;
+        session.finish_body().await.ok()?;
+        Some(())
+    }
+
     async fn forward(&self, session: &mut ServerSession) -> Option<()> {
         let (mut up, _reused) = self.connector.get_http_session(&self.peer).await.ok()?;
         let mut req = Box::new(session.req_header().clone());
@@ -96,7 +117,11 @@ impl HttpServerApp for Sessions {
         if !session.is_http2() && !session.read_request().await.ok()? {
             return None;
         }
-        self.forward(&mut session).await?;
+        if self.answer_here {
+            self.answer(&mut session).await?;
+        } else {
+            self.forward(&mut session).await?;
+        }
         let settings = HttpPersistentSettings::for_session(&session);
         let stream = session.finish().await.ok().flatten()?;
         Some(ReusedHttpStream::from_reusable_stream(stream, settings))
@@ -105,7 +130,8 @@ impl HttpServerApp for Sessions {
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let no_proxy_loop = args.first().is_some_and(|a| a == "--no-proxy-loop");
+    let answer_here = args.first().is_some_and(|a| a == "--answer-here");
+    let no_proxy_loop = answer_here || args.first().is_some_and(|a| a == "--no-proxy-loop");
     if no_proxy_loop {
         args.remove(0);
     }
@@ -133,6 +159,7 @@ fn main() {
         let app = Sessions {
             peer: HttpPeer::new(upstream, false, String::new()),
             connector: Connector::new(None),
+            answer_here,
         };
         let mut service = Service::new("sessions".to_string(), app);
         service.add_listener(listener);

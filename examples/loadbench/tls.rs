@@ -3,8 +3,9 @@
 //! (`openssl s_time -reuse`, one connection at a time, so client-bound: compare CPU per
 //! handshake), one RS256 token, an ECDSA P-256 certificate, TLS 1.3, for scopegate (shipped
 //! defaults + `[server.tls]`), bare Pingora (rustls), the same on Pingora's sessions without its
-//! proxy loop (`bare_pingora --no-proxy-loop`), nginx and HAProxy pass-through, and HAProxy
-//! `jwt_verify`; every proxy on core 0, the load generator and the nginx upstream on core 1; CPU
+//! proxy loop (`bare_pingora --no-proxy-loop`), Pingora's sessions answering every request
+//! themselves with no upstream (`--answer-here`: Pingora's server side alone), nginx and HAProxy
+//! pass-through, and HAProxy `jwt_verify`; every proxy on core 0, the load generator and the nginx upstream on core 1; CPU
 //! per request beside rps.
 
 use std::process::{Command, Stdio};
@@ -236,8 +237,9 @@ pub fn run(secs: u64, rounds: usize) {
         d.join("tls.crt").display().to_string(),
         d.join("tls.key").display().to_string(),
     );
-    // Bare Pingora, and (`--no-proxy-loop`) the same pass-through on Pingora's sessions
-    // without its proxy loop: what a lean loop could save.
+    // Bare Pingora; (`--no-proxy-loop`) the same pass-through on Pingora's sessions without its
+    // proxy loop: what a lean loop could save; (`--answer-here`) those sessions answering
+    // themselves: what Pingora's server side costs without the upstream exchange.
     let bare_on = |port: u16, mode: &[&str]| {
         let (listen, upstream) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{up}"));
         let mut args: Vec<&str> = vec![&bare];
@@ -248,6 +250,8 @@ pub fn run(secs: u64, rounds: usize) {
     let bare_pingora = bare_on(bp, &[]);
     let lp = free_port();
     let lean_pingora = bare_on(lp, &["--no-proxy-loop"]);
+    let ap = free_port();
+    let pingora_answering = bare_on(ap, &["--answer-here"]);
     let (hp, hj) = (free_port(), free_port());
     let tls_pem = d.join("tls.pem").display().to_string();
     std::fs::write(
@@ -291,7 +295,7 @@ backend b
     .unwrap();
     let haproxy_cfg = d.join("haproxy.cfg").display().to_string();
     let haproxy = spawn("0", &["haproxy", "-db", "-f", &haproxy_cfg]);
-    for p in [sg, sg_admin, bp, lp, hp, hj, ng] {
+    for p in [sg, sg_admin, bp, lp, ap, hp, hj, ng] {
         wait_port(p);
     }
 
@@ -299,13 +303,18 @@ backend b
     let auth = format!("Authorization: Bearer {token}");
     let url = |port: u16| format!("https://127.0.0.1:{port}/contacts");
 
-    let systems: [(&str, u16, u32); 6] = [
+    let systems: [(&str, u16, u32); 7] = [
         ("scopegate defaults", sg, scopegate.0.id()),
         ("bare Pingora pass-through", bp, bare_pingora.0.id()),
         ("nginx pass-through", ng, nginx.0.id()),
         ("HAProxy pass-through", hp, haproxy.0.id()),
         ("HAProxy jwt_verify", hj, haproxy.0.id()),
         ("Pingora sessions, no proxy loop", lp, lean_pingora.0.id()),
+        (
+            "Pingora sessions answering, no upstream",
+            ap,
+            pingora_answering.0.id(),
+        ),
     ];
     let loads = [
         (Load::KeepAlive, "HTTPS/1.1 keep-alive"),
