@@ -105,9 +105,15 @@ fn kept_claims(routes: &[crate::snapshot::Route], quotas: &[crate::quota::Quota]
     names
 }
 
-/// Load and compile a config file into a snapshot.
+/// Load and compile a config file into a snapshot to read, not to serve (`check`, `explain`,
+/// `test`, `diff`, `openapi coverage`): no network, so upstream names are not looked up (a
+/// Kubernetes service name is checked in CI where it does not resolve).
 pub fn load(path: &std::path::Path, generation: u64) -> Result<Snapshot, ConfigError> {
-    build(&crate::config::load(path)?, generation)
+    let loaded = crate::config::LoadedConfig {
+        resolve_names: false,
+        ..crate::config::load(path)?
+    };
+    build(&loaded, generation)
 }
 
 /// The start of the unit tests' configs: a server, issuer `https://a.test/` (audience

@@ -1,6 +1,6 @@
 //! `[upstreams.NAME]`: server addresses (resolved here, once per load), TLS and timeouts.
 
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::config::{ConfigError, LoadedConfig, UpstreamConfig};
@@ -42,16 +42,17 @@ fn pool(
     };
     let mut servers = Vec::new();
     for s in up.servers.get_ref() {
-        let addr = s
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                src.error(
-                    servers_span.clone(),
-                    format!("upstreams.{name}.servers: {s:?} is not a reachable host:port"),
-                )
-            })?;
+        let addr = address(s, loaded.resolve_names).ok_or_else(|| {
+            let what = if loaded.resolve_names {
+                "a reachable host:port"
+            } else {
+                "a host:port"
+            };
+            src.error(
+                servers_span.clone(),
+                format!("upstreams.{name}.servers: {s:?} is not {what}"),
+            )
+        })?;
         servers.push(Server::new(addr));
     }
     let sni = up.sni.clone().unwrap_or_else(|| {
@@ -67,6 +68,22 @@ fn pool(
     let mut pool = UpstreamPool::new(name.to_string(), servers, up.tls, sni, ca, timeouts);
     pool.max_idle = up.max_idle;
     Ok(pool)
+}
+
+/// A server's address: an IP as written; a name looked up when `resolve`, else only checked for
+/// its form (a DNS name and a port) and standing as the unspecified address with its port, for a
+/// snapshot that is read and never serves.
+fn address(s: &str, resolve: bool) -> Option<SocketAddr> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    if resolve {
+        return s.to_socket_addrs().ok()?.next();
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let name = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+    (!host.is_empty() && host.bytes().all(name)).then(|| SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
 #[cfg(test)]
@@ -85,6 +102,30 @@ mod tests {
         assert_eq!(p[0].servers.len(), 2);
         assert_eq!(p[0].sni, "localhost");
         assert_eq!(p[0].servers[1].addr.port(), 82);
+    }
+
+    #[test]
+    fn a_config_read_to_check_looks_up_no_name_but_checks_its_form() {
+        let config = |server: &str| {
+            parse_for_test(&format!("{SERVER}[upstreams.a]\nservers = [\"{server}\"]\n"))
+        };
+        let reading = |server: &str| crate::config::LoadedConfig {
+            resolve_names: false,
+            ..config(server)
+        };
+        // `.invalid` never resolves (RFC 2606): serving refuses it, reading the config does not.
+        let e = pools(&config("contacts.invalid:3000")).unwrap_err();
+        assert!(e.message.contains("is not a reachable host:port"), "{e}");
+        let p = pools(&reading("contacts.invalid:3000")).unwrap();
+        assert_eq!(p[0].servers[0].addr.port(), 3000);
+        assert_eq!(p[0].sni, "contacts.invalid");
+        for bad in ["contacts.invalid", "contacts.invalid:http", "a b:1", ":1", "a/b:1"] {
+            let e = pools(&reading(bad)).unwrap_err();
+            assert!(e.message.contains("is not a host:port"), "{bad}: {e}");
+        }
+        // An IP is taken as written either way.
+        let p = pools(&reading("[::1]:8080")).unwrap();
+        assert_eq!(p[0].servers[0].addr.to_string(), "[::1]:8080");
     }
 
     #[test]

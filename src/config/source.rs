@@ -55,6 +55,10 @@ pub struct LoadedConfig {
     pub source: Source,
     /// Directory that relative paths in the file are resolved against.
     pub base_dir: PathBuf,
+    /// Whether upstream host names are looked up (serving: `run`, reloads) or only checked for
+    /// their form (reading the config: `check`, `explain`, `test`, `diff`, `openapi coverage`,
+    /// which use no network).
+    pub resolve_names: bool,
 }
 
 impl LoadedConfig {
@@ -124,6 +128,7 @@ pub fn parse(source: Source, base_dir: PathBuf) -> Result<LoadedConfig, ConfigEr
         config,
         source,
         base_dir,
+        resolve_names: true,
     })
 }
 
