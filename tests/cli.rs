@@ -230,6 +230,13 @@ token = { scopes = ["read:contacts"], sub = "u1" }
 expect = 403
 
 [[case]]
+name = "a wrong status is said as SPEC says it"
+request = "GET /contacts"
+token = { scopes = ["write:contacts"] }
+expect = 200
+reason = "insufficient_scope"
+
+[[case]]
 name = "the reason counts too"
 request = "GET /contacts"
 token = { scopes = ["read:contacts"], audience = "https://other.example" }
@@ -250,9 +257,10 @@ route = "GET /contacts"
     assert_eq!(
         out,
         "FAIL readers cannot delete: expected 403, got 200 (route DELETE /contacts/{id}, decision allowed)\n\
+         FAIL a wrong status is said as SPEC says it: expected 200, got 403 (route GET /contacts, decision forbidden)\n\
          FAIL the reason counts too: expected 401 (reason expired), got 401 (route GET /contacts, decision unauthenticated, reason wrong_audience)\n\
          FAIL and the route: expected 200 (route GET /contacts), got 200 (route GET /health, decision public)\n\
-         1 passed, 3 failed\n"
+         1 passed, 4 failed\n"
     );
 }
 

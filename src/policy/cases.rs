@@ -294,6 +294,29 @@ pub fn failure(case: &Case, got: &Outcome) -> Option<String> {
     if status_ok && reason_ok && route_ok {
         return None;
     }
+    let head = format!(
+        "FAIL {}: expected {}{}, got {} (route {}, decision {}",
+        case.name,
+        case.expect,
+        if status_ok {
+            expected_detail(case)
+        } else {
+            String::new()
+        },
+        got.status,
+        got.route,
+        got.decision.as_str()
+    );
+    // A wrong status is said in SPEC's words alone; with the right one, what else differed.
+    let reason = match got.reason {
+        Some(r) if status_ok => format!(", reason {r}"),
+        _ => String::new(),
+    };
+    Some(format!("{head}{reason})"))
+}
+
+/// ` (reason R, route T)`: what a case expects beside its status, when it expects any.
+fn expected_detail(case: &Case) -> String {
     let mut expected = vec![];
     if let Some(r) = &case.reason {
         expected.push(format!("reason {r}"));
@@ -301,23 +324,11 @@ pub fn failure(case: &Case, got: &Outcome) -> Option<String> {
     if let Some(r) = &case.route {
         expected.push(format!("route {r}"));
     }
-    let expected = if expected.is_empty() {
+    if expected.is_empty() {
         String::new()
     } else {
         format!(" ({})", expected.join(", "))
-    };
-    let reason = got
-        .reason
-        .map(|r| format!(", reason {r}"))
-        .unwrap_or_default();
-    Some(format!(
-        "FAIL {}: expected {}{expected}, got {} (route {}, decision {}{reason})",
-        case.name,
-        case.expect,
-        got.status,
-        got.route,
-        got.decision.as_str()
-    ))
+    }
 }
 
 /// Run every case.

@@ -25,9 +25,11 @@ pub struct TokenDescription {
     /// Claims besides `sub` (what claim conditions look at), as JSON values.
     #[serde(default)]
     pub claims: Map<String, Value>,
-    /// `aud`; default: what the request's API accepts.
+    /// `aud` (also by that name); default: what the request's API accepts.
+    #[serde(alias = "aud")]
     pub audience: Option<OneOrMany>,
-    /// `iss`; default: the request's API's first issuer.
+    /// `iss` (also by that name); default: the request's API's first issuer.
+    #[serde(alias = "iss")]
     pub issuer: Option<String>,
 }
 
@@ -197,6 +199,12 @@ path = "/invoices"
             verified(&snap, Some(0), &t).unwrap_err(),
             Rejection::WrongIssuer
         );
+        // The claims' own names say the same.
+        let t = describe("iss = \"https://evil.test/\"");
+        assert_eq!(
+            verified(&snap, Some(0), &t).unwrap_err(),
+            Rejection::WrongIssuer
+        );
         let t = describe("audience = [\"https://x.test\", \"https://top2.test\"]");
         let p = verified(&snap, Some(0), &t).unwrap();
         assert!(snap.apis[0].accept(&p).is_ok());
@@ -204,6 +212,11 @@ path = "/invoices"
             snap.apis[1].accept(&p).unwrap_err(),
             Rejection::WrongIssuer,
             "issued by a.test, which billing does not trust"
+        );
+        let t = describe("aud = \"https://x.test\"");
+        assert_eq!(
+            snap.apis[0].accept(&verified(&snap, Some(0), &t).unwrap()),
+            Err(Rejection::WrongAudience)
         );
     }
 }
