@@ -780,6 +780,16 @@ fn cors_scope<'s>(
         Lookup::Found(r) => Some(*r),
         _ => set.router.owner(path),
     };
+    cors_of(snapshot, set, route, origin)
+}
+
+/// The CORS of `route`'s API, or without a route, of the host's first API that has one.
+fn cors_of<'s>(
+    snapshot: &'s Snapshot,
+    set: &RouteSet,
+    route: Option<usize>,
+    origin: Option<&'s str>,
+) -> Option<CorsScope<'s>> {
     let cors = match route {
         Some(r) => snapshot.apis[snapshot.routes[r].api].cors.as_ref()?,
         None => set
@@ -975,15 +985,22 @@ impl<'r> Verdict<'r> {
     }
 }
 
-/// A decision made before any route: a `dpop_nonce` API of the host still puts a nonce on it.
+/// A decision made before any route: a `dpop_nonce` API of the host still puts a nonce on it,
+/// and when the host is a valid one, a CORS API of it answers an allowed origin with its CORS
+/// headers, as every other answer (SPEC "CORS").
 fn answered_early<'r>(
-    snapshot: &Snapshot,
-    req: &Request<'_>,
+    snapshot: &'r Snapshot,
+    req: &Request<'r>,
     decision: Decision<'r>,
     normalized: Option<String>,
 ) -> Verdict<'r> {
-    let mut verdict = Verdict::answered(decision, None, normalized);
-    let set = snapshot.route_set(req.host().ok().flatten());
+    let host = req.host();
+    let set = snapshot.route_set(host.clone().ok().flatten());
+    let cors = match host {
+        Ok(_) if set.has_cors => cors_of(snapshot, set, None, req.origin()),
+        _ => None,
+    };
+    let mut verdict = Verdict::answered(decision, cors, normalized);
     verdict.sender.nonce = wants_nonce(snapshot, set.apis.first().copied());
     verdict
 }
