@@ -995,7 +995,7 @@ fn answered_early<'r>(
     normalized: Option<String>,
 ) -> Verdict<'r> {
     let host = req.host();
-    let set = snapshot.route_set(host.clone().ok().flatten());
+    let set = snapshot.route_set(host.ok().flatten());
     let cors = match host {
         Ok(_) if set.has_cors => cors_of(snapshot, set, None, req.origin()),
         _ => None,

@@ -107,7 +107,9 @@ mod tests {
     #[test]
     fn a_config_read_to_check_looks_up_no_name_but_checks_its_form() {
         let config = |server: &str| {
-            parse_for_test(&format!("{SERVER}[upstreams.a]\nservers = [\"{server}\"]\n"))
+            parse_for_test(&format!(
+                "{SERVER}[upstreams.a]\nservers = [\"{server}\"]\n"
+            ))
         };
         let reading = |server: &str| crate::config::LoadedConfig {
             resolve_names: false,
@@ -119,7 +121,13 @@ mod tests {
         let p = pools(&reading("contacts.invalid:3000")).unwrap();
         assert_eq!(p[0].servers[0].addr.port(), 3000);
         assert_eq!(p[0].sni, "contacts.invalid");
-        for bad in ["contacts.invalid", "contacts.invalid:http", "a b:1", ":1", "a/b:1"] {
+        for bad in [
+            "contacts.invalid",
+            "contacts.invalid:http",
+            "a b:1",
+            ":1",
+            "a/b:1",
+        ] {
             let e = pools(&reading(bad)).unwrap_err();
             assert!(e.message.contains("is not a host:port"), "{bad}: {e}");
         }
