@@ -169,16 +169,11 @@ impl Router {
                 } else {
                     &mut self.exact
                 };
-                let bad = |e: matchit::InsertError| RouterError::BadTemplate {
-                    path: path.to_string(),
-                    reason: e.to_string(),
-                };
-                tree.insert(&canonical, i).map_err(bad)?;
-                // The tail may be empty, as a prefix match's is: `/files/{*rest}` takes
-                // `/files/` and `/{*rest}` takes `/` (matchit's catch-all needs a byte).
-                if let Some(prefix) = canonical.strip_suffix("{*tail}").filter(|_| is_tail) {
-                    tree.insert(prefix, i).map_err(bad)?;
-                }
+                tree.insert(&canonical, i)
+                    .map_err(|e| RouterError::BadTemplate {
+                        path: path.to_string(),
+                        reason: e.to_string(),
+                    })?;
                 self.has_tails |= is_tail;
                 self.entries.push(PathEntry {
                     rank: rank_of(path),
@@ -318,21 +313,6 @@ mod tests {
         assert_eq!(r.lookup(&Method::GET, "/files/readme"), Lookup::Found(2));
         assert_eq!(r.lookup(&Method::GET, "/files/other"), Lookup::Found(1));
         assert_eq!(r.lookup(&Method::GET, "/files/a/b"), Lookup::Found(0));
-    }
-
-    #[test]
-    fn a_tail_may_be_empty_and_a_route_for_its_prefix_still_wins() {
-        let r = router(&[(&["GET"], "/files/{*rest}"), (&[], "/{*all}")]);
-        assert_eq!(r.lookup(&Method::GET, "/files/"), Lookup::Found(0));
-        assert_eq!(r.lookup(&Method::GET, "/"), Lookup::Found(1));
-        assert_eq!(r.lookup(&Method::GET, "/files"), Lookup::Found(1));
-        let r = router(&[(&["GET"], "/files/{*rest}"), (&["GET"], "/files/")]);
-        assert_eq!(r.lookup(&Method::GET, "/files/"), Lookup::Found(1));
-        assert_eq!(r.lookup(&Method::GET, "/files/a"), Lookup::Found(0));
-        let r = router(&[(&["GET"], "/u/{id}/{*rest}")]);
-        assert_eq!(r.lookup(&Method::GET, "/u/7/"), Lookup::Found(0));
-        assert_eq!(r.lookup(&Method::GET, "/u/7"), Lookup::NotFound);
-        assert_eq!(r.allowed("/u/7/"), Some((vec!["GET"], false)));
     }
 
     #[test]
