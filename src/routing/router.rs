@@ -118,13 +118,15 @@ fn check_template(path: &str) -> Result<(), String> {
     let segments: Vec<&str> = path[1..].split('/').collect();
     for (i, seg) in segments.iter().enumerate() {
         if seg.contains('{') || seg.contains('}') {
-            let ok_shape = seg.starts_with('{') && seg.ends_with('}') && seg.len() > 2;
-            let inner = &seg[1..seg.len().saturating_sub(1).max(1)];
-            if !ok_shape || inner.contains('{') || inner.contains('}') {
+            let inner = seg
+                .strip_prefix('{')
+                .and_then(|s| s.strip_suffix('}'))
+                .filter(|s| !s.is_empty() && !s.contains('{') && !s.contains('}'));
+            let Some(inner) = inner else {
                 return Err(format!(
                     "segment {seg:?}: a parameter must be a whole segment, like {{id}} or {{*rest}}"
                 ));
-            }
+            };
             if let Some(name) = inner.strip_prefix('*') {
                 if i != segments.len() - 1 {
                     return Err(format!("{{*{name}}} must be the last segment"));
@@ -367,6 +369,10 @@ mod tests {
             "/a/../b",
             "/a//b",
             "/{}",
+            // A brace beside a character of more than one byte: an error, not a panic.
+            "/é}",
+            "/{é",
+            "/{x}é}",
         ] {
             assert!(Router::default().insert(bad, &[], 0).is_err(), "{bad}");
         }
