@@ -996,8 +996,13 @@ fn answered_early<'r>(
 ) -> Verdict<'r> {
     let host = req.host();
     let set = snapshot.route_set(host.ok().flatten());
+    // The API of the path's routes when the path can be read (CONNECT's 405), as a 405's is;
+    // else the host's first CORS API, as a 404's is.
     let cors = match host {
-        Ok(_) if set.has_cors => cors_of(snapshot, set, None, req.origin()),
+        Ok(_) if set.has_cors => {
+            let owner = normalize(req.path).ok().and_then(|p| set.router.owner(&p));
+            cors_of(snapshot, set, owner, req.origin())
+        }
         _ => None,
     };
     let mut verdict = Verdict::answered(decision, cors, normalized);

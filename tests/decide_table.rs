@@ -473,3 +473,62 @@ scopes = ["x"]
     assert_eq!(allow("/some"), "GET, HEAD, POST");
     assert_eq!(allow("/none"), "");
 }
+
+/// SPEC "CORS": every other answer to an allowed origin carries its headers, those refused before
+/// any route too; an answer about a path names the CORS of the API the path's routes belong to.
+#[test]
+fn answers_refused_before_any_route_carry_the_cors_of_the_paths_api() {
+    let (snap, _dir) = snapshot_of(
+        r#"
+[server]
+listen = "127.0.0.1:1"
+[[issuers]]
+issuer = "https://issuer.test/"
+jwks_file = "jwks.json"
+[upstreams.api]
+servers = ["127.0.0.1:2"]
+[apis.a]
+audience = "https://a.test"
+[apis.a.cors]
+origins = ["https://a.app"]
+[[apis.a.routes]]
+path = "/a/x"
+[apis.b]
+audience = "https://b.test"
+[apis.b.cors]
+origins = ["https://b.app"]
+[[apis.b.routes]]
+path = "/b/x"
+"#,
+    );
+    let allowed = |method: &Method, path: &str, origin: &'static str| {
+        let mut h = HeaderMap::new();
+        h.insert("origin", HeaderValue::from_static(origin));
+        let v = decide(&snap, Request::new(method, path, &h), now());
+        let origin = v.cors.and_then(|c| {
+            c.response_headers()
+                .into_iter()
+                .find(|(n, _)| n == "access-control-allow-origin")
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+        });
+        (v.decision.label(), origin)
+    };
+    let refused = DecisionLabel::MethodNotAllowed;
+    let b = Some("https://b.app".to_string());
+    assert_eq!(
+        allowed(&Method::CONNECT, "/b/x", "https://b.app"),
+        (refused, b)
+    );
+    assert_eq!(
+        allowed(&Method::CONNECT, "/b/x", "https://a.app"),
+        (refused, None)
+    );
+    // A path that cannot be read belongs to no route: the host's first CORS API, as a 404.
+    let bad = DecisionLabel::BadRequest;
+    let a = Some("https://a.app".to_string());
+    assert_eq!(allowed(&Method::GET, "/b/%zz", "https://a.app"), (bad, a));
+    assert_eq!(
+        allowed(&Method::GET, "/b/%zz", "https://evil.app"),
+        (bad, None)
+    );
+}

@@ -71,8 +71,8 @@ fn pool(
 }
 
 /// A server's address: an IP as written; a name looked up when `resolve`, else only checked for
-/// its form (a DNS name and a port) and standing as the unspecified address with its port, for a
-/// snapshot that is read and never serves.
+/// its form (an IP, or a DNS name, then a port: what a lookup would take) and standing as the
+/// unspecified address with its port, for a snapshot that is read and never serves.
 fn address(s: &str, resolve: bool) -> Option<SocketAddr> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Some(addr);
@@ -82,8 +82,20 @@ fn address(s: &str, resolve: bool) -> Option<SocketAddr> {
     }
     let (host, port) = s.rsplit_once(':')?;
     let port: u16 = port.parse().ok()?;
-    let name = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
-    (!host.is_empty() && host.bytes().all(name)).then(|| SocketAddr::from(([0, 0, 0, 0], port)))
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    (name.len() <= 253 && name.split('.').all(label))
+        .then(|| SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
 #[cfg(test)]
@@ -127,13 +139,20 @@ mod tests {
             "a b:1",
             ":1",
             "a/b:1",
+            "-:80",
+            "..:80",
+            "a..b:80",
+            "-a.example:80",
         ] {
             let e = pools(&reading(bad)).unwrap_err();
             assert!(e.message.contains("is not a host:port"), "{bad}: {e}");
         }
-        // An IP is taken as written either way.
+        // An IP is taken as written either way (an IPv6 one also unbracketed, as a lookup takes it).
         let p = pools(&reading("[::1]:8080")).unwrap();
         assert_eq!(p[0].servers[0].addr.to_string(), "[::1]:8080");
+        let p = pools(&reading("::1:8080")).unwrap();
+        assert_eq!(p[0].servers[0].addr.to_string(), "[::1]:8080");
+        assert!(pools(&reading("contacts.internal.:80")).is_ok());
     }
 
     #[test]
