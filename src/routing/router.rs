@@ -31,7 +31,6 @@ pub enum RouterError {
 struct PathEntry {
     by_method: Vec<(Method, usize)>,
     any_method: Option<usize>,
-    allow: String,
     /// Per segment: 0 literal, 1 `{name}`, 2 `{*rest}`; lower is more specific.
     rank: Vec<u8>,
 }
@@ -49,11 +48,49 @@ impl PathEntry {
 /// Two radix trees: templates ending in `{*rest}` live in their own, because matchit will not
 /// hold `{name}` and `{*rest}` at the same position, and the SPEC wants both ("a literal segment
 /// beats `{name}`, which beats `{*rest}`").
-#[derive(Debug)]
-pub struct Router {
+#[derive(Debug, Default)]
+struct Trees {
     exact: matchit::Router<usize>,
     tails: matchit::Router<usize>,
     has_tails: bool,
+}
+
+impl Trees {
+    fn insert(&mut self, canonical: &str, entry: usize) -> Result<(), matchit::InsertError> {
+        let is_tail = canonical.contains("{*");
+        self.has_tails |= is_tail;
+        let tree = if is_tail {
+            &mut self.tails
+        } else {
+            &mut self.exact
+        };
+        tree.insert(canonical, entry)
+    }
+
+    /// The entry of the most specific template matching `path`.
+    fn best<'e>(&self, path: &str, entries: &'e [PathEntry]) -> Option<&'e PathEntry> {
+        let exact = self.exact.at(path).ok().map(|m| &entries[*m.value]);
+        let tail = if self.has_tails {
+            self.tails.at(path).ok().map(|m| &entries[*m.value])
+        } else {
+            None
+        };
+        match (exact, tail) {
+            (Some(e), Some(t)) if t.rank < e.rank => Some(t),
+            (Some(e), _) => Some(e),
+            (None, t) => t,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    /// Every template.
+    all: Trees,
+    /// The templates with a route for a method (`None`: for every method), each method's in
+    /// trees of their own: where a request goes when the most specific template has no route for
+    /// its method (SPEC step 6: a 405 only when no route of the path takes the method).
+    by_method: Vec<(Option<Method>, Trees)>,
     entries: Vec<PathEntry>,
     /// Template -> entry, while building.
     paths: std::collections::HashMap<String, usize>,
@@ -67,20 +104,7 @@ impl Router {
         self.entries.shrink_to_fit();
         for entry in &mut self.entries {
             entry.by_method.shrink_to_fit();
-            entry.allow.shrink_to_fit();
             entry.rank.shrink_to_fit();
-        }
-    }
-}
-
-impl Default for Router {
-    fn default() -> Self {
-        Router {
-            exact: matchit::Router::new(),
-            tails: matchit::Router::new(),
-            has_tails: false,
-            entries: Vec::new(),
-            paths: std::collections::HashMap::new(),
         }
     }
 }
@@ -161,27 +185,20 @@ impl Router {
         // Only the shape counts: `/pets/{id}` and `/pets/{petId}` are one template (and
         // matchit would refuse two names at one position).
         let canonical = canonical(path);
+        let bad = |e: matchit::InsertError| RouterError::BadTemplate {
+            path: path.to_string(),
+            reason: e.to_string(),
+        };
         let entry_idx = match self.paths.get(&canonical) {
             Some(&i) => i,
             None => {
                 let i = self.entries.len();
-                let is_tail = path.contains("{*");
-                let tree = if is_tail {
-                    &mut self.tails
-                } else {
-                    &mut self.exact
-                };
-                tree.insert(&canonical, i)
-                    .map_err(|e| RouterError::BadTemplate {
-                        path: path.to_string(),
-                        reason: e.to_string(),
-                    })?;
-                self.has_tails |= is_tail;
+                self.all.insert(&canonical, i).map_err(bad)?;
                 self.entries.push(PathEntry {
                     rank: rank_of(path),
                     ..PathEntry::default()
                 });
-                self.paths.insert(canonical, i);
+                self.paths.insert(canonical.clone(), i);
                 i
             }
         };
@@ -206,26 +223,32 @@ impl Router {
             }
             entry.by_method.push((m.clone(), route));
         }
-        let mut allow: Vec<&str> = entry.by_method.iter().map(|(m, _)| m.as_str()).collect();
-        allow.sort_unstable();
-        allow.dedup();
-        entry.allow = allow.join(", ");
+        let keys: Vec<Option<Method>> = if methods.is_empty() {
+            vec![None]
+        } else {
+            methods.iter().cloned().map(Some).collect()
+        };
+        for key in keys {
+            let at = match self.by_method.iter().position(|(k, _)| *k == key) {
+                Some(at) => at,
+                None => {
+                    self.by_method.push((key, Trees::default()));
+                    self.by_method.len() - 1
+                }
+            };
+            // The template is new to this method's trees: a second route for it was refused above.
+            self.by_method[at]
+                .1
+                .insert(&canonical, entry_idx)
+                .map_err(bad)?;
+        }
         Ok(())
     }
 
     /// Some route on the most specific template matching `path`, whatever its method: which
     /// API a path belongs to (for CORS), when the method has no route there.
     pub fn owner(&self, path: &str) -> Option<usize> {
-        let exact = self.exact.at(path).ok().map(|m| &self.entries[*m.value]);
-        let tail = self
-            .has_tails
-            .then(|| self.tails.at(path).ok().map(|m| &self.entries[*m.value]))
-            .flatten();
-        let entry = match (exact, tail) {
-            (Some(e), Some(t)) if t.rank < e.rank => t,
-            (Some(e), _) => e,
-            (None, t) => t?,
-        };
+        let entry = self.all.best(path, &self.entries)?;
         entry
             .by_method
             .first()
@@ -236,59 +259,42 @@ impl Router {
     /// The methods the routes of `path` allow (the 405 `Allow` list, also for CORS), and
     /// whether one of them takes every method.
     pub fn allowed(&self, path: &str) -> Option<(Vec<&str>, bool)> {
-        let exact = self.exact.at(path).ok().map(|m| &self.entries[*m.value]);
-        let tail = self
-            .has_tails
-            .then(|| self.tails.at(path).ok().map(|m| &self.entries[*m.value]))
-            .flatten();
-        if exact.is_none() && tail.is_none() {
-            return None;
-        }
+        self.all.best(path, &self.entries)?;
         let mut methods: Vec<&str> = Vec::new();
         let mut any = false;
-        for e in exact.into_iter().chain(tail) {
-            methods.extend(e.by_method.iter().map(|(m, _)| m.as_str()));
-            any |= e.any_method.is_some();
+        for (method, trees) in &self.by_method {
+            if trees.best(path, &self.entries).is_some() {
+                match method {
+                    Some(m) => methods.push(m.as_str()),
+                    None => any = true,
+                }
+            }
         }
         methods.sort_unstable();
-        methods.dedup();
         Some((methods, any))
     }
 
     /// `path` must already be normalized (see `path::normalize`).
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
-        let exact = self.exact.at(path).ok().map(|m| &self.entries[*m.value]);
-        let tail = if self.has_tails {
-            self.tails.at(path).ok().map(|m| &self.entries[*m.value])
-        } else {
-            None
-        };
-        let (first, second) = match (exact, tail) {
-            (Some(e), Some(t)) if t.rank < e.rank => (t, Some(e)),
-            (Some(e), t) => (e, t),
-            (None, Some(t)) => (t, None),
-            (None, None) => return Lookup::NotFound,
+        let Some(first) = self.all.best(path, &self.entries) else {
+            return Lookup::NotFound;
         };
         if let Some(route) = first.route_for(method) {
             return Lookup::Found(route);
         }
-        match second {
-            None => Lookup::MethodNotAllowed(Cow::Borrowed(&first.allow)),
-            Some(second) => match second.route_for(method) {
-                Some(route) => Lookup::Found(route),
-                None => {
-                    let mut allow: Vec<&str> = first
-                        .allow
-                        .split(", ")
-                        .chain(second.allow.split(", "))
-                        .filter(|s| !s.is_empty())
-                        .collect();
-                    allow.sort_unstable();
-                    allow.dedup();
-                    Lookup::MethodNotAllowed(Cow::Owned(allow.join(", ")))
-                }
-            },
+        // The most specific template that has a route for the method, or for every method.
+        let fallback = self
+            .by_method
+            .iter()
+            .filter(|(m, _)| m.as_ref().is_none_or(|m| m == method))
+            .filter_map(|(_, trees)| trees.best(path, &self.entries))
+            .min_by(|a, b| a.rank.cmp(&b.rank));
+        if let Some(route) = fallback.and_then(|e| e.route_for(method)) {
+            return Lookup::Found(route);
         }
+        // A 405 names the methods of every route of the path (SPEC step 6).
+        let (allow, _) = self.allowed(path).unwrap_or_default();
+        Lookup::MethodNotAllowed(Cow::Owned(allow.join(", ")))
     }
 }
 
@@ -315,6 +321,40 @@ mod tests {
         assert_eq!(r.lookup(&Method::GET, "/files/readme"), Lookup::Found(2));
         assert_eq!(r.lookup(&Method::GET, "/files/other"), Lookup::Found(1));
         assert_eq!(r.lookup(&Method::GET, "/files/a/b"), Lookup::Found(0));
+    }
+
+    #[test]
+    fn a_less_specific_template_of_the_same_kind_takes_methods_the_specific_one_lacks() {
+        // SPEC step 6: a 405 only when no route of the path takes the method.
+        let r = router(&[
+            (&["GET"], "/files/readme"),
+            (&["DELETE"], "/files/{name}"),
+            (&["GET"], "/files/{*rest}"),
+            (&[], "/{*all}"),
+            (&["PUT"], "/{x}/{y}"),
+        ]);
+        assert_eq!(r.lookup(&Method::GET, "/files/readme"), Lookup::Found(0));
+        assert_eq!(r.lookup(&Method::DELETE, "/files/readme"), Lookup::Found(1));
+        assert_eq!(r.lookup(&Method::PUT, "/files/readme"), Lookup::Found(4));
+        assert_eq!(r.lookup(&Method::POST, "/files/readme"), Lookup::Found(3));
+        assert_eq!(r.lookup(&Method::POST, "/files/a/b"), Lookup::Found(3));
+        assert_eq!(r.lookup(&Method::GET, "/files/a/b"), Lookup::Found(2));
+        let r = router(&[
+            (&["GET"], "/a/{x}"),
+            (&["POST"], "/{y}/{z}"),
+            (&["PUT"], "/{y}/{*z}"),
+        ]);
+        assert_eq!(r.lookup(&Method::POST, "/a/b"), Lookup::Found(1));
+        assert_eq!(
+            r.lookup(&Method::DELETE, "/a/b"),
+            Lookup::MethodNotAllowed("GET, POST, PUT".into())
+        );
+        assert_eq!(r.allowed("/a/b"), Some((vec!["GET", "POST", "PUT"], false)));
+        assert_eq!(
+            r.lookup(&Method::DELETE, "/a/b/c"),
+            Lookup::MethodNotAllowed("PUT".into())
+        );
+        assert_eq!(r.lookup(&Method::GET, "/"), Lookup::NotFound);
     }
 
     #[test]
