@@ -437,7 +437,9 @@ fn router_for(
             loaded.source.error(route_span(loaded, r), message)
         })?;
     }
-    router.finish();
+    router
+        .finish()
+        .map_err(|e| loaded.source.error(None, e.to_string()))?;
     Ok(router)
 }
 

@@ -91,21 +91,63 @@ pub struct Router {
     /// trees of their own: where a request goes when the most specific template has no route for
     /// its method (SPEC step 6: a 405 only when no route of the path takes the method).
     by_method: Vec<(Option<Method>, Trees)>,
+    /// Methods every template has a route for, which need no trees: the most specific template
+    /// always takes them.
+    universal: Vec<Option<Method>>,
     entries: Vec<PathEntry>,
     /// Template -> entry, while building.
     paths: std::collections::HashMap<String, usize>,
 }
 
 impl Router {
-    /// Done inserting: the build-time index goes, and the tables keep only what they hold
-    /// (with 10,000 routes, about a megabyte).
-    pub fn finish(&mut self) {
+    /// Done inserting: each method's trees are built (lookups fall back on them only once this
+    /// is done), the build-time index goes, and the tables keep only what they hold.
+    pub fn finish(&mut self) -> Result<(), RouterError> {
+        // Each method's templates in trees of their own, but for the methods every template has.
+        let keys = |e: &PathEntry| -> Vec<Option<Method>> {
+            let any = e.any_method.map(|_| None);
+            e.by_method
+                .iter()
+                .map(|(m, _)| Some(m.clone()))
+                .chain(any)
+                .collect()
+        };
+        let mut counts: Vec<(Option<Method>, usize)> = Vec::new();
+        for key in self.entries.iter().flat_map(keys) {
+            match counts.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((key, 1)),
+            }
+        }
+        let templates = self.entries.len();
+        let (universal, partial): (Vec<_>, Vec<_>) =
+            counts.into_iter().partition(|&(_, n)| n == templates);
+        self.universal = universal.into_iter().map(|(k, _)| k).collect();
+        self.by_method = partial
+            .into_iter()
+            .map(|(k, _)| (k, Trees::default()))
+            .collect();
+        let mut templates: Vec<(&String, &usize)> = self.paths.iter().collect();
+        templates.sort_unstable_by_key(|&(_, &i)| i);
+        for (canonical, &i) in templates {
+            for key in keys(&self.entries[i]) {
+                if let Some((_, trees)) = self.by_method.iter_mut().find(|(k, _)| *k == key) {
+                    trees
+                        .insert(canonical, i)
+                        .map_err(|e| RouterError::BadTemplate {
+                            path: canonical.clone(),
+                            reason: e.to_string(),
+                        })?;
+                }
+            }
+        }
         self.paths = std::collections::HashMap::new();
         self.entries.shrink_to_fit();
         for entry in &mut self.entries {
             entry.by_method.shrink_to_fit();
             entry.rank.shrink_to_fit();
         }
+        Ok(())
     }
 }
 
@@ -223,25 +265,6 @@ impl Router {
             }
             entry.by_method.push((m.clone(), route));
         }
-        let keys: Vec<Option<Method>> = if methods.is_empty() {
-            vec![None]
-        } else {
-            methods.iter().cloned().map(Some).collect()
-        };
-        for key in keys {
-            let at = match self.by_method.iter().position(|(k, _)| *k == key) {
-                Some(at) => at,
-                None => {
-                    self.by_method.push((key, Trees::default()));
-                    self.by_method.len() - 1
-                }
-            };
-            // The template is new to this method's trees: a second route for it was refused above.
-            self.by_method[at]
-                .1
-                .insert(&canonical, entry_idx)
-                .map_err(bad)?;
-        }
         Ok(())
     }
 
@@ -262,12 +285,14 @@ impl Router {
         self.all.best(path, &self.entries)?;
         let mut methods: Vec<&str> = Vec::new();
         let mut any = false;
-        for (method, trees) in &self.by_method {
-            if trees.best(path, &self.entries).is_some() {
-                match method {
-                    Some(m) => methods.push(m.as_str()),
-                    None => any = true,
-                }
+        let matching = self
+            .by_method
+            .iter()
+            .filter_map(|(method, trees)| trees.best(path, &self.entries).map(|_| method));
+        for method in self.universal.iter().chain(matching) {
+            match method {
+                Some(m) => methods.push(m.as_str()),
+                None => any = true,
             }
         }
         methods.sort_unstable();
@@ -308,6 +333,7 @@ mod tests {
             let ms: Vec<Method> = methods.iter().map(|m| m.parse().unwrap()).collect();
             r.insert(path, &ms, i).unwrap();
         }
+        r.finish().unwrap();
         r
     }
 
@@ -355,6 +381,18 @@ mod tests {
             Lookup::MethodNotAllowed("PUT".into())
         );
         assert_eq!(r.lookup(&Method::GET, "/"), Lookup::NotFound);
+        // A method every template has keeps no trees of its own, and is still in every Allow.
+        let r = router(&[(&["GET"], "/a/{x}"), (&["GET", "POST"], "/{y}/{z}")]);
+        assert_eq!(r.by_method.len(), 1, "{:?}", r.universal);
+        assert_eq!(r.lookup(&Method::POST, "/a/b"), Lookup::Found(1));
+        assert_eq!(
+            r.lookup(&Method::PUT, "/a/b"),
+            Lookup::MethodNotAllowed("GET, POST".into())
+        );
+        assert_eq!(
+            r.lookup(&Method::PUT, "/b/b"),
+            Lookup::MethodNotAllowed("GET, POST".into())
+        );
     }
 
     #[test]
