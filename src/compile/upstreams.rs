@@ -1,4 +1,5 @@
-//! `[upstreams.NAME]`: server addresses (resolved here, once per load), TLS and timeouts.
+//! `[upstreams.NAME]`: server addresses (looked up here, once per load to serve; only checked for
+//! their form when the config is read by `check`, `test`, `diff`...), TLS and timeouts.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
