@@ -478,15 +478,8 @@ scopes = ["x"]
 /// any route too; an answer about a path names the CORS of the API the path's routes belong to.
 #[test]
 fn answers_refused_before_any_route_carry_the_cors_of_the_paths_api() {
-    let (snap, _dir) = snapshot_of(
-        r#"
-[server]
-listen = "127.0.0.1:1"
-[[issuers]]
-issuer = "https://issuer.test/"
-jwks_file = "jwks.json"
-[upstreams.api]
-servers = ["127.0.0.1:2"]
+    let (snap, _dir) = snapshot_of(&format!(
+        r#"{}
 [apis.a]
 audience = "https://a.test"
 [apis.a.cors]
@@ -500,7 +493,8 @@ origins = ["https://b.app"]
 [[apis.b.routes]]
 path = "/b/x"
 "#,
-    );
+        preamble()
+    ));
     let allowed = |method: &Method, path: &str, origin: &'static str| {
         let mut h = HeaderMap::new();
         h.insert("origin", HeaderValue::from_static(origin));
