@@ -358,3 +358,39 @@ fn diff_prints_what_a_change_opens_and_exits_by_it() {
         "{err}"
     );
 }
+
+/// SPEC "Policy as code": the config is read with no network. An upstream named by a name that
+/// does not resolve (`.invalid`, RFC 2606; a Kubernetes service name in CI) is checked for its
+/// form only by every command that reads the config without serving it.
+#[test]
+fn commands_that_read_the_config_look_up_no_upstream_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = "servers = [\"127.0.0.1:3000\"]";
+    let config = edited_example(
+        dir.path(),
+        "scopegate.toml",
+        from,
+        "servers = [\"contacts.invalid:3000\"]",
+    );
+    let (code, out, err) = run(&["check", "--config", &config]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["test", "--config", &config, "config/scopegate.cases.toml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["diff", "config/scopegate.toml", &config]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    let (code, out, err) = run(&["explain", "GET", "/contacts", "--config", &config]);
+    assert_eq!(code, 0, "{out}{err}");
+    // A malformed one is still refused, with its place in the file.
+    let config = edited_example(
+        dir.path(),
+        "bad.toml",
+        from,
+        "servers = [\"contacts.invalid\"]",
+    );
+    let (code, _, err) = run(&["check", "--config", &config]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("bad.toml:24:") && err.contains("is not a host:port"),
+        "{err}"
+    );
+}
