@@ -227,20 +227,21 @@ impl Router {
         // Only the shape counts: `/pets/{id}` and `/pets/{petId}` are one template (and
         // matchit would refuse two names at one position).
         let canonical = canonical(path);
-        let bad = |e: matchit::InsertError| RouterError::BadTemplate {
-            path: path.to_string(),
-            reason: e.to_string(),
-        };
         let entry_idx = match self.paths.get(&canonical) {
             Some(&i) => i,
             None => {
                 let i = self.entries.len();
-                self.all.insert(&canonical, i).map_err(bad)?;
+                self.all
+                    .insert(&canonical, i)
+                    .map_err(|e| RouterError::BadTemplate {
+                        path: path.to_string(),
+                        reason: e.to_string(),
+                    })?;
                 self.entries.push(PathEntry {
                     rank: rank_of(path),
                     ..PathEntry::default()
                 });
-                self.paths.insert(canonical.clone(), i);
+                self.paths.insert(canonical, i);
                 i
             }
         };
